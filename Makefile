@@ -1,0 +1,42 @@
+# hemo-pipeline: two commands for users, `make run` and `make test`; both work on a bare machine
+# with Python 3.11 (they create .venv and install the pinned set first, once per venv).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hemo-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test venv data lock bench clean-outputs help
+
+help:
+	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
+	@echo "make test  - install, run the whole test suite"
+	@echo "make bench - run the benchmark scripts (prints measured figures)"
+	@echo "make lock  - re-freeze requirements.lock from the current venv"
+
+venv: $(STAMP)
+
+# The stamp makes the install happen once per venv, and again only when the pins change.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	@if [ -d data ]; then echo "data/ exists: keeping it"; else $(BIN)/hemo synth --out data; fi
+
+run: data
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^hemo-pipeline' > requirements.lock
+
+clean-outputs:
+	rm -rf outputs reports

@@ -1,0 +1,304 @@
+"""Validate labels and slice sequences with Great Expectations before anything trains.
+
+Checks train.csv (exact columns, 0/1 labels without gaps, unique well-formed IDs that match
+their patient folder, safe paths), every patient sequence of train/ and test/ (22-40 slices,
+indices 0..n-1 without gap or duplicate) and every image (exists, decodes, 8-bit grayscale,
+expected size; no file in train/ without a label row). Each check is reported on its own line
+naming the first offending patients/files. A JSON summary and GX Data Docs (HTML) are written to
+--reports. Exit 0 when all checks pass, 1 when any fails; the data folder is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.errors import UserError, ValidationFailed
+from components.params import load_params, resolve, section
+from hemo_model import CLASSES, LABEL_COLUMNS
+
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class CheckResult:
+    name: str
+    frame: str
+    success: bool
+    failed: int
+    total: int
+    examples: list[str] = field(default_factory=list)
+    hint: str = ""
+
+    def line(self) -> str:
+        if self.success:
+            return f"PASS {self.name} ({self.total} checked)"
+        examples = ", ".join(self.examples)
+        return f"FAIL {self.name}: {self.failed} of {self.total} failed; first: {examples} -> {self.hint}"
+
+
+@dataclass
+class CheckSpec:
+    """One rule: which frame, which GX expectation, and what the user should do if it fails."""
+
+    name: str
+    frame: str
+    expectation: Any
+    hint: str
+
+
+def _specs(header: list[str], min_slices: int, max_slices: int, image_size: int) -> list[CheckSpec]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    specs = [
+        CheckSpec(
+            "labels.columns",
+            "header",
+            e.ExpectTableColumnsToMatchOrderedList(column_list=list(LABEL_COLUMNS)),
+            f"train.csv header must be exactly {','.join(LABEL_COLUMNS)}",
+        ),
+    ]
+    for column in ("dirname", "ID", *CLASSES):
+        if column in header:
+            specs.append(
+                CheckSpec(
+                    f"labels.{column}.not_missing",
+                    "labels",
+                    e.ExpectColumnValuesToNotBeNull(column=column),
+                    f"fill the empty '{column}' cells",
+                )
+            )
+    for column in CLASSES:
+        if column in header:
+            specs.append(
+                CheckSpec(
+                    f"labels.{column}.binary",
+                    "labels",
+                    e.ExpectColumnValuesToBeInSet(column=column, value_set=["0", "1"]),
+                    f"'{column}' labels must be 0 or 1",
+                )
+            )
+    if "ID" in header:
+        specs.append(
+            CheckSpec("labels.ID.unique", "labels", e.ExpectColumnValuesToBeUnique(column="ID"),
+                      "each slice may appear in one row only; remove the duplicate rows")
+        )
+    specs += [
+        CheckSpec("labels.safe_paths", "labels", e.ExpectColumnValuesToBeInSet(column="safe_path", value_set=[True]),
+                  "dirname and ID must be plain names: no '..', '/', '\\' or absolute paths"),
+        CheckSpec("labels.ID.format", "labels", e.ExpectColumnValuesToBeInSet(column="id_well_formed", value_set=[True]),
+                  "ID must look like <hash>_<k>.jpg"),
+        CheckSpec("labels.ID.matches_dirname", "labels",
+                  e.ExpectColumnValuesToBeInSet(column="id_matches_dirname", value_set=[True]),
+                  "the <hash> in ID must equal the one in dirname ID_<hash>"),
+        CheckSpec("sequences.length", "patients",
+                  e.ExpectColumnValuesToBeBetween(column="n_slices", min_value=min_slices, max_value=max_slices),
+                  f"each patient needs {min_slices}-{max_slices} slices (validate.min_slices/max_slices)"),
+        CheckSpec("sequences.contiguous", "patients",
+                  e.ExpectColumnValuesToBeInSet(column="contiguous", value_set=[True]),
+                  "slice indices k must run 0..n-1 with no gap or duplicate"),
+        CheckSpec("images.exist", "images", e.ExpectColumnValuesToBeInSet(column="exists", value_set=[True]),
+                  "every labelled slice needs its image file; restore it (dvc pull) or drop the row"),
+        CheckSpec("images.decode", "images", e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
+                  "the file is not a readable image; re-export it"),
+        CheckSpec("images.grayscale", "images", e.ExpectColumnValuesToBeInSet(column="mode", value_set=["L"]),
+                  "slices must be 8-bit single-channel grayscale (PIL mode L)"),
+        CheckSpec("images.size", "images",
+                  e.ExpectColumnValuesToBeInSet(column="size", value_set=[f"{image_size}x{image_size}"]),
+                  f"slices must be {image_size}x{image_size} (validate.image_size)"),
+        CheckSpec("files.labelled", "files", e.ExpectColumnValuesToBeInSet(column="accounted", value_set=[True]),
+                  "every image in train/ needs a row in train.csv, every test/ file a <hash>_<k>.jpg name; "
+                  "add the row or move the file out"),
+    ]
+    return specs
+
+
+def _gx_frames(frames: Any) -> dict[str, Any]:
+    """The images frame uses nulls for 'not applicable' (a missing file neither decodes nor fails
+    to), because GX's column-value expectations skip nulls: one bad file fails one check."""
+    import pandas as pd
+
+    images = frames.images.copy()
+    if len(images):
+        images["decodes"] = images["decodes"].where(images["exists"], None)
+        for column in ("mode", "size"):
+            images[column] = images[column].where(images["decodes"].fillna(False).astype(bool), None)
+    return {
+        "header": pd.DataFrame(columns=frames.label_header),
+        "labels": frames.labels,
+        "patients": frames.patients,
+        "images": images,
+        "files": frames.files,
+    }
+
+
+def run_suite(frames: Any, specs: list[CheckSpec], docs_dir: Path | None) -> list[CheckResult]:
+    """Run every check through one ephemeral GX context, one checkpoint per frame."""
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="great_expectations")
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            "hemo_validation",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(UpdateDataDocsAction(name="data_docs", site_names=["hemo_validation"]))
+    source = context.data_sources.add_pandas("hemo_data")
+    data = _gx_frames(frames)
+    results: list[CheckResult] = []
+    for frame_name, frame in data.items():
+        frame_specs = [s for s in specs if s.frame == frame_name]
+        if not frame_specs:
+            continue
+        batch = source.add_dataframe_asset(frame_name).add_batch_definition_whole_dataframe(frame_name)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"hemo_{frame_name}"))
+        for spec in frame_specs:
+            spec.expectation.meta = {"check": spec.name}
+            suite.add_expectation(spec.expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate_{frame_name}", data=batch, suite=suite)
+        )
+        index_columns = ["item"] if "item" in frame.columns else []
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"check_{frame_name}",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns},
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        by_name = {s.name: s for s in frame_specs}
+        for suite_result in outcome.run_results.values():
+            for r in suite_result.results:
+                spec = by_name[r.expectation_config.meta["check"]]
+                results.append(_to_check_result(spec, r, len(frame)))
+    order = {s.name: i for i, s in enumerate(specs)}
+    return sorted(results, key=lambda c: order[c.name])
+
+
+def _to_check_result(spec: CheckSpec, r: Any, rows: int) -> CheckResult:
+    result = r.result or {}
+    if spec.frame == "header":
+        observed = result.get("observed_value") or []
+        return CheckResult(spec.name, spec.frame, bool(r.success), 0 if r.success else 1, 1,
+                           [] if r.success else [f"found {','.join(map(str, observed))}"], spec.hint)
+    if r.exception_info and r.exception_info.get("raised_exception"):
+        message = r.exception_info.get("exception_message", "error")
+        return CheckResult(spec.name, spec.frame, False, rows, rows, [f"check could not run: {message}"], spec.hint)
+    items: list[str] = []
+    for entry in result.get("unexpected_index_list") or []:
+        name = entry.get("item") if isinstance(entry, dict) else str(entry)
+        if name not in items:
+            items.append(name)
+        if len(items) == MAX_EXAMPLES:
+            break
+    return CheckResult(
+        spec.name, spec.frame, bool(r.success), int(result.get("unexpected_count") or 0),
+        int(result.get("element_count") or rows), items, spec.hint,
+    )
+
+
+def data_stats(frames: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    labels = frames.labels
+    patients = frames.patients
+    positives = {
+        c: int(pd.to_numeric(labels[c], errors="coerce").fillna(0).sum()) if c in labels else 0 for c in CLASSES
+    }
+    return {
+        "train_patients": int((patients["split"] == "train").sum()),
+        "test_patients": int((patients["split"] == "test").sum()),
+        "train_slices": int(len(labels)),
+        "test_slices": int(patients.loc[patients["split"] == "test", "n_slices"].sum()),
+        "positives": positives,
+    }
+
+
+def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int, image_size: int,
+             check_images: bool = True) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Validate ``data`` and (if ``reports``) write summary.json and data_docs/ there."""
+    from components.validation_frames import build_frames
+
+    started = time.perf_counter()
+    frames = build_frames(data, min_slices, max_slices, check_images=check_images)
+    specs = _specs(frames.label_header, min_slices, max_slices, image_size)
+    if not check_images:
+        specs = [s for s in specs if s.frame != "images"]
+    docs_dir = None
+    if reports is not None:
+        reports.mkdir(parents=True, exist_ok=True)
+        docs_dir = reports / "data_docs"
+        shutil.rmtree(docs_dir, ignore_errors=True)
+    results = run_suite(frames, specs, docs_dir)
+    stats = data_stats(frames)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    if reports is not None:
+        summary = {
+            "success": all(c.success for c in results),
+            "data": str(data),
+            "stats": stats,
+            "checks": [asdict(c) for c in results],
+        }
+        tmp = reports / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, reports / "summary.json")
+    return results, stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="data folder in DLCV layout (params data.root)")
+    parser.add_argument("--reports", type=Path, default=Path("reports/validation"),
+                        help="where summary.json and data_docs/ go (default: reports/validation)")
+    parser.add_argument("--min-slices", type=int, help="fewest slices per patient (params validate.min_slices)")
+    parser.add_argument("--max-slices", type=int, help="most slices per patient (params validate.max_slices)")
+    parser.add_argument("--image-size", type=int, help="expected slice size in px (params validate.image_size)")
+    parser.add_argument("--skip-images", action="store_true", help="check labels and sequences only")
+    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    cfg = section(params, "validate")
+    data = Path(resolve(args.data, section(params, "data"), "root", "data"))
+    min_slices = int(resolve(args.min_slices, cfg, "min_slices", 22))
+    max_slices = int(resolve(args.max_slices, cfg, "max_slices", 40))
+    image_size = int(resolve(args.image_size, cfg, "image_size", 512))
+    if min_slices < 1 or max_slices < min_slices:
+        raise UserError(f"slice bounds {min_slices}..{max_slices} are invalid; need 1 <= min <= max")
+    results, stats = validate(data, args.reports, min_slices, max_slices, image_size, not args.skip_images)
+    failed = [c for c in results if not c.success]
+    for check in failed:
+        print(check.line())
+    if failed:
+        raise ValidationFailed(
+            f"{len(failed)} of {len(results)} checks failed for {data}; report: {args.reports}/summary.json, "
+            f"{args.reports}/data_docs/index.html"
+        )
+    pos = ", ".join(f"{c} {stats['positives'][c]}" for c in CLASSES)
+    print(
+        f"OK {data}: {len(results)} checks passed; {stats['train_patients']} train / {stats['test_patients']} test "
+        f"patients, {stats['train_slices']} / {stats['test_slices']} slices; train positives: {pos} "
+        f"({stats['seconds']} s)"
+    )
+    return 0

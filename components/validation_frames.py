@@ -1,0 +1,163 @@
+"""Turn a DLCV data folder into the pandas frames that the validation suite checks.
+
+GX checks columns of tables, so every rule is expressed on a table built here: the raw label
+rows, one row per patient sequence (derived), one row per image (header read and decoded) and
+one row per file on disk. Each frame has an ``item`` column naming the offending patient/file,
+so a failing check can say exactly what to fix. Nothing under the data folder is written.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from components.errors import UserError
+from hemo_model import CLASSES
+from hemo_model.layout import (
+    LABELS_FILE,
+    is_safe_component,
+    list_split,
+    parse_slice_name,
+    patient_hash,
+    slice_path,
+)
+
+
+@dataclass
+class Frames:
+    labels: pd.DataFrame
+    label_header: list[str]
+    patients: pd.DataFrame
+    images: pd.DataFrame
+    files: pd.DataFrame
+
+
+def read_labels(data: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read ``train.csv`` as text (so '1.0' or ' 1' are caught, not silently coerced)."""
+    path = data / LABELS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found: the data folder must hold train.csv (dirname,ID,{','.join(CLASSES)})")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be parsed as CSV ({exc}); fix the file and retry") from exc
+    header = [str(c) for c in frame.columns]
+    frame.insert(0, "row", range(2, len(frame) + 2))  # line number in the file, header is line 1
+    dirname = frame["dirname"] if "dirname" in frame else pd.Series([""] * len(frame), dtype=str)
+    ident = frame["ID"] if "ID" in frame else pd.Series([""] * len(frame), dtype=str)
+    frame["item"] = [f"row {r} ({d}/{i})" for r, d, i in zip(frame["row"], dirname.fillna(""), ident.fillna(""))]
+    frame["safe_path"] = [
+        isinstance(d, str) and isinstance(i, str) and is_safe_component(d) and is_safe_component(i)
+        for d, i in zip(dirname, ident)
+    ]
+    parsed = [parse_slice_name(i) if isinstance(i, str) else None for i in ident]
+    frame["id_well_formed"] = [p is not None for p in parsed]
+    frame["id_matches_dirname"] = [
+        p is not None and isinstance(d, str) and patient_hash(d) == p.hash for p, d in zip(parsed, dirname)
+    ]
+    frame["k"] = [p.k if p is not None else -1 for p in parsed]
+    return frame, header
+
+
+def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, max_slices: int) -> pd.DataFrame:
+    """One row per patient: slice count and whether indices are exactly 0..n-1."""
+    rows = []
+    for dirname, ks in slices.items():
+        ks_sorted = sorted(ks)
+        n = len(ks_sorted)
+        duplicates = sorted({k for k in ks_sorted if ks_sorted.count(k) > 1}) if n != len(set(ks_sorted)) else []
+        missing = sorted(set(range(max(ks_sorted, default=-1) + 1)) - set(ks_sorted))
+        problem = ""
+        if duplicates:
+            problem = f"duplicate k={duplicates[:3]}"
+        elif missing:
+            problem = f"missing k={missing[:3]}"
+        rows.append(
+            {
+                "split": split,
+                "dirname": dirname,
+                "n_slices": n,
+                "contiguous": not duplicates and not missing,
+                "item": f"{split}/{dirname}" + (f" ({problem})" if problem else f" ({n} slices)"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["split", "dirname", "n_slices", "contiguous", "item"])
+    frame.attrs["bounds"] = (min_slices, max_slices)
+    return frame
+
+
+def _inspect_image(path: Path) -> tuple[bool, bool, str, int, int]:
+    """(exists, decodes, mode, width, height) of one image; never raises."""
+    if not path.is_file():
+        return False, False, "", 0, 0
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return True, True, image.mode, image.width, image.height
+    except Exception:  # any decoder error means "does not decode"; the check reports the file
+        return True, False, "", 0, 0
+
+
+def image_frame(data: Path, entries: list[tuple[str, str, str]], workers: int = 4) -> pd.DataFrame:
+    """Open every referenced image (threads: PIL releases the GIL while decoding)."""
+    paths = [slice_path(data, split, d, name) for split, d, name in entries]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        inspected = list(pool.map(_inspect_image, paths))
+    frame = pd.DataFrame(inspected, columns=["exists", "decodes", "mode", "width", "height"])
+    frame.insert(0, "item", [f"{split}/{d}/{name}" for split, d, name in entries])
+    frame["size"] = [f"{w}x{h}" for w, h in zip(frame["width"], frame["height"])]
+    return frame
+
+
+def build_frames(
+    data: Path,
+    min_slices: int = 22,
+    max_slices: int = 40,
+    check_images: bool = True,
+) -> Frames:
+    """Read ``data`` (DLCV layout) into the frames the suite validates."""
+    if not data.is_dir():
+        raise UserError(f"data folder {data} does not exist: pass --data pointing at the folder holding train.csv")
+    labels, header = read_labels(data)
+    usable = labels[labels["safe_path"] & labels["id_well_formed"] & labels["id_matches_dirname"]]
+
+    train_slices: dict[str, list[int]] = {}
+    for dirname, k in zip(usable["dirname"], usable["k"]):
+        train_slices.setdefault(dirname, []).append(int(k))
+    test_disk = list_split(data, "test")
+    test_slices: dict[str, list[int]] = {}
+    file_rows = []
+    for dirname, names in test_disk.items():
+        for name in names:
+            parsed = parse_slice_name(name)
+            ok = parsed is not None and patient_hash(dirname) == parsed.hash
+            file_rows.append({"split": "test", "item": f"test/{dirname}/{name}", "accounted": ok})
+            if ok:
+                test_slices.setdefault(dirname, []).append(parsed.k)
+    patients = pd.concat(
+        [
+            sequence_frame("train", train_slices, min_slices, max_slices),
+            sequence_frame("test", test_slices, min_slices, max_slices),
+        ],
+        ignore_index=True,
+    )
+
+    referenced = {(d, i) for d, i in zip(usable["dirname"], usable["ID"])}
+    for dirname, names in list_split(data, "train").items():
+        for name in names:
+            file_rows.append(
+                {"split": "train", "item": f"train/{dirname}/{name}", "accounted": (dirname, name) in referenced}
+            )
+    files = pd.DataFrame(file_rows, columns=["split", "item", "accounted"])
+
+    if check_images:
+        entries = [("train", d, i) for d, i in zip(usable["dirname"], usable["ID"])]
+        entries += [("test", d, name) for d, names in test_disk.items() for name in names if parse_slice_name(name)]
+        images = image_frame(data, entries)
+    else:
+        images = pd.DataFrame(columns=["item", "exists", "decodes", "mode", "width", "height", "size"])
+    return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files)

@@ -1,0 +1,64 @@
+"""The DLCV data layout, in plain Python (no torch) so validation and tooling import it cheaply.
+
+```
+<root>/train.csv                      dirname,ID,ich,ivh,sah,sdh,edh
+<root>/train/ID_<hash>/<hash>_<k>.jpg one 8-bit grayscale slice, k = 0..n-1 in scan order
+<root>/test/ID_<hash>/<hash>_<k>.jpg  same, no labels
+```
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LABELS_FILE = "train.csv"
+SPLITS = ("train", "test")
+
+SLICE_NAME = re.compile(r"^(?P<hash>[A-Za-z0-9]+)_(?P<k>\d+)\.jpg$")
+PATIENT_DIR = re.compile(r"^ID_(?P<hash>[A-Za-z0-9]+)$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class SliceName:
+    hash: str
+    k: int
+
+
+def parse_slice_name(name: str) -> SliceName | None:
+    """``'bab8497a5b_12.jpg'`` -> ``SliceName('bab8497a5b', 12)``; ``None`` if malformed."""
+    match = SLICE_NAME.match(name)
+    if match is None:
+        return None
+    return SliceName(match["hash"], int(match["k"]))
+
+
+def patient_hash(dirname: str) -> str | None:
+    """``'ID_bab8497a5b'`` -> ``'bab8497a5b'``; ``None`` if malformed."""
+    match = PATIENT_DIR.match(dirname)
+    return match["hash"] if match else None
+
+
+def is_safe_component(name: str) -> bool:
+    """True if ``name`` is one plain path component: no separators, no ``..``, not absolute.
+
+    Label files come from users; a row must never make us read outside the data folder.
+    """
+    return bool(SAFE_NAME.match(name)) and ".." not in name
+
+
+def slice_path(root: Path, split: str, dirname: str, name: str) -> Path:
+    return root / split / dirname / name
+
+
+def list_split(root: Path, split: str) -> dict[str, list[str]]:
+    """Patient folder -> sorted slice file names found on disk for ``split`` (may be empty)."""
+    base = root / split
+    if not base.is_dir():
+        return {}
+    found: dict[str, list[str]] = {}
+    for patient_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        found[patient_dir.name] = sorted(f.name for f in patient_dir.iterdir() if f.is_file())
+    return found
