@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 data: $(STAMP)
-	@if [ -d data ]; then echo "data/ exists: keeping it"; else $(BIN)/hemo synth --out data; fi
+	@if [ -d data ]; then echo "data/ exists: keeping it"; else \
+		$(BIN)/hemo synth --out data && \
+		$(BIN)/dvc commit --force --quiet data.dvc && \
+		$(BIN)/dvc push --quiet data.dvc && echo "sample data cached and pushed to the 'demo' DVC remote"; fi
 
 run: data
 	$(BIN)/dvc repro

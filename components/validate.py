@@ -248,7 +248,7 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
     docs_dir = None
     if reports is not None:
         reports.mkdir(parents=True, exist_ok=True)
-        docs_dir = reports / "data_docs"
+        docs_dir = (reports / "data_docs").resolve()
         shutil.rmtree(docs_dir, ignore_errors=True)
     results = run_suite(frames, specs, docs_dir)
     stats = data_stats(frames)
