@@ -17,6 +17,12 @@ from components.errors import UserError
 STEPS: dict[str, str] = {
     "synth": "components.synth",
     "validate": "components.validate",
+    "train": "components.train",
+    "refine": "components.refine",
+    "evaluate": "components.evaluate",
+    "gate": "components.gate",
+    "score": "components.score",
+    "summary": "components.summary",
 }
 
 

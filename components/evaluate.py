@@ -1,0 +1,120 @@
+"""Evaluate the refined model on the validation patients and register it as the challenger.
+
+Scores every validation slice once and reports micro-F2 single-slice vs 5-slice context (at
+0.5, the leaderboard convention) plus per-class F2/precision/recall/ROC-AUC; optionally tunes
+per-class thresholds on validation and stores them with the model. Logs ROC/PR curves,
+confusion counts and example slices to MLflow (and reports/plots/ for `dvc plots`), then logs the
+model (pt2, CPU weights, metadata: image size, context weights, thresholds), registers it as
+`hemorrhage-classifier` and points the alias `challenger` at the new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from components.errors import UserError
+from components.model_steps import add_common_arguments, data_root, load_train_val, merged, resolve_device
+from components.params import load_params
+
+METHOD_EVALUATE = {"precision": "fp32", "batch_size": 32, "tune_thresholds": True, "examples": 8}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--model", type=Path, default=Path("outputs/refine/best.pt"), help="checkpoint to evaluate")
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="metrics and plots folder")
+    parser.add_argument("--out", type=Path, default=Path("outputs/challenger.json"),
+                        help="where the registered version is recorded")
+    parser.add_argument("--no-register", action="store_true", help="evaluate only; do not log/register the model")
+
+
+def _example_slices(scores: list, n: int) -> tuple[list[np.ndarray], list[str]]:
+    """The most confident positives and negatives: what the model sees and what it says."""
+    from hemo_model import CLASSES
+    from hemo_model.data import read_slice
+
+    cells = []
+    for s in scores:
+        probs = s.probabilities
+        for k in range(len(s.patient)):
+            cells.append((float(probs[k].max()), s.patient, k, probs[k], s.patient.labels[k]))
+    cells.sort(key=lambda c: c[0])
+    picked = cells[-(n // 2):][::-1] + cells[: n - n // 2]
+    images, captions = [], []
+    for _, patient, k, probs, labels in picked:
+        images.append(read_slice(patient.paths[k], 256))
+        truth = ",".join(c for c, y in zip(CLASSES, labels) if y) or "none"
+        top = ", ".join(f"{c} {p:.2f}" for c, p in sorted(zip(CLASSES, probs), key=lambda t: -t[1])[:2])
+        captions.append(f"{patient.dirname} k={k}\ntrue: {truth}\npred: {top}")
+    return images, captions
+
+
+def run(args: argparse.Namespace) -> int:
+    import mlflow
+    import torch
+
+    from components import plots, tracking
+    from hemo_model import CLASSES
+    from hemo_model.inference import context_filter, prepare_for_inference, score_sequences, stack_scores
+    from hemo_model.metrics import classification_report, confusion_counts, micro_f2, tune_thresholds
+
+    params = load_params(args.params)
+    cfg = merged(params, "evaluate", METHOD_EVALUATE, {})
+    if "://" in str(args.model) or str(args.model).startswith("models:"):
+        raise UserError("evaluate takes a checkpoint written by `hemo refine` (--model PATH.pt), not a registry URI")
+    loaded = tracking.load_model(str(args.model))
+    device = resolve_device(args.device)
+    _, val_patients = load_train_val(data_root(args, params), params)
+    module = prepare_for_inference(loaded.module, device)
+    scores = score_sequences(module, val_patients, loaded.image_size, (1.0,), device, str(cfg["precision"]),
+                             int(cfg["batch_size"]), progress=True)
+    single_probs, labels = stack_scores(scores)
+    for s in scores:  # same forward passes, now with the 5-tap filter: no second scoring pass
+        s.logits = context_filter(torch.from_numpy(s.slice_logits), loaded.context_weights).numpy()
+    context_probs, _ = stack_scores(scores)
+
+    thresholds = tune_thresholds(labels, context_probs) if cfg["tune_thresholds"] else [0.5] * len(CLASSES)
+    metrics = {f"{k}_context": v for k, v in classification_report(labels, context_probs).items()}
+    metrics.update({f"{k}_single": v for k, v in classification_report(labels, single_probs).items()})
+    metrics["micro_f2_context_tuned"] = micro_f2(labels, context_probs, thresholds)
+    counts = confusion_counts(labels, context_probs)
+
+    with tracking.step_run("evaluate", params):
+        tracking.log_params_flat({"evaluate": cfg, "model": str(args.model)})
+        mlflow.log_params({"n_val_patients": len(val_patients), "n_val_slices": len(labels)})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)), "confusion_context": counts},
+                        "evaluation/thresholds_and_confusion.json")
+        figures = {
+            "roc.png": plots.roc_figure(labels, context_probs, "ROC, validation, 5-slice context"),
+            "pr.png": plots.pr_figure(labels, context_probs, "precision-recall, validation, 5-slice context"),
+            "confusion.png": plots.confusion_figure(counts, "confusion counts at 0.5, 5-slice context"),
+            "examples.png": plots.examples_figure(*_example_slices(scores, int(cfg["examples"])),
+                                                  "most confident positives and negatives (validation)"),
+        }
+        plot_dir = args.reports / "plots"
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        for name, figure in figures.items():
+            figure.savefig(plot_dir / name, dpi=90)
+            tracking.log_figure(figure, name)
+        version = None
+        if not args.no_register:
+            config = dataclasses.replace(loaded.config, thresholds=thresholds)
+            version = tracking.log_and_register(loaded.module, config, metrics)
+            mlflow.set_tag("hemo.registered_version", version)
+        run_id = mlflow.active_run().info.run_id
+
+    summary = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    summary["thresholds"] = dict(zip(CLASSES, thresholds))
+    tracking.write_json_atomic(args.reports / "evaluate.json", summary)
+    if version is not None:
+        tracking.write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": tracking.MODEL_NAME})
+    print(f"evaluate: val micro-F2 single {metrics['micro_f2_single']:.4f}, 5-slice context "
+          f"{metrics['micro_f2_context']:.4f}, context + tuned thresholds {metrics['micro_f2_context_tuned']:.4f}"
+          + (f"; registered {tracking.MODEL_NAME} v{version} as @{tracking.CHALLENGER}" if version else ""))
+    return 0
+

@@ -1,0 +1,108 @@
+"""Stage 2: refine the stage-1 model with 5-slice context (loss on the weighted logit sum).
+
+For a centre slice k the model scores k-2..k+2 separately; the loss is taken on
+0.1 z(k-2) + 0.3 z(k-1) + 0.5 z(k) + 0.3 z(k+1) + 0.1 z(k+2). Adam at lr 1e-6, batch 12
+(params `refine`), same loss as stage 1. The best epoch by validation micro-F2 *with context*
+is kept; checkpoints hold the per-slice network, so they load like stage-1 checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from components.errors import UserError
+from components.model_steps import (
+    METHOD_REFINE,
+    METHOD_TRAIN,
+    add_common_arguments,
+    data_root,
+    learning_curve_figure,
+    load_train_val,
+    merged,
+    resolve_device,
+    validator,
+    write_history,
+)
+from components.params import load_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--init", type=Path, default=Path("outputs/train/best.pt"), help="stage-1 checkpoint")
+    parser.add_argument("--out", type=Path, default=Path("outputs/refine"), help="checkpoint folder")
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="metrics/curves folder")
+    parser.add_argument("--epochs", type=int, help="params refine.epochs")
+    parser.add_argument("--lr", type=float, help="params refine.lr (method: 1e-6)")
+    parser.add_argument("--batch-size", type=int, help="params refine.batch_size (method: 12)")
+    parser.add_argument("--max-steps", type=int, help="cap optimizer steps per epoch (smoke runs)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from components import tracking
+    from hemo_model.data import WindowDataset
+    from hemo_model.losses import build_loss
+    from hemo_model.model import ContextModel, load_checkpoint, save_checkpoint
+    from hemo_model.training import FitConfig, fit
+    from hemo_model.transforms import train_augmentation
+
+    params = load_params(args.params)
+    train_cfg = merged(params, "train", METHOD_TRAIN, {})
+    cfg = merged(params, "refine", METHOD_REFINE, {
+        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
+    })
+    if not args.init.is_file():
+        raise UserError(f"stage-1 checkpoint {args.init} does not exist; run `hemo train` first or pass --init")
+    try:
+        slice_model, config, _ = load_checkpoint(args.init)
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint {args.init} ({type(exc).__name__}); re-run `hemo train`") from exc
+    device = resolve_device(args.device)
+    train_patients, val_patients = load_train_val(data_root(args, params), params)
+    image_size = config.image_size
+    model = ContextModel(slice_model, config.context_weights)
+    loss = build_loss(str(train_cfg["loss"]), str(train_cfg["reduction"]), gamma_neg=float(train_cfg["gamma_neg"]),
+                      gamma_pos=float(train_cfg["gamma_pos"]), clip=float(train_cfg["clip"])) \
+        if train_cfg["loss"] == "asl" else build_loss("bce", str(train_cfg["reduction"]))
+    cache = bool(train_cfg["cache_images"])
+    dataset = WindowDataset(train_patients, image_size, cache=cache, transform=train_augmentation())
+    fit_config = FitConfig(
+        epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        weight_decay=float(train_cfg["weight_decay"]), step_size=int(train_cfg["step_size"]),
+        gamma=float(train_cfg["gamma"]), precision=str(train_cfg["precision"]), seed=int(train_cfg["seed"]),
+        workers=int(train_cfg["workers"]), max_steps=cfg["max_steps"],
+    )
+    validate = validator(val_patients, image_size, tuple(config.context_weights), device, fit_config.precision, cache)
+
+    with tracking.step_run("refine", params):
+        tracking.log_params_flat({"refine": cfg, "init": str(args.init)})
+        start_f2 = validate(model)
+        mlflow.log_metric("val_micro_f2_context_before", start_f2)
+        initial_state = {k: v.detach().clone() for k, v in slice_model.state_dict().items()}
+        started = time.perf_counter()
+        result = fit(
+            model, dataset, validate, loss, fit_config, args.out, config, save_model=slice_model,
+            resume=args.resume, device=device,
+            on_epoch=lambda r: mlflow.log_metrics(
+                {"train_loss": r.train_loss, "val_micro_f2": r.val_micro_f2, "lr": r.lr,
+                 "train_windows_per_s": r.samples_per_s}, step=r.epoch),
+        )
+        seconds = time.perf_counter() - started
+        if result.best_val_micro_f2 < start_f2:
+            # Refinement made validation worse: keep the stage-1 weights as the best model (epoch 0).
+            slice_model.load_state_dict(initial_state)
+            save_checkpoint(args.out / "best.pt", slice_model, config, epoch=0, val_micro_f2=start_f2)
+            result.best_epoch, result.best_val_micro_f2 = 0, start_f2
+        summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
+                   "val_micro_f2_context_before": start_f2, "seconds": round(seconds, 1)}
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+        write_history(result.history, args.reports / "refine_history.csv")
+        tracking.write_json_atomic(args.reports / "refine.json", summary)
+        tracking.log_figure(learning_curve_figure(result.history, "stage 2: 5-slice refinement"), "refine_curve.png")
+    print(f"refine: val micro-F2 (5-slice context) {start_f2:.4f} -> {result.best_val_micro_f2:.4f} "
+          f"(epoch {result.best_epoch}), {seconds:.0f} s -> {args.out / 'best.pt'}")
+    return 0

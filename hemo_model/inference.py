@@ -1,0 +1,131 @@
+"""Scoring whole patient sequences with 5-slice context at one forward pass per slice.
+
+The method scores slice k from the weighted sum of the logits of slices k-2..k+2. Scoring
+each window separately costs 5 forward passes per slice; because the weighted sum is linear in
+the per-slice logits, it equals running the model once per slice and then applying the 5-tap
+filter along the sequence (edge slices replicated, exactly like clamped window indices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hemo_model.data import PatientSequence, SliceDataset, WindowDataset
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def context_filter(logits: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Weighted sum over a window of slices along dim 0 of (n, C) logits, edges replicated."""
+    width = len(weights)
+    if width == 1:
+        return logits * float(weights[0])
+    half = width // 2
+    padded = torch.cat([logits[:1].expand(half, -1), logits, logits[-1:].expand(half, -1)])
+    n = logits.shape[0]
+    return sum(float(w) * padded[i : i + n] for i, w in enumerate(weights))
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to ``device`` in channels_last and eval mode. Exported (pt2) programs are already
+    captured in eval mode and refuse ``.eval()``, so that call is skipped for them."""
+    model = model.to(device=device, memory_format=torch.channels_last)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        model.eval()
+    return model
+
+
+@dataclass
+class SequenceScores:
+    """Per-slice logits of one patient, before (``slice_logits``) and after the context filter."""
+
+    patient: PatientSequence
+    slice_logits: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits))
+
+
+def _loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def slice_logits(model: nn.Module, dataset: SliceDataset, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 32, workers: int = 0, progress: bool = False) -> np.ndarray:
+    """(N, 5) logits for every item of ``dataset``, in order: one forward pass per slice."""
+    outputs = []
+    batches: Iterator = iter(_loader(dataset, batch_size, workers, device))
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="scoring", unit="batch")
+    for images, _ in batches:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            outputs.append(model(images).float().cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 5), dtype=np.float32)
+
+
+def score_sequences(model: nn.Module, patients: Sequence[PatientSequence], image_size: int,
+                    weights: Sequence[float], device: torch.device, precision: str = "fp32",
+                    batch_size: int = 32, workers: int = 0, cache: bool = False,
+                    progress: bool = False) -> list[SequenceScores]:
+    """Score every slice once, then filter each patient's logits along the sequence."""
+    dataset = SliceDataset(patients, image_size, cache=cache)
+    flat = slice_logits(model, dataset, device, precision, batch_size, workers, progress)
+    results, start = [], 0
+    for patient in patients:
+        per_slice = flat[start : start + len(patient)]
+        start += len(patient)
+        filtered = context_filter(torch.from_numpy(per_slice), weights).numpy()
+        results.append(SequenceScores(patient, per_slice, filtered))
+    return results
+
+
+@torch.no_grad()
+def score_windows_naive(model: nn.Module, patients: Sequence[PatientSequence], image_size: int,
+                        weights: Sequence[float], device: torch.device, precision: str = "fp32",
+                        batch_size: int = 8) -> np.ndarray:
+    """Reference scorer: each slice's 5-slice window through the model (5 passes per slice).
+    Kept for the equivalence test and the benchmark; use :func:`score_sequences` in practice."""
+    from hemo_model.model import ContextModel
+
+    context = ContextModel(model, weights) if len(weights) > 1 else None
+    dataset = WindowDataset(patients, image_size, width=len(weights))
+    outputs = []
+    for windows, _ in _loader(dataset, batch_size, 0, device):
+        windows = windows.to(device)
+        with autocast(device, precision):
+            if context is None:
+                out = model(windows[:, 0]).float() * float(weights[0])
+            else:
+                out = context(windows)
+        outputs.append(out.float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def stack_scores(scores: Sequence[SequenceScores]) -> tuple[np.ndarray, np.ndarray | None]:
+    """All slices' probabilities (N, 5) and, if every patient is labelled, their labels."""
+    probs = np.concatenate([s.probabilities for s in scores]) if scores else np.zeros((0, 5))
+    if all(s.patient.labels is not None for s in scores):
+        return probs, np.concatenate([s.patient.labels for s in scores]) if scores else np.zeros((0, 5))
+    return probs, None

@@ -1,0 +1,99 @@
+"""ResNet34 with the method's head, a 5-slice context wrapper, and checkpoint I/O.
+
+The original kept torchvision's ImageNet ResNet34 (1000-d output) and put a head on top:
+Linear 256 -> BN -> ReLU -> Dropout -> Linear 5. We keep that shape so a local ImageNet
+weights file loads unchanged; weights are never downloaded (training from scratch is default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet34
+
+from hemo_model import CLASSES
+
+CONTEXT_WEIGHTS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.3, 0.1)
+"""The method's 5-slice weights for slices k-2..k+2 (not normalised: they sum to 1.3)."""
+
+
+@dataclass
+class ModelConfig:
+    head: str = "method"  # "method" (1000 -> 256 -> BN -> ReLU -> Dropout -> 5) or "linear" (512 -> 5)
+    dropout: float = 0.5
+    image_size: int = 512
+    context_weights: tuple[float, ...] = CONTEXT_WEIGHTS
+    thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+
+
+class HemoNet(nn.Module):
+    """Per-slice classifier: (B, 3, H, W) -> (B, 5) logits."""
+
+    def __init__(self, head: str = "method", dropout: float = 0.5, pretrained: Path | None = None) -> None:
+        super().__init__()
+        self.backbone = resnet34(weights=None)
+        if pretrained is not None:
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+            self.backbone.load_state_dict(state)
+        if head == "method":
+            self.head: nn.Module = nn.Sequential(
+                nn.Linear(1000, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(256, len(CLASSES)),
+            )
+        elif head == "linear":
+            self.backbone.fc = nn.Linear(self.backbone.fc.in_features, len(CLASSES))
+            self.head = nn.Identity()
+        else:
+            raise ValueError(f"unknown head {head!r}; use 'method' or 'linear'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class ContextModel(nn.Module):
+    """Scores slices k-2..k+2 separately and returns the weighted sum of their logits.
+
+    Used to refine with 5-slice context (the loss is taken on this sum) and as the naive
+    reference scorer; inference uses the equivalent 1-forward-per-slice filter instead.
+    """
+
+    def __init__(self, slice_model: nn.Module, weights: Sequence[float] = CONTEXT_WEIGHTS) -> None:
+        super().__init__()
+        self.slice_model = slice_model
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32))
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        batch, width = windows.shape[:2]
+        logits = self.slice_model(windows.flatten(0, 1)).view(batch, width, -1)
+        return (logits.float() * self.weights.view(1, width, 1)).sum(dim=1)
+
+
+def build_model(config: ModelConfig, pretrained: Path | None = None) -> HemoNet:
+    return HemoNet(config.head, config.dropout, pretrained)
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, **extra: Any) -> None:
+    """Atomic save (temp file + rename) of weights, config and any extra training state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model_state": model.state_dict(), "config": asdict(config), **extra}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[HemoNet, ModelConfig, dict[str, Any]]:
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint` (CPU tensors)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "model_state" not in payload:
+        raise ValueError(f"{path} is not a hemo checkpoint (no model_state)")
+    raw = dict(payload["config"])
+    raw["context_weights"] = tuple(raw.get("context_weights", CONTEXT_WEIGHTS))
+    config = ModelConfig(**raw)
+    model = build_model(config)
+    model.load_state_dict(payload["model_state"])
+    return model, config, payload

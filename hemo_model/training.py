@@ -1,0 +1,172 @@
+"""The fit loop shared by stage 1 (single slices) and stage 2 (5-slice context refinement).
+
+Adam + StepLR as in the method; the best epoch by validation micro-F2 is kept. A checkpoint
+with model, optimizer, scheduler, RNG states and history is written atomically after every
+epoch, so an interrupted run continues from the last finished epoch with ``resume=True``.
+Per-epoch seeding (seed + epoch) of the shuffle and the augmentation makes a run deterministic
+on the CPU, and a resumed run identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hemo_model.inference import autocast
+from hemo_model.model import ModelConfig, save_checkpoint
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 20
+    batch_size: int = 20
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    step_size: int = 10
+    gamma: float = 0.5
+    precision: str = "fp32"
+    seed: int = 0
+    workers: int = 0
+    max_steps: int | None = None  # cap on optimizer steps per epoch (smoke tests); None = full epoch
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_micro_f2: float
+    lr: float
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_micro_f2: float
+    history: list[EpochRecord] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    validate: Callable[[nn.Module], float],
+    loss_fn: nn.Module,
+    config: FitConfig,
+    checkpoint_dir: Path,
+    model_config: ModelConfig,
+    save_model: nn.Module | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``dataset`` and keep the epoch with the best ``validate(model)``.
+
+    ``save_model`` is the module whose weights are checkpointed (the per-slice network when
+    ``model`` is a context wrapper around it), so every checkpoint loads as a plain HemoNet.
+    """
+    device = device or torch.device("cpu")
+    save_model = save_model or model
+    model.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    result = FitResult(best_epoch=-1, best_val_micro_f2=-1.0)
+    start_epoch = 1
+    last_path = checkpoint_dir / LAST
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        save_model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        _set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        result.best_epoch = int(state["best_epoch"])
+        result.best_val_micro_f2 = float(state["best_val_micro_f2"])
+        result.history = [EpochRecord(**h) for h in state["history"]]
+        best_file = checkpoint_dir / BEST
+        if best_file.is_file():
+            result.best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model_state"]
+    generator = torch.Generator()
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        # Seed shuffle and augmentation per epoch: reproducible, and identical after a resume.
+        seed_everything(config.seed + epoch)
+        generator.manual_seed(config.seed + epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
+                            num_workers=config.workers, generator=generator, pin_memory=device.type == "cuda")
+        model.train()
+        started, seen, total_loss, steps = time.perf_counter(), 0, 0.0, 0
+        batches = loader
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for inputs, targets in batches:
+            inputs = inputs.to(device, non_blocking=True)
+            if inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, config.precision):
+                logits = model(inputs)
+            loss = loss_fn(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += inputs.shape[0]
+            total_loss += float(loss.detach())
+            steps += 1
+            if progress:
+                rate = seen / max(time.perf_counter() - started, 1e-9)
+                batches.set_postfix(loss=f"{total_loss / steps:.4f}", samples_s=f"{rate:.1f}")
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
+        train_seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        val_f2 = float(validate(model))
+        record = EpochRecord(epoch, total_loss / max(steps, 1), val_f2, lr, train_seconds, seen / max(train_seconds, 1e-9))
+        result.history.append(record)
+        if val_f2 > result.best_val_micro_f2:
+            result.best_epoch, result.best_val_micro_f2 = epoch, val_f2
+            result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in save_model.state_dict().items()})
+            save_checkpoint(checkpoint_dir / BEST, save_model, model_config, epoch=epoch, val_micro_f2=val_f2)
+        save_checkpoint(
+            last_path, save_model, model_config,
+            optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(), rng=_rng_state(),
+            epoch=epoch, best_epoch=result.best_epoch, best_val_micro_f2=result.best_val_micro_f2,
+            history=[asdict(h) for h in result.history],
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+        if progress:
+            print(f"epoch {epoch}: loss {record.train_loss:.4f}, val micro-F2 {val_f2:.4f}, "
+                  f"{record.samples_per_s:.1f} samples/s, lr {lr:.2e}")
+    return result
