@@ -18,7 +18,7 @@ def _read(path: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.tracking import EMBEDDED_URI, tracking_uri
+    from components.tracking import is_embedded, tracking_uri
 
     evaluation = _read(args.reports / "evaluate.json")
     gate = _read(args.reports / "gate.json")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"predictions: {args.predictions} ({rows} slices) and "
                      f"{args.predictions.with_name(args.predictions.stem + '_leaderboard.csv')}")
     uri = tracking_uri()
-    if uri == EMBEDDED_URI:
+    if is_embedded():
         lines.append("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db "
                      "--default-artifact-root ./mlartifacts  then open http://127.0.0.1:5000")
     else:

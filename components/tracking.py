@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -30,22 +31,31 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_EXPERIMENT = "hemorrhage-classifier"
 PIPELINE_RUN_FILE = Path("outputs/pipeline_run.json")
-EMBEDDED_URI = "sqlite:///mlflow.db"
+EMBEDDED_DB = "mlflow.db"
+
+
+def is_embedded() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_URI
+    """The server from MLFLOW_TRACKING_URI, else ./mlflow.db as an absolute sqlite URI (absolute
+    so that MLflow's per-URI store cache can never mix up two working folders)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(EMBEDDED_DB).resolve()}"
 
 
 def configure(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the server or the embedded store and select the experiment."""
     import mlflow
 
+    # MLflow/alembic announce schema creation at INFO on stderr; a CLI user only needs warnings.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifact_location = None
-        if uri == EMBEDDED_URI:  # keep embedded artifacts in a predictable folder next to mlflow.db
+        if is_embedded():  # keep embedded artifacts in a predictable folder next to mlflow.db
             artifact_location = Path("mlartifacts").resolve().as_uri()
         with contextlib.suppress(Exception):  # a concurrent step may have created it meanwhile
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
@@ -224,8 +234,9 @@ def load_model(uri_or_path: str) -> LoadedModel:
         try:
             module, config, _ = load_checkpoint(path)
         except Exception as exc:  # torch raises many types for truncated/foreign files
-            raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
-                            "pass a file written by hemo train/refine") from exc
+            first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {first_line}); it is truncated or "
+                            "not written by hemo train/refine: re-create it or pass another --model") from exc
         return LoadedModel(module, config.image_size, list(config.context_weights), list(config.thresholds), str(path),
                            config=config)
 

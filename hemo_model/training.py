@@ -130,6 +130,8 @@ def fit(
 
             batches = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for inputs, targets in batches:
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
             inputs = inputs.to(device, non_blocking=True)
             if inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -146,8 +148,6 @@ def fit(
             if progress:
                 rate = seen / max(time.perf_counter() - started, 1e-9)
                 batches.set_postfix(loss=f"{total_loss / steps:.4f}", samples_s=f"{rate:.1f}")
-            if config.max_steps is not None and steps >= config.max_steps:
-                break
         train_seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

@@ -100,3 +100,60 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"hemo-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server + registry (SQLite backend, proxied local artifacts)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", (root / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=log, cwd=root,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", timeout=120, process=process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+TINY_PARAMS = """
+split: {val_fraction: 0.34, seed: 0}
+train: {image_size: 64, epochs: 1, batch_size: 16, cache_images: true}
+refine: {epochs: 1, batch_size: 8, max_steps: 4}
+gate: {min_f2: 0.0, min_improvement: 0.0}
+validate: {image_size: 64}
+"""
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 train / 2 test patients at 64 px: enough for a 2-patient validation split."""
+    root = tmp_path_factory.mktemp("pipeline") / "data"
+    generate_dataset(root, train_patients=6, test_patients=2, image_size=64, seed=1)
+    return root
+
+
+@pytest.fixture
+def workdir(pipeline_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project-like working folder: data/ (symlink to the shared tiny set) and params.yaml."""
+    (tmp_path / "data").symlink_to(pipeline_data)
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
+    return tmp_path
