@@ -31,6 +31,7 @@ data: $(STAMP)
 
 run: data
 	$(BIN)/dvc repro
+	@$(BIN)/hemo summary
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -16,6 +16,7 @@ from components.errors import UserError
 
 STEPS: dict[str, str] = {
     "synth": "components.synth",
+    "start-run": "components.start_run",
     "validate": "components.validate",
     "train": "components.train",
     "refine": "components.refine",

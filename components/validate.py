@@ -274,6 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-slices", type=int, help="most slices per patient (params validate.max_slices)")
     parser.add_argument("--image-size", type=int, help="expected slice size in px (params validate.image_size)")
     parser.add_argument("--skip-images", action="store_true", help="check labels and sequences only")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the validation run to MLflow")
     parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
 
 
@@ -290,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
     failed = [c for c in results if not c.success]
     for check in failed:
         print(check.line())
+    if not args.no_mlflow:
+        _log_to_mlflow(params, results, stats, args.reports)
     if failed:
         raise ValidationFailed(
             f"{len(failed)} of {len(results)} checks failed for {data}; report: {args.reports}/summary.json, "
@@ -302,3 +305,23 @@ def run(args: argparse.Namespace) -> int:
         f"({stats['seconds']} s)"
     )
     return 0
+
+
+def _log_to_mlflow(params: dict[str, Any], results: list[CheckResult], stats: dict[str, Any], reports: Path | None) -> None:
+    """One MLflow run per validation (child of the pipeline run when there is one); a failed
+    validation is logged as a FAILED run with the failing checks as a tag."""
+    import mlflow
+
+    from components import tracking
+
+    failed = [c.name for c in results if not c.success]
+    with tracking.step_run("validate", params) as run:
+        mlflow.log_params({"checks": len(results), **{k: v for k, v in stats.items() if k != "positives"}})
+        mlflow.log_metrics({"checks_failed": float(len(failed)),
+                            **{f"positives_{c}": float(n) for c, n in stats["positives"].items()}})
+        if reports is not None and (reports / "summary.json").is_file():
+            mlflow.log_artifact(str(reports / "summary.json"), artifact_path="validation")
+        if failed:
+            mlflow.set_tag("hemo.failed_checks", ",".join(failed)[:500])
+    if failed:
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")

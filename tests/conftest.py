@@ -5,6 +5,7 @@ Everything is generated into pytest's temp folders; tests that change data work 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -102,26 +103,30 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real MLflow tracking server + registry (SQLite backend, proxied local artifacts)."""
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, artifacts_destination: str | None = None, env: dict | None = None):
+    """Start a real MLflow tracking server + registry (SQLite backend, proxied artifacts)."""
+    import os
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = (root / "server.log").open("w")
     mlflow = Path(sys.executable).with_name("mlflow")
     process = subprocess.Popen(
         [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", (root / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=log, cwd=root,
+         "--artifacts-destination", artifacts_destination or (root / "artifacts").as_uri(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=log, cwd=root, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", timeout=120, process=process)
         yield url
+    except Exception:
+        log.flush()
+        print((root / "server.log").read_text()[-3000:])
+        raise
     finally:
         process.terminate()
         try:
@@ -129,6 +134,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server shared by a session's tests."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
 
 TINY_PARAMS = """
@@ -157,3 +169,9 @@ def workdir(pipeline_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def sqlite_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One embedded MLflow store for a whole session of in-process step calls."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"

@@ -16,6 +16,13 @@ from components.cli import main
 SIZE = "64"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store(sqlite_tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation logs a run per call; keep those runs out of the working tree."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_tracking_uri)
+    monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
+
+
 def _validate(data: Path, reports: Path, *extra: str) -> int:
     return main(["validate", "--data", str(data), "--reports", str(reports), "--image-size", SIZE, *extra])
 
@@ -199,6 +206,20 @@ def test_missing_folder_and_labels_give_one_clear_error(tmp_path: Path, capsys: 
     assert _validate(tmp_path / "empty", tmp_path / "r") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.csv not found" in err
+
+
+def test_validation_runs_are_logged_to_mlflow(data_copy: Path, tmp_path: Path, sqlite_tracking_uri: str) -> None:
+    import mlflow
+
+    rows = _rows(data_copy)
+    rows[3][5] = "7"
+    _write_rows(data_copy, rows)
+    assert _validate(data_copy, tmp_path / "r") == 1
+    mlflow.set_tracking_uri(sqlite_tracking_uri)
+    run = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list",
+                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FAILED" and run.data.tags["hemo.failed_checks"] == "labels.sdh.binary"
+    assert run.data.metrics["checks_failed"] == 1.0 and run.data.tags["hemo.step"] == "validate"
 
 
 def test_failure_writes_report_with_examples(data_copy: Path, tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Runners: the same `hemo` command as a local process, a DockerOperator and a
+KubernetesPodOperator, with GPUs requested only for the steps that use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.runners import (
+    CONTAINER_PROJECT,
+    GPU_STEPS,
+    StepSettings,
+    StepFailed,
+    docker_operator,
+    hemo_args,
+    kubernetes_operator,
+    run_local,
+    safe_run_key,
+)
+
+STEPS = ("validate", "train", "refine", "evaluate", "gate", "score")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> StepSettings:
+    return StepSettings(
+        project_dir=tmp_path / "project", run_dir=tmp_path / "runs" / "manual__2026-01-01T00_00_00_00_00",
+        mlflow_uri="http://mlflow:5000", dag_run_id="manual__2026-01-01T00:00:00+00:00", parent_run_id="abc123",
+        overrides={"epochs": 3, "image_size": None, "min_improvement": 0.01}, image="registry/hemo:1",
+    )
+
+
+def test_run_key_is_a_safe_folder_name() -> None:
+    assert safe_run_key("scheduled__2026-01-05T03:00:00+00:00") == "scheduled__2026-01-05T03_00_00_00_00"
+
+
+def test_args_carry_overrides_and_use_run_relative_outputs(tmp_path: Path) -> None:
+    assert hemo_args("train", tmp_path, {"epochs": 3, "image_size": None})[-2:] == ["--epochs", "3"]
+    assert "--image-size" not in hemo_args("train", tmp_path, {"epochs": 3, "image_size": None})
+    assert hemo_args("gate", tmp_path, {"min_improvement": 0.01})[-2:] == ["--min-improvement", "0.01"]
+    assert hemo_args("score", tmp_path, {})[:3] == ["score", "--data", str(tmp_path / "data" / "test")]
+    with pytest.raises(ValueError):
+        hemo_args("deploy", tmp_path, {})
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_docker_operator(settings: StepSettings, step: str) -> None:
+    op = docker_operator(f"{step}_docker", step, settings)
+    assert op.image == "registry/hemo:1"
+    assert op.command == hemo_args(step, Path(CONTAINER_PROJECT), settings.overrides)
+    assert op.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert op.environment["HEMO_PARENT_RUN_ID"] == "abc123"
+    assert op.environment["HEMO_DAG_RUN_ID"] == settings.dag_run_id
+    assert op.working_dir.endswith(settings.run_dir.name)
+    targets = {m["Target"]: m for m in op.mounts}
+    assert targets[CONTAINER_PROJECT]["ReadOnly"] is True
+    if step in GPU_STEPS:
+        (request,) = op.device_requests
+        assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+        assert op.shm_size >= 8 * 1024**3
+    else:
+        assert not op.device_requests
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kubernetes_operator(settings: StepSettings, step: str) -> None:
+    op = kubernetes_operator(f"{step}_pod", step, settings)
+    assert op.image == "registry/hemo:1"
+    limits = op.container_resources.limits
+    assert ("nvidia.com/gpu" in limits) == (step in GPU_STEPS)
+    if step in GPU_STEPS:
+        assert limits["nvidia.com/gpu"] == "1"
+    command = op.arguments[0]
+    assert f"exec hemo {step}" in command and f"cd /opt/hemo-runs/{settings.run_dir.name}" in command
+    raw = op.env_vars  # a dict until the operator converts it at execute time
+    env = dict(raw) if isinstance(raw, dict) else {e.name: e.value for e in raw}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["HEMO_PARENT_RUN_ID"] == "abc123"
+    assert any(m.mount_path == "/dev/shm" for m in op.volume_mounts)
+
+
+def test_local_runner_streams_and_classifies_failures(settings: StepSettings, tmp_path: Path) -> None:
+    fake = tmp_path / "hemo"
+    fake.write_text("#!/bin/sh\necho \"args: $*\"\necho \"parent: $HEMO_PARENT_RUN_ID\"\n"
+                    "[ \"$1\" = validate ] && exit 1\n[ \"$1\" = train ] && exit 3\nexit 0\n")
+    fake.chmod(0o755)
+    assert run_local("gate", settings, hemo_bin=str(fake)) == "parent: abc123"
+    assert settings.run_dir.is_dir()
+    with pytest.raises(StepFailed) as validation:
+        run_local("validate", settings, hemo_bin=str(fake))
+    assert validation.value.user_error and "args: validate" in str(validation.value)
+    with pytest.raises(StepFailed) as crash:
+        run_local("train", settings, hemo_bin=str(fake))
+    assert not crash.value.user_error  # unexpected failures are retried by Airflow
