@@ -44,6 +44,19 @@ def merged(params: dict[str, Any], name: str, defaults: dict[str, Any], override
     return values
 
 
+def loss_from(train_cfg: dict[str, Any]) -> Any:
+    """The training loss of the `train` params (refinement uses the same one)."""
+    from hemo_model.losses import build_loss
+
+    if train_cfg["loss"] == "asl":
+        return build_loss("asl", str(train_cfg["reduction"]), gamma_neg=float(train_cfg["gamma_neg"]),
+                          gamma_pos=float(train_cfg["gamma_pos"]), clip=float(train_cfg["clip"]))
+    try:
+        return build_loss(str(train_cfg["loss"]), str(train_cfg["reduction"]))
+    except ValueError as exc:
+        raise UserError(f"params train.loss: {exc}") from exc
+
+
 def resolve_device(choice: str) -> Any:
     import torch
 

@@ -59,7 +59,7 @@ def confusion_figure(counts: dict[str, dict[str, int]], title: str) -> Any:
 def examples_figure(images: list[np.ndarray], captions: list[str], title: str) -> Any:
     cols = min(4, len(images))
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 4.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):

@@ -20,6 +20,7 @@ from components.model_steps import (
     data_root,
     learning_curve_figure,
     load_train_val,
+    loss_from,
     merged,
     resolve_device,
     validator,
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from hemo_model.data import WindowDataset
-    from hemo_model.losses import build_loss
     from hemo_model.model import ContextModel, load_checkpoint, save_checkpoint
     from hemo_model.training import FitConfig, fit
     from hemo_model.transforms import train_augmentation
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     train_patients, val_patients = load_train_val(data_root(args, params), params)
     image_size = config.image_size
     model = ContextModel(slice_model, config.context_weights)
-    loss = build_loss(str(train_cfg["loss"]), str(train_cfg["reduction"]), gamma_neg=float(train_cfg["gamma_neg"]),
-                      gamma_pos=float(train_cfg["gamma_pos"]), clip=float(train_cfg["clip"])) \
-        if train_cfg["loss"] == "asl" else build_loss("bce", str(train_cfg["reduction"]))
+    loss = loss_from(train_cfg)
     cache = bool(train_cfg["cache_images"])
     dataset = WindowDataset(train_patients, image_size, cache=cache, transform=train_augmentation())
     fit_config = FitConfig(

@@ -94,10 +94,17 @@ def standard_tags(step: str, params: dict[str, Any]) -> dict[str, str]:
 
 
 def parent_run_id() -> str | None:
+    """HEMO_PARENT_RUN_ID, else the run recorded by `hemo train` in outputs/pipeline_run.json,
+    but only if it was recorded against the tracking store in use now."""
     if os.environ.get("HEMO_PARENT_RUN_ID"):
         return os.environ["HEMO_PARENT_RUN_ID"]
     if PIPELINE_RUN_FILE.is_file():
-        return json.loads(PIPELINE_RUN_FILE.read_text()).get("run_id")
+        try:
+            recorded = json.loads(PIPELINE_RUN_FILE.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if recorded.get("tracking_uri") == tracking_uri():
+            return recorded.get("run_id")
     return None
 
 
@@ -121,8 +128,17 @@ def step_run(step: str, params: dict[str, Any], parent: str | None = None) -> It
     """A child run of the pipeline run for one step (a top-level run if there is no parent)."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     configure()
     parent = parent or parent_run_id()
+    if parent is not None:
+        try:
+            mlflow.MlflowClient().get_run(parent)
+        except MlflowException:
+            logging.getLogger(__name__).warning(
+                "parent run %s not found at %s; logging %s as a top-level run", parent, tracking_uri(), step)
+            parent = None
     with mlflow.start_run(run_name=step, parent_run_id=parent, tags=standard_tags(step, params)) as run:
         yield run
 

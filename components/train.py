@@ -20,6 +20,7 @@ from components.model_steps import (
     data_root,
     learning_curve_figure,
     load_train_val,
+    loss_from,
     merged,
     model_config,
     pretrained_path,
@@ -50,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from hemo_model.data import SliceDataset
-    from hemo_model.losses import build_loss
     from hemo_model.model import build_model
     from hemo_model.training import FitConfig, fit
     from hemo_model.transforms import train_augmentation
@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     image_size = int(cfg["image_size"])
     config = model_config(params, image_size)
     model = build_model(config, pretrained_path(params))
-    loss = build_loss(str(cfg["loss"]), str(cfg["reduction"]), gamma_neg=float(cfg["gamma_neg"]),
-                      gamma_pos=float(cfg["gamma_pos"]), clip=float(cfg["clip"])) if cfg["loss"] == "asl" \
-        else build_loss("bce", str(cfg["reduction"]))
+    loss = loss_from(cfg)
     dataset = SliceDataset(train_patients, image_size, cache=bool(cfg["cache_images"]), transform=train_augmentation())
     fit_config = FitConfig(
         epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),

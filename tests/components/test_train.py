@@ -41,3 +41,18 @@ def test_train_logs_to_embedded_store_and_resumes(workdir: Path, capsys: pytest.
 def test_resume_without_checkpoint_is_a_clear_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume"]) == 2
     assert "--resume given but" in capsys.readouterr().err
+
+
+def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_tracking_uri: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching MLFLOW_TRACKING_URI must not break steps that find an old pipeline_run.json."""
+    from components import tracking
+
+    (workdir / "outputs").mkdir()
+    (workdir / "outputs/pipeline_run.json").write_text('{"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///elsewhere.db"}')
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_tracking_uri)
+    assert tracking.parent_run_id() is None
+    monkeypatch.setenv("HEMO_PARENT_RUN_ID", "0123456789abcdef")  # given but does not exist there
+    with tracking.step_run("validate", {}) as run:
+        pass
+    assert "mlflow.parentRunId" not in mlflow.get_run(run.info.run_id).data.tags

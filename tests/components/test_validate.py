@@ -17,8 +17,9 @@ SIZE = "64"
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_store(sqlite_tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Validation logs a run per call; keep those runs out of the working tree."""
+def _mlflow_store(sqlite_tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation logs a run per call; keep those runs (and any outputs) out of the working tree."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_tracking_uri)
     monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
 

@@ -56,18 +56,25 @@ def dags_test(env: dict, conf: dict) -> tuple[subprocess.CompletedProcess[str], 
     return result, time.perf_counter() - started
 
 
+def cli_json(stdout: str) -> list[dict]:
+    """The JSON array an `airflow ... -o json` command prints; warnings may precede it."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("["))
+    return json.loads("\n".join(lines[start:]))
+
+
 def task_states(env: dict, run_id: str) -> dict[str, str]:
     out = subprocess.run([AIRFLOW, "tasks", "states-for-dag-run", "hemo_retraining", run_id, "-o", "json"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    return {row["task_id"]: row["state"] for row in json.loads(out.stdout)}
+    return {row["task_id"]: row["state"] for row in cli_json(out.stdout)}
 
 
 def latest_run_id(env: dict) -> str:
     out = subprocess.run([AIRFLOW, "dags", "list-runs", "hemo_retraining", "-o", "json"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    runs = json.loads(out.stdout)
+    runs = cli_json(out.stdout)
     return max(runs, key=lambda r: r.get("start_date") or "")["run_id"]
 
 
