@@ -11,6 +11,7 @@ Only the standard library is imported at module level: the DAG file imports this
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -115,16 +116,20 @@ def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None) ->
     return next((line for line in reversed(lines) if line.strip()), "")
 
 
+def in_container(settings: StepSettings) -> StepSettings:
+    """The same settings with paths as the container sees them (project and runs mounted)."""
+    return dataclasses.replace(settings, project_dir=Path(CONTAINER_PROJECT),
+                               run_dir=Path(CONTAINER_RUNS) / settings.run_dir.name)
+
+
 def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url: str | None = None) -> Any:
     """DockerOperator for a step: the training image, all GPUs for GPU steps, 16 GB shm (the
     DataLoader's workers share batches through /dev/shm), project and runs folders mounted."""
     from airflow.providers.docker.operators.docker import DockerOperator
     from docker.types import DeviceRequest, Mount
 
-    container_run_dir = f"{CONTAINER_RUNS}/{settings.run_dir.name}"
-    inner = StepSettings(Path(CONTAINER_PROJECT), Path(container_run_dir), settings.mlflow_uri,
-                         settings.dag_run_id, settings.parent_run_id, settings.overrides, settings.image,
-                         settings.extra_env)
+    inner = in_container(settings)
+    container_run_dir = str(inner.run_dir)
     gpu = step in GPU_STEPS
     return DockerOperator(
         task_id=task_id,
@@ -153,10 +158,8 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    container_run_dir = f"{CONTAINER_RUNS}/{settings.run_dir.name}"
-    inner = StepSettings(Path(CONTAINER_PROJECT), Path(container_run_dir), settings.mlflow_uri,
-                         settings.dag_run_id, settings.parent_run_id, settings.overrides, settings.image,
-                         settings.extra_env)
+    inner = in_container(settings)
+    container_run_dir = str(inner.run_dir)
     gpu = step in GPU_STEPS
     limits = {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"} if gpu else {"cpu": "2", "memory": "8Gi"}
     requests = {"cpu": "4", "memory": "32Gi"} if gpu else {"cpu": "1", "memory": "4Gi"}
