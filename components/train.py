@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from components import tracking
     from hemo_model.data import SliceDataset
     from hemo_model.model import build_model
-    from hemo_model.training import FitConfig, fit
+    from hemo_model.training import FitConfig, fit, seed_everything
     from hemo_model.transforms import train_augmentation
 
     params = load_params(args.params)
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--resume given but {args.out / 'last.pt'} does not exist; run without --resume")
     image_size = int(cfg["image_size"])
     config = model_config(params, image_size)
+    seed_everything(int(cfg["seed"]))  # the initial weights too: same seed, same model
     model = build_model(config, pretrained_path(params))
     loss = loss_from(cfg)
     dataset = SliceDataset(train_patients, image_size, cache=bool(cfg["cache_images"]), transform=train_augmentation())

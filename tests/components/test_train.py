@@ -56,3 +56,18 @@ def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_
     with tracking.step_run("validate", {}) as run:
         pass
     assert "mlflow.parentRunId" not in mlflow.get_run(run.info.run_id).data.tags
+
+
+def test_same_seed_same_model_across_processes(workdir: Path) -> None:
+    """Two `hemo train` runs with the same params give identical weights (initialisation included)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    hemo = str(Path(sys.executable).with_name("hemo"))
+    for out in ("a", "b"):
+        subprocess.run([hemo, "train", "--max-steps", "1", "--out", f"outputs/{out}"], check=True, capture_output=True)
+    a = torch.load(workdir / "outputs/a/best.pt", weights_only=True)["model_state"]
+    b = torch.load(workdir / "outputs/b/best.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
