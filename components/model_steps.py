@@ -152,3 +152,27 @@ def learning_curve_figure(history: list[Any], title: str) -> Any:
     left.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def epoch_logger(rate_name: str) -> Any:
+    """on_epoch callback: the epoch's loss, validation micro-F2, lr and throughput to MLflow."""
+    import mlflow
+
+    def log(record: Any) -> None:
+        mlflow.log_metrics({"train_loss": record.train_loss, "val_micro_f2": record.val_micro_f2, "lr": record.lr,
+                            rate_name: record.samples_per_s}, step=record.epoch)
+
+    return log
+
+
+def publish_fit(stage: str, history: list[Any], summary: dict[str, Any], reports: Path, title: str) -> None:
+    """A finished fit's summary to MLflow and reports/<stage>.json, its history to
+    reports/<stage>_history.csv (dvc plots) and its learning curve to MLflow."""
+    import mlflow
+
+    from components import tracking
+
+    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    write_history(history, reports / f"{stage}_history.csv")
+    tracking.write_json_atomic(reports / f"{stage}.json", summary)
+    tracking.log_figure(learning_curve_figure(history, title), f"{stage}_curve.png")

@@ -18,13 +18,13 @@ from components.model_steps import (
     METHOD_TRAIN,
     add_common_arguments,
     data_root,
-    learning_curve_figure,
+    epoch_logger,
     load_train_val,
     loss_from,
     merged,
+    publish_fit,
     resolve_device,
     validator,
-    write_history,
 )
 from components.params import load_params
 
@@ -85,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(
             model, dataset, validate, loss, fit_config, args.out, config, save_model=slice_model,
             resume=args.resume, device=device,
-            on_epoch=lambda r: mlflow.log_metrics(
-                {"train_loss": r.train_loss, "val_micro_f2": r.val_micro_f2, "lr": r.lr,
-                 "train_windows_per_s": r.samples_per_s}, step=r.epoch),
+            on_epoch=epoch_logger("train_windows_per_s"),
         )
         seconds = time.perf_counter() - started
         if result.best_val_micro_f2 < start_f2:
@@ -97,10 +95,7 @@ def run(args: argparse.Namespace) -> int:
             result.best_epoch, result.best_val_micro_f2 = 0, start_f2
         summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
                    "val_micro_f2_context_before": start_f2, "seconds": round(seconds, 1)}
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
-        write_history(result.history, args.reports / "refine_history.csv")
-        tracking.write_json_atomic(args.reports / "refine.json", summary)
-        tracking.log_figure(learning_curve_figure(result.history, "stage 2: 5-slice refinement"), "refine_curve.png")
+        publish_fit("refine", result.history, summary, args.reports, "stage 2: 5-slice refinement")
     print(f"refine: val micro-F2 (5-slice context) {start_f2:.4f} -> {result.best_val_micro_f2:.4f} "
           f"(epoch {result.best_epoch}), {seconds:.0f} s -> {args.out / 'best.pt'}")
     return 0

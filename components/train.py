@@ -18,15 +18,15 @@ from components.model_steps import (
     METHOD_TRAIN,
     add_common_arguments,
     data_root,
-    learning_curve_figure,
+    epoch_logger,
     load_train_val,
     loss_from,
     merged,
     model_config,
     pretrained_path,
+    publish_fit,
     resolve_device,
     validator,
-    write_history,
 )
 from components.params import load_params
 
@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = fit(
             model, dataset, validate, loss, fit_config, args.out, config, resume=args.resume, device=device,
-            on_epoch=lambda r: mlflow.log_metrics(
-                {"train_loss": r.train_loss, "val_micro_f2": r.val_micro_f2, "lr": r.lr,
-                 "train_samples_per_s": r.samples_per_s}, step=r.epoch),
+            on_epoch=epoch_logger("train_samples_per_s"),
         )
         seconds = time.perf_counter() - started
         summary = {
@@ -100,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
             "epochs": len(result.history), "seconds": round(seconds, 1),
             "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / len(result.history), 2),
         }
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
-        write_history(result.history, args.reports / "train_history.csv")
-        tracking.write_json_atomic(args.reports / "train.json", summary)
-        tracking.log_figure(learning_curve_figure(result.history, "stage 1: single-slice training"), "train_curve.png")
+        publish_fit("train", result.history, summary, args.reports, "stage 1: single-slice training")
         mlflow.log_artifact(str(args.out / "best.pt"), artifact_path="checkpoints")
     print(f"train: best epoch {result.best_epoch}, val micro-F2 (single slice) {result.best_val_micro_f2:.4f}, "
           f"{seconds:.0f} s -> {args.out / 'best.pt'}")
