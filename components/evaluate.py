@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from components.errors import UserError
+from components.files import write_json_atomic
 from components.model_steps import add_common_arguments, data_root, load_train_val, merged, resolve_device
 from components.params import load_params
 
@@ -113,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = {k: v for k, v in metrics.items() if np.isfinite(v)}
     summary["thresholds"] = dict(zip(CLASSES, thresholds))
-    tracking.write_json_atomic(args.reports / "evaluate.json", summary)
+    write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
-        tracking.write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": tracking.MODEL_NAME})
+        write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": tracking.MODEL_NAME})
     print(f"evaluate: val micro-F2 single {metrics['micro_f2_single']:.4f}, 5-slice context "
           f"{metrics['micro_f2_context']:.4f}, context + tuned thresholds {metrics['micro_f2_context_tuned']:.4f}"
           + (f"; registered {tracking.MODEL_NAME} v{version} as @{tracking.CHALLENGER}" if version else ""))

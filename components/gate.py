@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import UserError
+from components.files import write_json_atomic
 from components.model_steps import add_common_arguments, data_root, load_train_val, merged, resolve_device
 from components.params import load_params
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "min_improvement": float(cfg["min_improvement"]), "min_f2": float(cfg["min_f2"]),
         "validation_patients": len(val_patients),
     }
-    tracking.write_json_atomic(args.reports / "gate.json", decision)
+    write_json_atomic(args.reports / "gate.json", decision)
     verdict = "PROMOTED to @champion" if promote else "NOT promoted"
     print(f"gate: challenger v{challenger_version} {verdict}: {reason}")
     return 0

@@ -8,12 +8,12 @@ which is what makes the gate's challenger-vs-champion comparison fair.
 from __future__ import annotations
 
 import argparse
-import csv
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from components.errors import UserError
+from components.files import write_csv_atomic, write_json_atomic
 from components.params import section
 
 METHOD_TRAIN = {
@@ -124,14 +124,9 @@ def validator(patients: list, image_size: int, weights: tuple[float, ...], devic
 
 def write_history(history: list[Any], csv_path: Path) -> None:
     """Epoch history as CSV (for `dvc plots`)."""
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(h) for h in history]
-    tmp = csv_path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["epoch"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    header = list(rows[0]) if rows else ["epoch"]
+    write_csv_atomic(csv_path, header, ([row[k] for k in header] for row in rows))
 
 
 def learning_curve_figure(history: list[Any], title: str) -> Any:
@@ -174,5 +169,5 @@ def publish_fit(stage: str, history: list[Any], summary: dict[str, Any], reports
 
     mlflow.log_metrics({k: float(v) for k, v in summary.items()})
     write_history(history, reports / f"{stage}_history.csv")
-    tracking.write_json_atomic(reports / f"{stage}.json", summary)
+    write_json_atomic(reports / f"{stage}.json", summary)
     tracking.log_figure(learning_curve_figure(history, title), f"{stage}_curve.png")

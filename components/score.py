@@ -10,13 +10,10 @@ between training and serving); a local checkpoint path also works. Writes the DL
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from components.errors import UserError
+from components.files import write_csv_atomic
 from components.model_steps import merged, resolve_device
 from components.params import load_params
 
@@ -33,16 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="params score.batch_size")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
-
-
-def write_csv_atomic(path: Path, header: list[str], rows: Iterable[list[object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
 
 
 def sibling(path: Path, suffix: str) -> Path:

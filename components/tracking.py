@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.errors import UserError
+from components.files import write_json_atomic
 from components.params import params_hash
 
 MODEL_NAME = "hemorrhage-classifier"
@@ -167,14 +167,6 @@ def log_figure(figure: Any, name: str) -> None:
     plt.close(figure)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, default=float)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
-
-
 # --- models and the registry -------------------------------------------------------------
 
 
@@ -186,17 +178,19 @@ def log_and_register(model: Any, config: Any, metrics: dict[str, float] | None =
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from hemo_model import CLASSES
+
     model = model.to("cpu").eval()
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="slices")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 5), name="logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES)), name="logits")]),
     )
     example = torch.zeros(2, 3, 64, 64).numpy()  # spatial dims are dynamic; metadata says the trained size
     metadata = {
         "image_size": int(config.image_size),
         "context_weights": [float(w) for w in config.context_weights],
         "thresholds": [float(t) for t in config.thresholds],
-        "classes": ["ich", "ivh", "sah", "sdh", "edh"],
+        "classes": list(CLASSES),
         "head": config.head,
         "output": "per-slice logits; apply the context filter along the sequence, then sigmoid",
     }

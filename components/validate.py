@@ -11,9 +11,7 @@ naming the first offending patients/files. A JSON summary and GX Data Docs (HTML
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import UserError, ValidationFailed
+from components.files import write_json_atomic
 from components.params import load_params, resolve, section
 from hemo_model import CLASSES, LABEL_COLUMNS
 
@@ -260,9 +259,7 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
             "stats": stats,
             "checks": [asdict(c) for c in results],
         }
-        tmp = reports / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, reports / "summary.json")
+        write_json_atomic(reports / "summary.json", summary)
     return results, stats
 
 
