@@ -56,11 +56,10 @@ def _example_slices(scores: list, n: int) -> tuple[list[np.ndarray], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     import mlflow
-    import torch
 
     from components import plots, tracking
     from hemo_model import CLASSES
-    from hemo_model.inference import context_filter, prepare_for_inference, score_sequences, stack_scores
+    from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores
     from hemo_model.metrics import classification_report, confusion_counts, micro_f2, tune_thresholds
 
     params = load_params(args.params)
@@ -74,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     scores = score_sequences(module, val_patients, loaded.image_size, (1.0,), device, str(cfg["precision"]),
                              int(cfg["batch_size"]), progress=True)
     single_probs, labels = stack_scores(scores)
-    for s in scores:  # same forward passes, now with the 5-tap filter: no second scoring pass
-        s.logits = context_filter(torch.from_numpy(s.slice_logits), loaded.context_weights).numpy()
+    scores = [s.with_context(loaded.context_weights) for s in scores]  # same forward passes, filtered
     context_probs, _ = stack_scores(scores)
 
     thresholds = tune_thresholds(labels, context_probs) if cfg["tune_thresholds"] else [0.5] * len(CLASSES)

@@ -71,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
     uri = f"models:/{tracking.MODEL_NAME}/"
     challenger_f2 = _score(tracking.load_model(uri + challenger_version), val_patients, device, precision, batch)
-    champion_f2 = None
-    if champion_version is not None and champion_version != challenger_version:
-        champion_f2 = _score(tracking.load_model(uri + champion_version), val_patients, device, precision, batch)
     if champion_version == challenger_version:
         promote, reason = False, f"challenger v{challenger_version} is already the champion"
-        champion_f2 = challenger_f2
+        champion_f2: float | None = challenger_f2
     else:
+        champion_f2 = None
+        if champion_version is not None:
+            champion_f2 = _score(tracking.load_model(uri + champion_version), val_patients, device, precision, batch)
         promote, reason = decide(challenger_f2, champion_f2, float(cfg["min_improvement"]), float(cfg["min_f2"]))
 
     client = mlflow.MlflowClient()

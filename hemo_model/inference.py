@@ -58,6 +58,15 @@ class SequenceScores:
     slice_logits: np.ndarray
     logits: np.ndarray
 
+    @classmethod
+    def filtered(cls, patient: PatientSequence, slice_logits: np.ndarray, weights: Sequence[float]) -> SequenceScores:
+        """Apply the context filter along the sequence to one forward pass per slice."""
+        return cls(patient, slice_logits, context_filter(torch.from_numpy(slice_logits), weights).numpy())
+
+    def with_context(self, weights: Sequence[float]) -> SequenceScores:
+        """The same forward passes under other context weights (no new forward pass)."""
+        return SequenceScores.filtered(self.patient, self.slice_logits, weights)
+
     @property
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits))
@@ -94,10 +103,8 @@ def score_sequences(model: nn.Module, patients: Sequence[PatientSequence], image
     flat = slice_logits(model, dataset, device, precision, batch_size, workers, progress)
     results, start = [], 0
     for patient in patients:
-        per_slice = flat[start : start + len(patient)]
+        results.append(SequenceScores.filtered(patient, flat[start : start + len(patient)], weights))
         start += len(patient)
-        filtered = context_filter(torch.from_numpy(per_slice), weights).numpy()
-        results.append(SequenceScores(patient, per_slice, filtered))
     return results
 
 
