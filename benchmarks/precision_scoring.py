@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from components.model_steps import load_train_val  # noqa: E402
-from components.params import load_params  # noqa: E402
+from components.model_steps import load_roles  # noqa: E402
+from components.settings import load_settings  # noqa: E402
 from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores  # noqa: E402
 from hemo_model.metrics import micro_f2  # noqa: E402
 from hemo_model.model import load_checkpoint  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     model, config, _ = load_checkpoint(args.model)
     device = torch.device("cpu")
     model = prepare_for_inference(model, device)
-    _, val = load_train_val(args.data, load_params(None))
+    val = load_roles(args.data, load_settings().split, need=("val",))["val"]
     n = sum(len(p) for p in val)
     print(machine_line())
     print(f"settings: {args.model}, {len(val)} validation patients, {n} slices, {config.image_size}px, "

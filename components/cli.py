@@ -1,28 +1,34 @@
 """``hemo``: one command line for every pipeline step.
 
 Subcommands are registered by module path and their modules keep heavy imports (torch, MLflow,
-GX) inside ``run`` so that ``hemo --help`` stays fast. A :class:`UserError` becomes one
-``error:`` line on stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+GX) inside ``run`` so that ``hemo --help`` stays fast. A :class:`UserError` or
+:class:`TransientError` becomes one ``error:`` line on stderr and its exit code (1 validation, 2
+user error, 3 transient; see :mod:`components.errors`); anything else is a bug and keeps its
+traceback. Every `hemo` process refuses MLflow's pickle deserialisation: models are data.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from components.errors import UserError
+from components.errors import TransientError, UserError
 
 STEPS: dict[str, str] = {
     "synth": "components.synth",
     "start-run": "components.start_run",
     "validate": "components.validate",
+    "split": "components.split",
     "train": "components.train",
     "refine": "components.refine",
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "score": "components.score",
+    "promote": "components.promote",
+    "rollback": "components.rollback",
     "summary": "components.summary",
 }
 
@@ -44,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Models are data, never code: MLflow 3 unpickles models by default; no hemo process does.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except UserError as exc:
+    except (UserError, TransientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

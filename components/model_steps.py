@@ -1,8 +1,8 @@
-"""What the model steps (train, refine, evaluate, gate) share: reading their parameters, the
-patient split, the device, the validation scorer and the learning-curve outputs.
+"""What the model steps (train, refine, evaluate, gate, score) share: settings arguments, the
+patient roles, the device, the validation scorer and the learning-curve outputs.
 
-Kept in one place so that every step sees the same validation patients for the same params,
-which is what makes the gate's challenger-vs-champion comparison fair.
+Kept in one place so that every step sees the same patients in the same role for the same
+settings, which is what makes the gate's challenger-vs-champion comparison fair.
 """
 
 from __future__ import annotations
@@ -14,47 +14,35 @@ from typing import Any
 
 from components.errors import UserError
 from components.files import write_csv_atomic, write_json_atomic
-from components.params import section
+from components.settings import ModelSettings, Settings, SplitSettings, TrainSettings, load_settings
 
-METHOD_TRAIN = {
-    "image_size": 512, "epochs": 20, "batch_size": 20, "lr": 1e-4, "weight_decay": 1e-4, "step_size": 10,
-    "gamma": 0.5, "loss": "asl", "reduction": "sum", "gamma_neg": 4.0, "gamma_pos": 1.0, "clip": 0.05,
-    "precision": "fp32", "seed": 0, "workers": 0, "cache_images": False, "max_steps": None,
-}
-METHOD_REFINE = {"epochs": 5,  # the method gives no epoch count for refinement
-                  "batch_size": 12, "lr": 1e-6, "max_steps": None}
-METHOD_SPLIT = {"val_fraction": 135 / 1535, "seed": 0}
-METHOD_MODEL = {"head": "method", "dropout": 0.5, "pretrained": None}
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
+                        help="override one setting of the params file, e.g. --set train.epochs=3 (repeatable)")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="data folder in DLCV layout (params data.root)")
-    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    add_settings_arguments(parser)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run (auto: cuda when available)")
 
 
-def merged(params: dict[str, Any], name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Method defaults < params.yaml section < command-line flags (those not None)."""
-    unknown = set(section(params, name)) - set(defaults)
-    if unknown:
-        raise UserError(f"params section '{name}' has unknown keys {sorted(unknown)}; allowed: {sorted(defaults)}")
-    values = {**defaults, **section(params, name)}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return values
+def settings_from(args: argparse.Namespace) -> Settings:
+    """params.yaml (or --params) with the --set overrides applied; steps then apply their flags."""
+    return load_settings(args.params).with_sets(getattr(args, "set", None))
 
 
-def loss_from(train_cfg: dict[str, Any]) -> Any:
-    """The training loss of the `train` params (refinement uses the same one)."""
+def loss_from(train: TrainSettings) -> Any:
+    """The training loss of the `train` settings (refinement uses the same one)."""
     from hemo_model.losses import build_loss
 
-    if train_cfg["loss"] == "asl":
-        return build_loss("asl", str(train_cfg["reduction"]), gamma_neg=float(train_cfg["gamma_neg"]),
-                          gamma_pos=float(train_cfg["gamma_pos"]), clip=float(train_cfg["clip"]))
-    try:
-        return build_loss(str(train_cfg["loss"]), str(train_cfg["reduction"]))
-    except ValueError as exc:
-        raise UserError(f"params train.loss: {exc}") from exc
+    if train.loss == "asl":
+        return build_loss("asl", train.reduction, gamma_neg=train.gamma_neg, gamma_pos=train.gamma_pos,
+                          clip=train.clip)
+    return build_loss(train.loss, train.reduction)
 
 
 def resolve_device(choice: str) -> Any:
@@ -67,38 +55,70 @@ def resolve_device(choice: str) -> Any:
     return torch.device(choice)
 
 
-def data_root(args: argparse.Namespace, params: dict[str, Any]) -> Path:
-    return Path(args.data) if args.data else Path(section(params, "data").get("root", "data"))
+def data_root(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.data) if getattr(args, "data", None) else Path(settings.data.root)
 
 
-def load_train_val(root: Path, params: dict[str, Any]) -> tuple[list, list]:
-    """Labelled patients of ``root`` split by patient with the ``split`` params."""
-    from hemo_model.data import DataError, load_split, split_patients
+def role_spec(split: SplitSettings) -> Any:
+    from hemo_model.roles import RoleSpec
 
-    split = merged(params, "split", METHOD_SPLIT, {})
+    return RoleSpec(salt=split.salt, val_fraction=split.val_fraction, gate_fraction=split.gate_fraction)
+
+
+def load_roles(root: Path, split: SplitSettings, need: tuple[str, ...] = ("train", "val", "gate")) -> dict[str, list]:
+    """Labelled patients of ``root`` by role; a role this step needs must not be empty."""
+    from hemo_model.data import DataError, load_split, patients_by_role
+
     try:
         patients = load_split(root, "train")
-        return split_patients(patients, float(split["val_fraction"]), int(split["seed"]))
     except DataError as exc:
         raise UserError(str(exc)) from exc
+    roles = patients_by_role(patients, role_spec(split))
+    for role in need:
+        if not roles[role]:
+            fix = ("lower split.val_fraction + split.gate_fraction" if role == "train"
+                   else f"raise split.{role}_fraction")
+            raise UserError(f"no patient of the {len(patients)} in {root / 'train.csv'} falls in role '{role}' "
+                            f"(salt {split.salt!r}); add patients or {fix} in params.yaml "
+                            "(`hemo split` shows the assignment)")
+    return roles
 
 
-def model_config(params: dict[str, Any], image_size: int) -> Any:
+def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a model trained on the ``train`` role has seen: the split and the patient list (with
+    ``earlier``'s patients when it continues another model, e.g. refinement)."""
+    from hemo_model.roles import patients_digest
+
+    seen = {p.dirname for p in roles["train"]} | set((earlier or {}).get("train_patients", []))
+    return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen)}
+
+
+def model_config(model: ModelSettings, image_size: int) -> Any:
     from hemo_model.model import ModelConfig
 
-    cfg = merged(params, "model", METHOD_MODEL, {})
-    return ModelConfig(head=str(cfg["head"]), dropout=float(cfg["dropout"]), image_size=image_size)
+    return ModelConfig(head=model.head, dropout=model.dropout, image_size=image_size)
 
 
-def pretrained_path(params: dict[str, Any]) -> Path | None:
-    value = merged(params, "model", METHOD_MODEL, {})["pretrained"]
-    if not value:
+def pretrained_path(model: ModelSettings) -> Path | None:
+    if not model.pretrained:
         return None
-    path = Path(value)
+    path = Path(model.pretrained)
     if not path.is_file():
         raise UserError(f"model.pretrained weights file {path} does not exist; give a local torchvision "
                         "resnet34 state_dict or set model.pretrained: null to train from scratch")
     return path
+
+
+def read_checkpoint(path: Path, produced_by: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A checkpoint of ``hemo train``/``refine`` or one clear error naming the file."""
+    from hemo_model.model import load_checkpoint
+
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; run `{produced_by}` first or pass another path")
+    try:
+        return load_checkpoint(path)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); re-run `{produced_by}`") from exc
 
 
 def validator(patients: list, image_size: int, weights: tuple[float, ...], device: Any, precision: str,
@@ -167,7 +187,7 @@ def publish_fit(stage: str, history: list[Any], summary: dict[str, Any], reports
 
     from components import tracking
 
-    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
     write_history(history, reports / f"{stage}_history.csv")
     write_json_atomic(reports / f"{stage}.json", summary)
     tracking.log_figure(learning_curve_figure(history, title), f"{stage}_curve.png")

@@ -12,21 +12,19 @@ import argparse
 import time
 from pathlib import Path
 
-from components.errors import UserError
 from components.model_steps import (
-    METHOD_REFINE,
-    METHOD_TRAIN,
     add_common_arguments,
     data_root,
     epoch_logger,
-    load_train_val,
+    load_roles,
     loss_from,
-    merged,
+    provenance,
     publish_fit,
+    read_checkpoint,
     resolve_device,
+    settings_from,
     validator,
 )
-from components.params import load_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, default=Path("outputs/train/best.pt"), help="stage-1 checkpoint")
     parser.add_argument("--out", type=Path, default=Path("outputs/refine"), help="checkpoint folder")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="metrics/curves folder")
-    parser.add_argument("--epochs", type=int, help="params refine.epochs")
-    parser.add_argument("--lr", type=float, help="params refine.lr (method: 1e-6)")
-    parser.add_argument("--batch-size", type=int, help="params refine.batch_size (method: 12)")
+    parser.add_argument("--epochs", type=int, help="refine.epochs")
+    parser.add_argument("--lr", type=float, help="refine.lr (method: 1e-6)")
+    parser.add_argument("--batch-size", type=int, help="refine.batch_size (method: 12)")
     parser.add_argument("--max-steps", type=int, help="cap optimizer steps per epoch (smoke runs)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
 
@@ -46,52 +44,45 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from hemo_model.data import WindowDataset
-    from hemo_model.model import ContextModel, load_checkpoint, save_checkpoint
+    from hemo_model.model import ContextModel, save_checkpoint
     from hemo_model.training import FitConfig, fit
     from hemo_model.transforms import train_augmentation
 
-    params = load_params(args.params)
-    train_cfg = merged(params, "train", METHOD_TRAIN, {})
-    cfg = merged(params, "refine", METHOD_REFINE, {
-        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
-    })
-    if not args.init.is_file():
-        raise UserError(f"stage-1 checkpoint {args.init} does not exist; run `hemo train` first or pass --init")
-    try:
-        slice_model, config, _ = load_checkpoint(args.init)
-    except Exception as exc:
-        raise UserError(f"cannot read checkpoint {args.init} ({type(exc).__name__}); re-run `hemo train`") from exc
+    settings = settings_from(args).override(
+        "refine", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_steps=args.max_steps)
+    train_cfg, cfg = settings.train, settings.refine
+    slice_model, config, payload = read_checkpoint(args.init, "hemo train")
     device = resolve_device(args.device)
-    train_patients, val_patients = load_train_val(data_root(args, params), params)
+    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    seen = provenance(roles, settings.split, earlier=payload.get("provenance"))
     image_size = config.image_size
     model = ContextModel(slice_model, config.context_weights)
-    loss = loss_from(train_cfg)
-    cache = bool(train_cfg["cache_images"])
-    dataset = WindowDataset(train_patients, image_size, cache=cache, transform=train_augmentation())
+    cache = train_cfg.cache_images
+    dataset = WindowDataset(roles["train"], image_size, cache=cache, transform=train_augmentation())
     fit_config = FitConfig(
-        epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        weight_decay=float(train_cfg["weight_decay"]), step_size=int(train_cfg["step_size"]),
-        gamma=float(train_cfg["gamma"]), precision=str(train_cfg["precision"]), seed=int(train_cfg["seed"]),
-        workers=int(train_cfg["workers"]), max_steps=cfg["max_steps"],
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=train_cfg.weight_decay,
+        step_size=train_cfg.step_size, gamma=train_cfg.gamma, precision=train_cfg.precision, seed=train_cfg.seed,
+        workers=train_cfg.workers, max_steps=cfg.max_steps,
     )
-    validate = validator(val_patients, image_size, tuple(config.context_weights), device, fit_config.precision, cache)
+    validate = validator(roles["val"], image_size, tuple(config.context_weights), device, fit_config.precision, cache)
 
-    with tracking.step_run("refine", params):
-        tracking.log_params_flat({"refine": cfg, "init": str(args.init)})
+    with tracking.step_run("refine", settings):
+        tracking.log_params_flat({"refine": settings.to_dict()["refine"], "init": str(args.init)})
         start_f2 = validate(model)
         mlflow.log_metric("val_micro_f2_context_before", start_f2)
         initial_state = {k: v.detach().clone() for k, v in slice_model.state_dict().items()}
         started = time.perf_counter()
         result = fit(
-            model, dataset, validate, loss, fit_config, args.out, config, save_model=slice_model,
-            resume=args.resume, device=device,
-            on_epoch=epoch_logger("train_windows_per_s"),
+            model, dataset, validate, loss_from(train_cfg), fit_config, args.out, config, save_model=slice_model,
+            resume=args.resume, device=device, on_epoch=epoch_logger("train_windows_per_s"),
+            checkpoint_extra={"provenance": seen},
         )
         seconds = time.perf_counter() - started
         if result.best_val_micro_f2 < start_f2:
             # Refinement made validation worse: keep the stage-1 weights as the best model (epoch 0).
             slice_model.load_state_dict(initial_state)
-            save_checkpoint(args.out / "best.pt", slice_model, config, epoch=0, val_micro_f2=start_f2)
+            save_checkpoint(args.out / "best.pt", slice_model, config, epoch=0, val_micro_f2=start_f2,
+                            provenance=seen)
             result.best_epoch, result.best_val_micro_f2 = 0, start_f2
         summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
                    "val_micro_f2_context_before": start_f2, "seconds": round(seconds, 1)}

@@ -1,10 +1,11 @@
 """Batch scoring: predict every slice of every patient in a folder with the champion model.
 
 --model defaults to models:/hemorrhage-classifier@champion (the registry is the hand-off
-between training and serving); a local checkpoint path also works. Writes the DLCV CSV
-(dirname,ID,ich,ivh,sah,sdh,edh with 0/1, the model's stored thresholds), the leaderboard long form
-(ID,prediction with <hash>_<k>_<cls>) as <out>_leaderboard.csv and the probabilities as
-<out>_probabilities.csv, all atomically (temp file + rename), and logs the model version used.
+between training and serving), resolved to a version once; a local checkpoint path also works.
+Writes the DLCV CSV (dirname,ID,ich,ivh,sah,sdh,edh with 0/1 at the model's stored thresholds for
+the scoring mode), the leaderboard long form (ID,prediction with <hash>_<k>_<cls>) as
+<out>_leaderboard.csv and the probabilities as <out>_probabilities.csv, all atomically (temp file +
+rename), and logs the model version used.
 """
 
 from __future__ import annotations
@@ -14,22 +15,20 @@ from pathlib import Path
 
 from components.errors import UserError
 from components.files import write_csv_atomic
-from components.model_steps import merged, resolve_device
-from components.params import load_params
+from components.model_steps import add_settings_arguments, resolve_device, settings_from
 
 DEFAULT_MODEL = "models:/hemorrhage-classifier@champion"
-METHOD_SCORE = {"context": 5, "precision": "fp32", "batch_size": 32}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI or checkpoint (default {DEFAULT_MODEL})")
     parser.add_argument("--data", type=Path, default=Path("data/test"), help="folder of ID_<hash>/ patient folders")
     parser.add_argument("--out", type=Path, default=Path("outputs/predictions.csv"), help="DLCV-format CSV to write")
-    parser.add_argument("--context", type=int, choices=[1, 5], help="5-slice context or single slice (params score.context)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="params score.precision")
-    parser.add_argument("--batch-size", type=int, help="params score.batch_size")
+    parser.add_argument("--context", type=int, choices=[1, 5], help="5-slice context or single slice (score.context)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="score.precision")
+    parser.add_argument("--batch-size", type=int, help="score.batch_size")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    add_settings_arguments(parser)
 
 
 def sibling(path: Path, suffix: str) -> Path:
@@ -40,30 +39,25 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
     import numpy as np
 
-    from components import tracking
+    from components import registry, tracking
+    from components.serving import serve
     from hemo_model import CLASSES, LABEL_COLUMNS
     from hemo_model.data import DataError, load_folder
-    from hemo_model.inference import prepare_for_inference, score_sequences
-    from hemo_model.metrics import binarize
 
-    params = load_params(args.params)
-    cfg = merged(params, "score", METHOD_SCORE,
-                 {"context": args.context, "precision": args.precision, "batch_size": args.batch_size})
+    settings = settings_from(args).override(
+        "score", context=args.context, precision=args.precision, batch_size=args.batch_size)
+    cfg = settings.score
     try:
         patients = load_folder(args.data)
     except DataError as exc:
         raise UserError(str(exc)) from exc
-    loaded = tracking.load_model(args.model)  # fails with a clear message before anything is written
-    weights = loaded.context_weights if int(cfg["context"]) == 5 else [1.0]
+    loaded = registry.load_model(args.model)  # fails with a clear message before anything is written
     device = resolve_device(args.device)
-    module = prepare_for_inference(loaded.module, device)
-    scores = score_sequences(module, patients, loaded.image_size, weights, device, str(cfg["precision"]),
-                             int(cfg["batch_size"]), progress=True)
+    served = serve(loaded, patients, cfg, device, progress=True)
 
     labels_rows, long_rows, prob_rows = [], [], []
-    for s in scores:
+    for s, predicted in zip(served.scores, served.decisions()):
         probs = s.probabilities
-        predicted = binarize(probs, loaded.thresholds)
         for k, path in enumerate(s.patient.paths):
             labels_rows.append([s.patient.dirname, path.name, *predicted[k].tolist()])
             prob_rows.append([s.patient.dirname, path.name, *np.round(probs[k], 6).tolist()])
@@ -72,14 +66,15 @@ def run(args: argparse.Namespace) -> int:
     write_csv_atomic(sibling(args.out, "leaderboard"), ["ID", "prediction"], long_rows)
     write_csv_atomic(sibling(args.out, "probabilities"), list(LABEL_COLUMNS), prob_rows)
 
-    with tracking.step_run("score", params):
-        tracking.log_params_flat({"score": cfg})
+    with tracking.step_run("score", settings):
+        tracking.log_params_flat({"score": settings.to_dict()["score"]})
         mlflow.log_params({"model_uri": args.model, "model_version": loaded.version or "checkpoint",
+                           "thresholds": ",".join(f"{t:g}" for t in served.thresholds),
                            "data": str(args.data), "n_patients": len(patients), "n_slices": len(labels_rows)})
         positive_rate = np.mean([r[2:] for r in labels_rows], axis=0)
         mlflow.log_metrics({f"predicted_rate_{c}": float(v) for c, v in zip(CLASSES, positive_rate)})
         mlflow.log_artifact(str(args.out), artifact_path="predictions")
     version = f" v{loaded.version}" if loaded.version else ""
     print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {args.model}{version} "
-          f"(context {cfg['context']}, {cfg['precision']}) -> {args.out}, {sibling(args.out, 'leaderboard')}")
+          f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}")
     return 0

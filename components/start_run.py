@@ -8,19 +8,20 @@ outputs/pipeline_run.json in the working folder. Prints the run id as the last l
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    from components.model_steps import add_settings_arguments
+
+    add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from components import tracking
-    from components.params import load_params
+    from components.model_steps import settings_from
 
-    params = load_params(args.params)
+    settings = settings_from(args)
     tracking.configure()
-    run_id = tracking.start_pipeline_run(params)
+    run_id = tracking.start_pipeline_run(settings)
     print(run_id)
     return 0

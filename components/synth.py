@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from components.errors import UserError
-from components.params import load_params, resolve, section
+from components.model_steps import add_settings_arguments, settings_from
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,21 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-patients", type=int, help="patients in test/ (params synth.test_patients)")
     parser.add_argument("--image-size", type=int, help="slice size in pixels (params synth.image_size; real data 512)")
     parser.add_argument("--seed", type=int, help="random seed (params synth.seed)")
-    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from hemo_model.synth import generate_dataset
 
-    cfg = section(load_params(args.params), "synth")
-    train_patients = int(resolve(args.train_patients, cfg, "train_patients", 40))
-    test_patients = int(resolve(args.test_patients, cfg, "test_patients", 10))
-    image_size = int(resolve(args.image_size, cfg, "image_size", 512))
-    seed = int(resolve(args.seed, cfg, "seed", 0))
-    if train_patients < 1 or test_patients < 0:
-        raise UserError("--train-patients must be >= 1 and --test-patients >= 0")
-    if image_size < 32:
-        raise UserError(f"--image-size {image_size} is too small to draw a head; use 32 or more")
+    cfg = settings_from(args).override("synth", train_patients=args.train_patients, test_patients=args.test_patients,
+                                       image_size=args.image_size, seed=args.seed).synth
+    train_patients, test_patients, image_size, seed = cfg.train_patients, cfg.test_patients, cfg.image_size, cfg.seed
     out: Path = args.out
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty; choose a new --out or remove it first")

@@ -21,7 +21,7 @@ from typing import Any
 
 from components.errors import UserError, ValidationFailed
 from components.files import write_json_atomic
-from components.params import load_params, resolve, section
+from components.model_steps import add_settings_arguments, settings_from
 from hemo_model import CLASSES, LABEL_COLUMNS
 
 MAX_EXAMPLES = 5
@@ -54,7 +54,8 @@ class CheckSpec:
     hint: str
 
 
-def _specs(header: list[str], min_slices: int, max_slices: int, image_size: int) -> list[CheckSpec]:
+def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str]) -> list[CheckSpec]:
+    """``sizes``: the accepted "WxH" slice sizes (one: every slice must have it)."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -112,8 +113,8 @@ def _specs(header: list[str], min_slices: int, max_slices: int, image_size: int)
         CheckSpec("images.grayscale", "images", e.ExpectColumnValuesToBeInSet(column="mode", value_set=["L"]),
                   "slices must be 8-bit single-channel grayscale (PIL mode L)"),
         CheckSpec("images.size", "images",
-                  e.ExpectColumnValuesToBeInSet(column="size", value_set=[f"{image_size}x{image_size}"]),
-                  f"slices must be {image_size}x{image_size} (validate.image_size)"),
+                  e.ExpectColumnValuesToBeInSet(column="size", value_set=sizes),
+                  f"slices must be {' or '.join(sizes)} (validate.image_size / validate.min_image_size)"),
         CheckSpec("files.labelled", "files", e.ExpectColumnValuesToBeInSet(column="accounted", value_set=[True]),
                   "every image in train/ needs a row in train.csv, every test/ file a <hash>_<k>.jpg name; "
                   "add the row or move the file out"),
@@ -234,14 +235,32 @@ def data_stats(frames: Any) -> dict[str, Any]:
     }
 
 
-def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int, image_size: int,
-             check_images: bool = True) -> tuple[list[CheckResult], dict[str, Any]]:
-    """Validate ``data`` and (if ``reports``) write summary.json and data_docs/ there."""
+def accepted_sizes(images: Any, image_size: int | None, min_image_size: int) -> list[str]:
+    """The slice size every image must have: ``image_size`` when fixed; otherwise the most common
+    size among the decoded images, if it is square and at least ``min_image_size`` (so real 512 px
+    data and the 256 px demo sample both validate without editing params.yaml)."""
+    if image_size is not None:
+        return [f"{image_size}x{image_size}"]
+    decoded = images[images["decodes"].fillna(False).astype(bool)] if len(images) else images
+    if not len(decoded):
+        return [f"{min_image_size}x{min_image_size}"]
+    common = decoded["size"].value_counts().idxmax()
+    width, height = (int(v) for v in common.split("x"))
+    if width != height or width < min_image_size:
+        return [f"NxN with N >= {min_image_size} (most slices are {common})"]
+    return [common]
+
+
+def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int, image_size: int | None,
+             check_images: bool = True, min_image_size: int = 64) -> tuple[list[CheckResult], dict[str, Any]]:
+    """Validate ``data`` and (if ``reports``) write summary.json and data_docs/ there.
+    ``image_size`` None accepts any square size >= ``min_image_size`` shared by every slice."""
     from components.validation_frames import build_frames
 
     started = time.perf_counter()
     frames = build_frames(data, min_slices, max_slices, check_images=check_images)
-    specs = _specs(frames.label_header, min_slices, max_slices, image_size)
+    specs = _specs(frames.label_header, min_slices, max_slices,
+                   accepted_sizes(frames.images, image_size, min_image_size))
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
     docs_dir = None
@@ -269,27 +288,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where summary.json and data_docs/ go (default: reports/validation)")
     parser.add_argument("--min-slices", type=int, help="fewest slices per patient (params validate.min_slices)")
     parser.add_argument("--max-slices", type=int, help="most slices per patient (params validate.max_slices)")
-    parser.add_argument("--image-size", type=int, help="expected slice size in px (params validate.image_size)")
+    parser.add_argument("--image-size", type=int, help="required slice size in px (validate.image_size; default: "
+                        "any square size >= validate.min_image_size, the same for every slice)")
     parser.add_argument("--skip-images", action="store_true", help="check labels and sequences only")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the validation run to MLflow")
-    parser.add_argument("--params", type=Path, help="params file (default: ./params.yaml if present)")
+    add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
-    cfg = section(params, "validate")
-    data = Path(resolve(args.data, section(params, "data"), "root", "data"))
-    min_slices = int(resolve(args.min_slices, cfg, "min_slices", 22))
-    max_slices = int(resolve(args.max_slices, cfg, "max_slices", 40))
-    image_size = int(resolve(args.image_size, cfg, "image_size", 512))
-    if min_slices < 1 or max_slices < min_slices:
-        raise UserError(f"slice bounds {min_slices}..{max_slices} are invalid; need 1 <= min <= max")
-    results, stats = validate(data, args.reports, min_slices, max_slices, image_size, not args.skip_images)
+    settings = settings_from(args).override("validate", min_slices=args.min_slices, max_slices=args.max_slices,
+                                            image_size=args.image_size)
+    cfg = settings.validate
+    data = Path(args.data) if args.data else Path(settings.data.root)
+    min_slices, max_slices, image_size = cfg.min_slices, cfg.max_slices, cfg.image_size
+    results, stats = validate(data, args.reports, min_slices, max_slices, image_size, not args.skip_images,
+                              cfg.min_image_size)
     failed = [c for c in results if not c.success]
     for check in failed:
         print(check.line())
     if not args.no_mlflow:
-        _log_to_mlflow(params, results, stats, args.reports)
+        _log_to_mlflow(settings, results, stats, args.reports)
     if failed:
         raise ValidationFailed(
             f"{len(failed)} of {len(results)} checks failed for {data}; report: {args.reports}/summary.json, "
@@ -304,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_to_mlflow(params: dict[str, Any], results: list[CheckResult], stats: dict[str, Any], reports: Path | None) -> None:
+def _log_to_mlflow(settings: Any, results: list[CheckResult], stats: dict[str, Any], reports: Path | None) -> None:
     """One MLflow run per validation (child of the pipeline run when there is one); a failed
     validation is logged as a FAILED run with the failing checks as a tag."""
     import mlflow
@@ -312,7 +330,7 @@ def _log_to_mlflow(params: dict[str, Any], results: list[CheckResult], stats: di
     from components import tracking
 
     failed = [c.name for c in results if not c.success]
-    with tracking.step_run("validate", params) as run:
+    with tracking.step_run("validate", settings) as run:
         mlflow.log_params({"checks": len(results), **{k: v for k, v in stats.items() if k != "positives"}})
         mlflow.log_metrics({"checks_failed": float(len(failed)),
                             **{f"positives_{c}": float(n) for c, n in stats["positives"].items()}})

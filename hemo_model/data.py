@@ -2,13 +2,13 @@
 
 Slices are read as 8-bit grayscale, resized to ``image_size`` and repeated to 3 channels (what
 a torchvision ResNet expects). Items are single slices (stage 1) or 5-slice windows centred on
-slice k with indices clamped at the sequence ends (stage 2). Splits are by patient, never by
-slice: neighbouring slices of one scan are nearly identical, so a slice split would leak.
+slice k with indices clamped at the sequence ends (stage 2). Patients are grouped by role
+(train/val/gate, :mod:`hemo_model.roles`), never split by slice: neighbouring slices of one scan
+are nearly identical, so a slice split would leak.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from hemo_model import CLASSES
-from hemo_model.layout import LABELS_FILE, list_split, parse_slice_name
+from hemo_model.layout import LABELS_FILE, list_split, parse_slice_name, read_label_rows
+from hemo_model.roles import ROLES, RoleSpec, role_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,17 +71,21 @@ def _load_labelled(root: Path) -> list[PatientSequence]:
     path = root / LABELS_FILE
     if not path.is_file():
         raise DataError(f"{path} not found; the data folder must hold train.csv (run `hemo validate` first)")
+    header, label_rows = read_label_rows(path)
+    missing_columns = [c for c in ("dirname", "ID", *CLASSES) if c not in header]
+    if missing_columns:
+        raise DataError(f"{path}: header {','.join(header)!r} lacks {missing_columns}; run `hemo validate`")
     rows: dict[str, list[tuple[int, str, list[float]]]] = {}
-    with path.open(newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            parsed = parse_slice_name(row.get("ID") or "")
-            if parsed is None:
-                raise DataError(f"{path} row {line}: bad ID {row.get('ID')!r}; run `hemo validate` for a full report")
-            try:
-                labels = [float(row[c]) for c in CLASSES]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path} row {line}: labels must be 0/1 ({exc}); run `hemo validate`") from exc
-            rows.setdefault(row["dirname"], []).append((parsed.k, row["ID"], labels))
+    for row in label_rows:
+        values, line = row.values, row.line
+        parsed = parse_slice_name(values["ID"])
+        if parsed is None:
+            raise DataError(f"{path} row {line}: bad ID {values['ID']!r}; run `hemo validate` for a full report")
+        try:
+            labels = [float(values[c]) for c in CLASSES]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path} row {line}: labels must be 0/1 ({exc}); run `hemo validate`") from exc
+        rows.setdefault(values["dirname"], []).append((parsed.k, values["ID"], labels))
     patients = []
     for dirname in sorted(rows):
         ordered = sorted(rows[dirname])
@@ -95,21 +100,13 @@ def _load_labelled(root: Path) -> list[PatientSequence]:
     return patients
 
 
-def split_patients(
-    patients: Sequence[PatientSequence], val_fraction: float, seed: int
-) -> tuple[list[PatientSequence], list[PatientSequence]]:
-    """Seeded split by patient; independent of input order. At least one patient each side."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(patients) < 2:
-        raise DataError("need at least 2 patients to hold some out for validation")
-    ordered = sorted(patients, key=lambda p: p.dirname)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    n_val = min(len(ordered) - 1, max(1, int(round(val_fraction * len(ordered)))))
-    val_idx = set(order[:n_val].tolist())
-    train = [p for i, p in enumerate(ordered) if i not in val_idx]
-    val = [p for i, p in enumerate(ordered) if i in val_idx]
-    return train, val
+def patients_by_role(patients: Sequence[PatientSequence], spec: RoleSpec) -> dict[str, list[PatientSequence]]:
+    """Labelled patients grouped by their stable role (see :mod:`hemo_model.roles`), each list
+    sorted by patient folder name."""
+    grouped: dict[str, list[PatientSequence]] = {role: [] for role in ROLES}
+    for patient in sorted(patients, key=lambda p: p.dirname):
+        grouped[role_of(patient.dirname, spec)].append(patient)
+    return grouped
 
 
 def read_slice(path: Path, image_size: int) -> np.ndarray:

@@ -62,3 +62,34 @@ def list_split(root: Path, split: str) -> dict[str, list[str]]:
     for patient_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         found[patient_dir.name] = sorted(f.name for f in patient_dir.iterdir() if f.is_file())
     return found
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    line: int
+    """Line number in the file (the header is line 1)."""
+    values: dict[str, str]
+
+
+def read_label_rows(path: Path) -> tuple[list[str], list[LabelRow]]:
+    """The one reader of label files, used by validation and by every loader, so both see the
+    same rows: UTF-8 with or without a BOM, LF or CRLF, quoted fields, blank lines skipped.
+    Values are kept as text (validation decides what is a valid label)."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        rows = []
+        for raw in reader:
+            if not any(cell.strip() for cell in raw):
+                continue  # blank or whitespace-only line, e.g. a trailing newline
+            values = {name: (raw[i] if i < len(raw) else "") for i, name in enumerate(header)}
+            rows.append(LabelRow(reader.line_num, values))
+    return header, rows
+
+
+def labelled_patients(root: Path) -> list[str]:
+    """Patient folders named in ``<root>/train.csv`` (sorted, unique), without reading images."""
+    _, rows = read_label_rows(root / LABELS_FILE)
+    return sorted({row.values.get("dirname", "") for row in rows} - {""})

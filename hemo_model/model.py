@@ -8,7 +8,7 @@ weights file loads unchanged; weights are never downloaded (training from scratc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,12 @@ class ModelConfig:
     image_size: int = 512
     context_weights: tuple[float, ...] = CONTEXT_WEIGHTS
     thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+    """Per-class decision thresholds for 5-slice context scores (tuned on the ``val`` role)."""
+    thresholds_single: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+    """The same for single-slice scores: context logits are scaled differently (weights sum to 1.3)."""
+
+    def thresholds_for(self, context: int) -> list[float]:
+        return list(self.thresholds if context > 1 else self.thresholds_single)
 
 
 class HemoNet(nn.Module):
@@ -86,14 +92,47 @@ def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, **extra: 
     tmp.replace(path)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a usable hemo checkpoint; the message says which way it is not."""
+
+
+def _read_payload(path: Path) -> Any:
+    """``torch.load`` with ``weights_only`` (no code runs), failures sorted into what they mean."""
+    import pickle
+    import zipfile
+
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if size == 0:
+        raise CheckpointError("the file is empty (an interrupted copy or write?)")
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"the file is truncated ({size} bytes, the archive has no end): an interrupted "
+                              "write or copy")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # weights_only met a class or function reference: pickled code, refused
+            raise CheckpointError("not a hemo checkpoint: it references Python code that only full unpickling "
+                                  "would import and run (refused)") from exc
+        raise CheckpointError("not a PyTorch checkpoint (the content is not a torch.save archive)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+
+
 def load_checkpoint(path: Path) -> tuple[HemoNet, ModelConfig, dict[str, Any]]:
-    """Rebuild the model from a checkpoint written by :func:`save_checkpoint` (CPU tensors)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or "model_state" not in payload:
-        raise ValueError(f"{path} is not a hemo checkpoint (no model_state)")
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint` (CPU tensors).
+    Raises :class:`CheckpointError` with the reason when the file is not one."""
+    payload = _read_payload(path)
+    if not isinstance(payload, dict) or "model_state" not in payload or "config" not in payload:
+        raise CheckpointError("not a hemo checkpoint (a torch file without model_state/config)")
     raw = dict(payload["config"])
     raw["context_weights"] = tuple(raw.get("context_weights", CONTEXT_WEIGHTS))
-    config = ModelConfig(**raw)
-    model = build_model(config)
-    model.load_state_dict(payload["model_state"])
+    known = {f.name for f in fields(ModelConfig)}
+    try:
+        config = ModelConfig(**{k: v for k, v in raw.items() if k in known})
+        model = build_model(config)
+        model.load_state_dict(payload["model_state"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"its weights do not fit the model it describes ({type(exc).__name__})") from exc
     return model, config, payload

@@ -87,12 +87,15 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` and keep the epoch with the best ``validate(model)``.
 
     ``save_model`` is the module whose weights are checkpointed (the per-slice network when
     ``model`` is a context wrapper around it), so every checkpoint loads as a plain HemoNet.
+    ``checkpoint_extra`` (e.g. the training patients' provenance) is stored in every checkpoint.
     """
+    extra = dict(checkpoint_extra or {})
     device = device or torch.device("cpu")
     save_model = save_model or model
     model.to(device=device, memory_format=torch.channels_last)
@@ -157,12 +160,13 @@ def fit(
         if val_f2 > result.best_val_micro_f2:
             result.best_epoch, result.best_val_micro_f2 = epoch, val_f2
             result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in save_model.state_dict().items()})
-            save_checkpoint(checkpoint_dir / BEST, save_model, model_config, epoch=epoch, val_micro_f2=val_f2)
+            save_checkpoint(checkpoint_dir / BEST, save_model, model_config, epoch=epoch, val_micro_f2=val_f2,
+                            **extra)
         save_checkpoint(
             last_path, save_model, model_config,
             optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(), rng=_rng_state(),
             epoch=epoch, best_epoch=result.best_epoch, best_val_micro_f2=result.best_val_micro_f2,
-            history=[asdict(h) for h in result.history],
+            history=[asdict(h) for h in result.history], **extra,
         )
         if on_epoch is not None:
             on_epoch(record)

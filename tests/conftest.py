@@ -143,11 +143,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
+# Hash buckets are lumpy on 6 patients: the salt is one under which the pipeline_data patients fall
+# 2 train / 2 val / 2 gate. A 1-epoch model cannot beat the all-positive model, so these tests of the
+# machinery waive that margin; the rule itself is tested in tests/components/test_gate.py.
 TINY_PARAMS = """
-split: {val_fraction: 0.34, seed: 0}
+split: {val_fraction: 0.3, gate_fraction: 0.3, salt: tiny-1}
 train: {image_size: 64, epochs: 1, batch_size: 16, cache_images: true}
 refine: {epochs: 1, batch_size: 8, max_steps: 4}
-gate: {min_f2: 0.0, min_improvement: 0.0}
+gate: {min_margin_over_trivial: -1.0, min_improvement: 0.0, bootstrap: 200}
 validate: {image_size: 64}
 """
 

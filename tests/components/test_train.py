@@ -19,6 +19,8 @@ def test_train_logs_to_embedded_store_and_resumes(workdir: Path, capsys: pytest.
     assert (workdir / "outputs/train/best.pt").is_file() and (workdir / "outputs/train/last.pt").is_file()
     summary = json.loads((workdir / "reports/train.json").read_text())
     assert summary["best_epoch"] == 1 and 0.0 <= summary["best_val_micro_f2_single"] <= 1.0
+    roles = json.loads((workdir / "reports/split.json").read_text())
+    assert roles["counts"] == {"train": 2, "val": 2, "gate": 2} and len(roles["roles"]) == 6
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list")
@@ -47,13 +49,14 @@ def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Switching MLFLOW_TRACKING_URI must not break steps that find an old pipeline_run.json."""
     from components import tracking
+    from components.settings import Settings
 
     (workdir / "outputs").mkdir()
     (workdir / "outputs/pipeline_run.json").write_text('{"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///elsewhere.db"}')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_tracking_uri)
     assert tracking.parent_run_id() is None
     monkeypatch.setenv("HEMO_PARENT_RUN_ID", "0123456789abcdef")  # given but does not exist there
-    with tracking.step_run("validate", {}) as run:
+    with tracking.step_run("validate", Settings()) as run:
         pass
     assert "mlflow.parentRunId" not in mlflow.get_run(run.info.run_id).data.tags
 

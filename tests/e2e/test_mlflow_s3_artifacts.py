@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 
-from components import tracking
+from components import registry, tracking
 from hemo_model.model import HemoNet, ModelConfig
 from tests.conftest import S3_CREDENTIALS, running_mlflow_server
 
@@ -27,11 +27,13 @@ def test_model_round_trip_through_s3_artifacts(tmp_path: Path, s3_server: str, s
         model = HemoNet().eval()
         config = ModelConfig(image_size=64, thresholds=[0.4, 0.5, 0.5, 0.6, 0.3])
         tracking.configure()
+        provenance = {"split": {"salt": "s", "val_fraction": 0.1, "gate_fraction": 0.1},
+                      "train_patients": ["ID_a"], "train_patients_sha256": "0" * 64}
         with mlflow.start_run():
-            version = tracking.log_and_register(model, config)
-        mlflow.MlflowClient().set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
+            version = registry.log_and_register(model, config, provenance)
+        mlflow.MlflowClient().set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, version)
 
-        loaded = tracking.load_model(f"models:/{tracking.MODEL_NAME}@{tracking.CHAMPION}")
+        loaded = registry.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHAMPION}")
         assert loaded.version == version and loaded.image_size == 64
         assert loaded.thresholds == [0.4, 0.5, 0.5, 0.6, 0.3]
         batch = torch.randn(3, 3, 64, 64)

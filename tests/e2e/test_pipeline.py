@@ -47,6 +47,14 @@ def test_pipeline_promotes_first_model_and_rejects_a_worse_one(workdir: Path, ml
     run = client.get_run(version.run_id)
     assert run.data.tags["hemo.step"] == "evaluate" and "mlflow.parentRunId" in run.data.tags
     assert run.data.tags["hemo.params_hash"] and "micro_f2_context" in run.data.metrics
+    # Provenance: the split and the training patients (the train role of the split report) travel with the version.
+    roles = json.loads((workdir / "reports/split.json").read_text())["roles"]
+    train_ids = sorted(k for k, v in roles.items() if v == "train")
+    assert version.tags["hemo.split.salt"] == "tiny-1" and version.tags["hemo.train_patients.count"] == "2"
+    recorded = json.loads(mlflow.artifacts.load_text(version.tags["hemo.train_patients.artifact"]))
+    assert recorded["train_patients"] == train_ids
+    gate_json = json.loads((workdir / "reports/gate.json").read_text())
+    assert gate_json["gate_patients"] == 2 and gate_json["challenger_version"] == "1"
 
     # Every step of the pipeline run is a child of one parent run.
     parent = json.loads((workdir / "outputs/pipeline_run.json").read_text())["run_id"]
@@ -66,10 +74,10 @@ def test_pipeline_promotes_first_model_and_rejects_a_worse_one(workdir: Path, ml
     first_predictions = (workdir / "outputs/predictions.csv").read_bytes()
 
     # Second run: a worse challenger. Bias the refined model towards "no bleed anywhere".
-    model, config, _ = load_checkpoint(workdir / "outputs/refine/best.pt")
+    model, config, payload = load_checkpoint(workdir / "outputs/refine/best.pt")
     with torch.no_grad():
         model.head[4].bias.fill_(-30.0)
-    save_checkpoint(workdir / "worse.pt", model, config)
+    save_checkpoint(workdir / "worse.pt", model, config, provenance=payload["provenance"])
     hemo("evaluate", "--model", "worse.pt", env=env)
     gate = hemo("gate", env=env)
     assert "NOT promoted" in gate.stdout

@@ -15,9 +15,10 @@ from hemo_model.data import (
     SliceDataset,
     WindowDataset,
     load_split,
-    split_patients,
+    patients_by_role,
     window_indices,
 )
+from hemo_model.roles import RoleSpec
 from hemo_model.transforms import train_augmentation
 
 
@@ -41,15 +42,12 @@ def test_load_split_orders_slices_by_k_not_by_name(tiny_data: Path) -> None:
     assert len(test) == 2 and all(p.labels is None for p in test)
 
 
-def test_split_is_by_patient_seeded_and_order_independent(tiny_data: Path) -> None:
+def test_patients_by_role_covers_everyone_once(tiny_data: Path) -> None:
     patients = load_split(tiny_data, "train")
-    train, val = split_patients(patients, 0.25, seed=3)
-    assert len(val) == 1 and len(train) == 3
-    assert not {p.dirname for p in train} & {p.dirname for p in val}
-    again_train, again_val = split_patients(list(reversed(patients)), 0.25, seed=3)
-    assert [p.dirname for p in again_val] == [p.dirname for p in val]
-    with pytest.raises(ValueError):
-        split_patients(patients, 1.0, seed=0)
+    spec = RoleSpec("s", 0.25, 0.25)
+    grouped = patients_by_role(patients, spec)
+    assert sorted(p.dirname for g in grouped.values() for p in g) == sorted(p.dirname for p in patients)
+    assert patients_by_role(list(reversed(patients)), spec) == grouped
 
 
 def test_missing_labels_file_is_a_data_error(tmp_path: Path) -> None:

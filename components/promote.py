@@ -1,0 +1,41 @@
+"""Promote a registered version to @champion by hand, with a reason (an audited override).
+
+Moves `@champion` to --version N and keeps the replaced champion as `@previous`; tags the new
+champion with who (HEMO_USER, else the login name), when and why. Use it when the gate cannot
+decide for you (e.g. after changing the split, or to ship a hotfix); the gate's own promotions
+carry the same tags with `champion.how = gate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", required=True, help="the registered version to make the champion")
+    parser.add_argument("--reason", required=True, help="why (kept on the version as champion.reason)")
+
+
+def reason_of(args: argparse.Namespace) -> str:
+    from components.errors import UserError
+
+    reason = (args.reason or "").strip()
+    if not reason:
+        raise UserError("--reason must say why the registry is changed by hand (it is kept on the version)")
+    return reason
+
+
+def run(args: argparse.Namespace) -> int:
+    from components import registry
+
+    reason = reason_of(args)
+    version = str(args.version)
+    registry.require_version(version)
+    before = registry.alias_version(registry.CHAMPION)
+    if before == version:
+        print(f"promote: v{version} is already @{registry.CHAMPION}; nothing changed")
+        return 0
+    registry.move_champion(version, before, how="manual", reason=reason)
+    print(f"promote: @{registry.CHAMPION} v{before or 'none'} -> v{version} by {registry.who()} ({reason})"
+          + (f"; @{registry.PREVIOUS} is v{before}" if before else ""))
+    return 0

@@ -1,0 +1,66 @@
+"""A data set whose labels are written into the images, and a fixed network that reads them.
+
+The gate's decisions depend on how good a model is. Training models of known quality takes CPU
+minutes; instead, each slice carries one 8x8 block per class along its top edge, white where the
+class is positive. :class:`MarkerNet` reads those blocks, so its quality per class is set exactly:
+``"read"`` (perfect), ``"positive"`` (flags every slice), ``"negative"`` (flags none). It is a
+real ``nn.Module`` that goes through the real pt2 export, registry and scoring path.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from hemo_model import CLASSES, LABEL_COLUMNS
+from hemo_model.data import IMAGENET_MEAN, IMAGENET_STD
+
+SIZE = 48
+BLOCK = 8
+
+
+def write_marker_data(root: Path, patients: int, slices: int = 22, seed: int = 0, rate: float = 0.3) -> Path:
+    """A DLCV folder (train.csv + train/) of ``patients`` with random labels drawn as markers."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(patients):
+        key = f"{rng.integers(16**10):010x}"
+        folder = root / "train" / f"ID_{key}"
+        folder.mkdir(parents=True)
+        for k in range(slices):
+            labels = (rng.random(len(CLASSES)) < rate).astype(int)
+            pixels = np.full((SIZE, SIZE), 90, dtype=np.uint8)
+            for c, y in enumerate(labels):
+                pixels[:BLOCK, c * BLOCK:(c + 1) * BLOCK] = 255 if y else 0
+            Image.fromarray(pixels, mode="L").save(folder / f"{key}_{k}.jpg", quality=100)
+            rows.append([f"ID_{key}", f"{key}_{k}.jpg", *labels.tolist()])
+    with (root / "train.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(LABEL_COLUMNS)
+        writer.writerows(rows)
+    return root
+
+
+class MarkerNet(nn.Module):
+    """(B, 3, H, W) ImageNet-normalised slices -> (B, 5) logits from the marker blocks."""
+
+    def __init__(self, modes: Sequence[str] = ("read",) * 5) -> None:
+        super().__init__()
+        gain = [8.0 if m == "read" else 0.0 for m in modes]
+        bias = [{"read": 0.0, "positive": 8.0, "negative": -8.0}[m] for m in modes]
+        self.register_buffer("gain", torch.tensor(gain))
+        self.register_buffer("bias", torch.tensor(bias))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN[0]))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gray = x[:, :1].float() * self.std + self.mean  # back to [0, 1]
+        cells = nn.functional.adaptive_avg_pool2d(gray, (SIZE // BLOCK, SIZE // BLOCK))  # one cell per block
+        marks = cells[:, 0, 0, : len(CLASSES)]
+        return (marks - 0.5) * self.gain * 2.0 + self.bias
