@@ -27,9 +27,11 @@ STEPS: dict[str, str] = {
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "score": "components.score",
+    "ablate": "components.ablate",
     "promote": "components.promote",
     "rollback": "components.rollback",
     "summary": "components.summary",
+    "end-run": "components.end_run",
 }
 
 
@@ -49,19 +51,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MLFLOW_HTTP_DEFAULTS = {
+    # Bounded waits on the tracking server: ~30 s of retries with back-off ride out a restart;
+    # then the step fails with one line (exit 3) instead of blocking for minutes. Set any of these
+    # in the environment to change them.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Model downloads are small; their progress bars only bury the one line a failure prints.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Models are data, never code: MLflow 3 unpickles models by default; no hemo process does.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except (UserError, TransientError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # data errors from the library, an unreachable server, I/O
+        return _classified(exc)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _classified(exc: Exception) -> int:
+    """Failures that are not bugs get one line and their exit code; anything else is re-raised
+    with its traceback. Data errors of the library (a bad file named in the message) are user
+    errors (2); an unreachable tracking server and I/O errors are transient (3, retried by the DAG)."""
+    from hemo_model.layout import DataError
+
+    if isinstance(exc, DataError):
+        return _fail(str(exc), UserError.exit_code)
+    from components import tracking
+
+    unreachable = tracking.unreachable(exc)
+    if unreachable:
+        return _fail(unreachable, TransientError.exit_code)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"I/O error{where}: {exc.strerror or exc}; check the disk/mount and retry",
+                     TransientError.exit_code)
+    raise exc
 
 
 if __name__ == "__main__":

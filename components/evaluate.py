@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from components import plots, registry, tracking
+    from components.results import publish
     from hemo_model import CLASSES
-    from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores
+    from components.serving import score_both
+    from hemo_model.inference import stack_scores
     from hemo_model.metrics import classification_report, confusion_counts, micro_f2, tune_thresholds
 
     settings = settings_from(args)
@@ -73,14 +75,11 @@ def run(args: argparse.Namespace) -> int:
                         "`hemo train` and `hemo refine` so the gate can check that no model saw its patients")
     device = resolve_device(args.device)
     roles = load_roles(data_root(args, settings), settings.split, need=("val", "gate"))
-    module = prepare_for_inference(loaded.module, device)
 
     def both_modes(patients: list) -> tuple:
         """(single-slice probs, context probs, labels, context scores): one forward pass per slice."""
-        scores = score_sequences(module, patients, loaded.image_size, (1.0,), device, cfg.precision,
-                                 cfg.batch_size, progress=True)
-        single, labels = stack_scores(scores)
-        scores = [s.with_context(loaded.context_weights) for s in scores]
+        scores = score_both(loaded, patients, device, cfg.precision, cfg.batch_size, progress=True)
+        single, labels = stack_scores([s.single() for s in scores])
         return single, stack_scores(scores)[0], labels, scores
 
     val_single, val_context, val_labels, _ = both_modes(roles["val"])
@@ -134,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
+        publish("evaluate", {"version": version, "run_id": run_id})
     print(f"evaluate (gate patients): micro-F2 single {metrics['micro_f2_single']:.4f}, 5-slice context "
           f"{metrics['micro_f2_context']:.4f}, context + thresholds tuned on val {metrics['micro_f2_context_tuned']:.4f}"
           f" (all-positive {metrics['micro_f2_all_positive_baseline']:.4f})"

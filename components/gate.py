@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from components import registry, tracking
+    from components.results import publish
     from components.serving import serve
     from hemo_model.metrics import patient_counts
 
@@ -261,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     _write_decisions(args.reports / "gate", versions, served)
     verdict = "PROMOTED to @champion" if judgement.promote else "NOT promoted"
     print(f"gate: challenger v{challenger} {verdict}: {judgement.reason}")
+    publish("gate", {key: decision[key] for key in ("promoted", "reason", "challenger_version",
+                                                    "champion_version_before", "champion_version_after")})
     return 0
 
 

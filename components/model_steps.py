@@ -14,7 +14,14 @@ from typing import Any
 
 from components.errors import UserError
 from components.files import write_csv_atomic, write_json_atomic
-from components.settings import ModelSettings, Settings, SplitSettings, TrainSettings, load_settings
+from components.settings import (
+    ModelSettings,
+    SelectionSettings,
+    Settings,
+    SplitSettings,
+    TrainSettings,
+    load_settings,
+)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +38,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """params.yaml (or --params) with the --set overrides applied; steps then apply their flags."""
-    return load_settings(args.params).with_sets(getattr(args, "set", None))
+    """params.yaml (or --params) with the --set overrides applied; steps then apply their flags.
+    Also sets the slice pixel budget (data.max_image_size) for every image this process reads."""
+    from hemo_model import images
+
+    settings = load_settings(args.params).with_sets(getattr(args, "set", None))
+    images.configure(settings.data.max_image_size)
+    return settings
 
 
 def loss_from(train: TrainSettings) -> Any:
@@ -91,6 +103,25 @@ def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, 
 
     seen = {p.dirname for p in roles["train"]} | set((earlier or {}).get("train_patients", []))
     return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen)}
+
+
+def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[str, str]:
+    """The rule this run uses and why (logged to MLflow and the step's JSON report)."""
+    if selection.rule != "auto":
+        return selection.rule, f"selection.rule: {selection.rule}"
+    import numpy as np
+
+    from hemo_model import CLASSES
+
+    positives = np.sum([p.labels.sum(axis=0) for p in val_patients], axis=0) if val_patients else np.zeros(5)
+    short = [f"{c} {int(n)}" for c, n in zip(CLASSES, positives) if n < selection.min_val_positives]
+    if len(val_patients) >= selection.min_val_patients and not short:
+        return "best", (f"val role: {len(val_patients)} patients >= {selection.min_val_patients} and every class has "
+                        f">= {selection.min_val_positives} positive slices")
+    why = [f"{len(val_patients)} patients < {selection.min_val_patients}"] if len(val_patients) < selection.min_val_patients else []
+    if short:
+        why.append(f"positive slices below {selection.min_val_positives}: {', '.join(short)}")
+    return "last", "val role too small to choose on (" + "; ".join(why) + ")"
 
 
 def model_config(model: ModelSettings, image_size: int) -> Any:
@@ -191,3 +222,92 @@ def publish_fit(stage: str, history: list[Any], summary: dict[str, Any], reports
     write_history(history, reports / f"{stage}_history.csv")
     write_json_atomic(reports / f"{stage}.json", summary)
     tracking.log_figure(learning_curve_figure(history, title), f"{stage}_curve.png")
+
+
+# --- resume --------------------------------------------------------------------------------
+
+RESUME_MODES = ("auto", "always", "never")
+
+
+def add_resume_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", nargs="?", const="always", default="auto", choices=RESUME_MODES,
+                        help="auto (default): continue --out/last.pt when it was made with the same settings, data "
+                             "and code, else start fresh if that run had finished; always (bare --resume): must "
+                             "continue; never: start over")
+
+
+def code_digest() -> str:
+    """Digest of the code that shapes training: the ML library and the training steps."""
+    import hashlib
+
+    import hemo_model
+
+    files = sorted(Path(hemo_model.__file__).parent.glob("*.py"))
+    here = Path(__file__).parent
+    files += [here / name for name in ("train.py", "refine.py", "model_steps.py", "settings.py")]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def data_digest(patients: list) -> str:
+    """Digest of what a fit reads: patient folders, slice file names and labels (not pixels)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(patients, key=lambda q: q.dirname):
+        digest.update(p.dirname.encode() + b"\0" + "\0".join(p.slice_ids).encode())
+        if p.labels is not None:
+            digest.update(p.labels.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(settings: Settings, roles: dict[str, list], stage: str, init: Path | None = None) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be continued: settings that shape training (not
+    epochs, workers or caching), the train and val patients and labels, the code, and for
+    refinement the stage-1 checkpoint it starts from."""
+    import hashlib
+
+    from components.settings import digest
+
+    values = settings.to_dict()
+    parts: dict[str, Any] = {
+        "train": {k: v for k, v in values["train"].items() if k not in ("epochs", "workers", "cache_images")},
+        "model": values["model"], "split": values["split"], "selection": values["selection"],
+        "data": data_digest(roles["train"] + roles["val"]), "code": code_digest(),
+    }
+    if stage == "refine":
+        parts["refine"] = {k: v for k, v in values["refine"].items() if k not in ("epochs", "head_epochs")}
+        parts["init"] = hashlib.sha256(init.read_bytes()).hexdigest()[:16] if init is not None else None
+    hashed = {name: digest(value) for name, value in parts.items()}
+    return {"digest": digest(hashed), "parts": hashed}
+
+
+def resume_decision(mode: str, out: Path, current: dict[str, Any], produced_by: str) -> bool:
+    """Whether to continue ``out/last.pt`` (see --resume). A checkpoint of an unfinished run made
+    with other settings, data or code is never silently thrown away."""
+    import torch
+
+    last = out / "last.pt"
+    if mode == "never":
+        return False
+    if not last.is_file():
+        if mode == "always":
+            raise UserError(f"--resume given but {last} does not exist; run without --resume")
+        return False
+    try:
+        payload = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an interrupted write is replaced atomically, so this is foreign/corrupt
+        raise UserError(f"{last} cannot be read ({type(exc).__name__}); delete it or pass --resume never") from exc
+    recorded = payload.get("fingerprint") or {}
+    if recorded.get("digest") == current["digest"]:
+        return True
+    changed = sorted(k for k in current["parts"] if (recorded.get("parts") or {}).get(k) != current["parts"][k])
+    finished = int(payload.get("epoch", 0)) >= int(payload.get("target_epochs", 10**9))
+    what = ", ".join(changed) or "unknown (a checkpoint of an older release)"
+    if finished and mode == "auto":
+        print(f"{produced_by}: {last} is a finished run with other {what}; starting fresh")
+        return False
+    raise UserError(f"{last} is an {'unfinished' if not finished else 'earlier'} run made with other {what} than now; "
+                    f"resume it with the same settings, data and code, or pass --resume never to start over")

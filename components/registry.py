@@ -51,6 +51,9 @@ class LoadedModel:
     version: str | None = None
     config: Any = None  # the ModelConfig, for local checkpoints
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = "filter"
+    """``filter`` (per-slice module + the 5-tap filter) or a learned head (``conv1d``/``bigru``:
+    the module reads a whole sequence and returns per-slice and context logits)."""
 
     def thresholds_for(self, context: int) -> list[float]:
         """The thresholds tuned for this scoring mode (context logits are scaled differently)."""
@@ -132,11 +135,14 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
     from hemo_model import CLASSES
 
     model = model.to("cpu").eval()
+    learned = config.context != "filter"
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="slices")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES)), name="logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES) * (2 if learned else 1)), name="logits")]),
     )
-    example = torch.zeros(2, 3, 64, 64).numpy()  # spatial dims are dynamic; metadata says the trained size
+    # Spatial dims are dynamic (metadata says the trained size); a learned context reads one
+    # whole sequence, so its example is a short sequence rather than a batch.
+    example = torch.zeros(8 if learned else 2, 3, 64, 64).numpy()
     metadata = {
         "image_size": int(config.image_size),
         "context_weights": [float(w) for w in config.context_weights],
@@ -144,9 +150,11 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
         "thresholds_single": [float(t) for t in config.thresholds_single],
         "classes": list(CLASSES),
         "head": config.head,
+        "context": config.context,
         "split": provenance["split"],
         "train_patients_sha256": provenance["train_patients_sha256"],
-        "output": "per-slice logits; apply the context filter along the sequence, then sigmoid",
+        "output": ("one sequence in: per-slice logits then context logits (S, 10); sigmoid" if learned else
+                   "per-slice logits; apply the context filter along the sequence, then sigmoid"),
     }
     mlflow.log_dict({"train_patients": provenance["train_patients"]}, TRAIN_PATIENTS_ARTIFACT)
     info = mlflow.pytorch.log_model(
@@ -242,7 +250,8 @@ def load_version(version: str) -> LoadedModel:
     meta = mlmodel.get("metadata") or {}
     thresholds = list(meta.get("thresholds", [0.5] * 5))
     return LoadedModel(module, int(meta.get("image_size", 512)), list(meta.get("context_weights", [1.0])),
-                       thresholds, list(meta.get("thresholds_single", thresholds)), uri, version, metadata=meta)
+                       thresholds, list(meta.get("thresholds_single", thresholds)), uri, version, metadata=meta,
+                       context=str(meta.get("context", "filter")))
 
 
 def check_pt2(mlmodel: dict[str, Any], local: Path, label: str) -> None:
@@ -270,7 +279,7 @@ def _load_checkpoint(path: Path) -> LoadedModel:
         raise UserError(f"cannot use checkpoint {path}: {exc}; re-create it with `hemo train`/`refine` or pass "
                         "another --model") from exc
     loaded = LoadedModel(module, config.image_size, list(config.context_weights), list(config.thresholds),
-                         list(config.thresholds_single), str(path), config=config)
+                         list(config.thresholds_single), str(path), config=config, context=config.context)
     loaded.metadata = {"provenance": payload.get("provenance")}
     return loaded
 

@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from components import registry, tracking
+    from components.results import publish
     from components.serving import serve
-    from hemo_model import CLASSES, LABEL_COLUMNS
+    from hemo_model import CLASSES, LABEL_COLUMNS, images
     from hemo_model.data import DataError, load_folder
 
     settings = settings_from(args).override(
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = settings.score
     try:
         patients = load_folder(args.data)
+        for patient in patients:  # every header checked before any model work (a bad file fails fast)
+            for path in patient.paths:
+                images.inspect(path)
     except DataError as exc:
         raise UserError(str(exc)) from exc
     loaded = registry.load_model(args.model)  # fails with a clear message before anything is written
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         positive_rate = np.mean([r[2:] for r in labels_rows], axis=0)
         mlflow.log_metrics({f"predicted_rate_{c}": float(v) for c, v in zip(CLASSES, positive_rate)})
         mlflow.log_artifact(str(args.out), artifact_path="predictions")
+    publish("score", {"model_version": loaded.version, "slices": len(labels_rows), "patients": len(patients)})
     version = f" v{loaded.version}" if loaded.version else ""
     print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {args.model}{version} "
           f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}")

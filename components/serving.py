@@ -35,13 +35,25 @@ class Served:
         return [binarize(s.probabilities, self.thresholds) for s in self.scores]
 
 
-def serve(model: LoadedModel, patients: Sequence[Any], score: ScoreSettings, device: Any,
-          progress: bool = False) -> Served:
-    """Score ``patients`` with ``model`` as served: one forward pass per slice, the context filter
-    of `score.context`, the model's stored thresholds for that mode."""
-    from hemo_model.inference import prepare_for_inference, score_sequences
+def score_both(model: LoadedModel, patients: Sequence[Any], device: Any, precision: str, batch_size: int,
+               progress: bool = False) -> list[Any]:
+    """One forward pass per slice; each patient's scores carry per-slice logits and context logits
+    (the 5-tap filter, or the model's learned context head)."""
+    from hemo_model.inference import prepare_for_inference, score_sequence_model, score_sequences
 
     module = prepare_for_inference(model.module, device)
-    scores = score_sequences(module, patients, model.image_size, model.weights_for(score.context), device,
-                             score.precision, score.batch_size, progress=progress)
+    if model.context == "filter":
+        return score_sequences(module, patients, model.image_size, model.context_weights, device, precision,
+                               batch_size, progress=progress)
+    return score_sequence_model(module, patients, model.image_size, device, precision, progress=progress)
+
+
+def serve(model: LoadedModel, patients: Sequence[Any], score: ScoreSettings, device: Any,
+          progress: bool = False) -> Served:
+    """Score ``patients`` with ``model`` as served: one forward pass per slice, context per
+    `score.context` (5: the model's context, 1: single slices), the model's stored thresholds
+    for that mode."""
+    scores = score_both(model, patients, device, score.precision, score.batch_size, progress)
+    if score.context == 1:
+        scores = [s.single() for s in scores]
     return Served(model, scores, model.thresholds_for(score.context), score.context)

@@ -33,9 +33,15 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Where the data lives (DLCV layout: train.csv, train/, test/)."""
+    """Where the data lives (DLCV layout: train.csv, train/, test/) and how slices are read."""
 
     root: str = "data"
+    max_image_size: int = 1024
+    """Pixel budget for one slice: max_image_size^2 pixels, checked from the header before decoding
+    (PIL's decompression-bomb limit is set to the same)."""
+
+    def check(self) -> None:
+        _require(self.max_image_size >= 32, "data.max_image_size must be at least 32")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ class ModelSettings:
     dropout: float = 0.5
     pretrained: str | None = None
     """Path to a local torchvision resnet34 state_dict; null = from scratch."""
+    context: Literal["filter", "conv1d", "bigru"] = "filter"
+    """How neighbouring slices are used: the method's fixed 5-tap filter (refined at a low lr), or a
+    head learned over the per-slice embeddings of the whole sequence (trained by `hemo refine`)."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +147,31 @@ class RefineSettings:
     batch_size: int = 12
     lr: float = 1e-6
     max_steps: int | None = None
+    head_epochs: int = 30
+    """Learned context heads (model.context conv1d/bigru): epochs over the frozen embeddings."""
+    head_lr: float = 1e-3
 
     def check(self) -> None:
         _require(self.epochs >= 1 and self.batch_size >= 1, "refine.epochs and refine.batch_size must be >= 1")
+        _require(self.head_epochs >= 1 and self.head_lr > 0, "refine.head_epochs must be >= 1 and head_lr > 0")
         _require(self.max_steps is None or self.max_steps >= 1, "refine.max_steps must be null or >= 1")
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Which epoch moves on (train's best.pt) and whether refinement is kept, decided on the `val`
+    role only when it can bear the decision: a handful of patients makes "best epoch" noise."""
+
+    rule: Literal["auto", "best", "last", "ema"] = "auto"
+    """auto: `best` when the val role has min_val_patients and min_val_positives per class, else `last`."""
+    min_val_patients: int = 30
+    min_val_positives: int = 20
+    """Positive slices per class in the val role."""
+    ema_alpha: float = 0.5
+    """Smoothing of the `ema` rule (weight of the newest epoch)."""
+
+    def check(self) -> None:
+        _require(0.0 < self.ema_alpha <= 1.0, "selection.ema_alpha must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -188,7 +218,8 @@ class ScoreSettings:
 
 SECTIONS: dict[str, type] = {
     "data": DataSettings, "synth": SynthSettings, "validate": ValidateSettings, "split": SplitSettings,
-    "model": ModelSettings, "train": TrainSettings, "refine": RefineSettings, "evaluate": EvaluateSettings,
+    "model": ModelSettings, "train": TrainSettings, "refine": RefineSettings, "selection": SelectionSettings,
+    "evaluate": EvaluateSettings,
     "gate": GateSettings, "score": ScoreSettings,
 }
 
@@ -207,6 +238,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)

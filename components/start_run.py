@@ -19,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from components import tracking
     from components.model_steps import settings_from
+    from components.results import publish
 
     settings = settings_from(args)
     tracking.configure()
     run_id = tracking.start_pipeline_run(settings)
+    publish("start-run", {"run_id": run_id})
     print(run_id)
     return 0

@@ -17,6 +17,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +58,26 @@ def configure(experiment: str = DEFAULT_EXPERIMENT) -> str:
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment)
     return uri
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """One line for a tracking server that did not answer (after MLflow's retries), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        markers = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                   "Read timed out", "ConnectionError", "Connection aborted", "RemoteDisconnected")
+        if any(m in text for m in markers) and type(current).__name__ in (
+                "MlflowException", "ConnectionError", "MaxRetryError", "RestException", "ReadTimeout",
+                "ConnectTimeout", "NewConnectionError", "ProtocolError"):
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+            return (f"MLflow tracking server {tracking_uri()} did not answer ({retries} retries with back-off): check "
+                    "that it runs and MLFLOW_TRACKING_URI, then re-run the step (training resumes from its last "
+                    "checkpoint)")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def git_commit() -> str:
@@ -103,39 +125,104 @@ def parent_run_id() -> str | None:
     return None
 
 
-def start_pipeline_run(settings: Any) -> str:
-    """Create the parent run of a pipeline run (unless one is given) and record its id."""
+def run_status(run_id: str) -> str | None:
+    """RUNNING / FINISHED / FAILED / KILLED, or None if the run does not exist in this store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_run(run_id).info.status)
+    except MlflowException:
+        return None
+
+
+def end_run(run_id: str, status: str, reason: str | None = None) -> bool:
+    """End a run that is still RUNNING (a no-op for one that ended); True if it was ended now."""
+    import mlflow
+
+    if run_status(run_id) != "RUNNING":
+        return False
+    client = mlflow.MlflowClient()
+    if reason:
+        client.set_tag(run_id, "hemo.end_reason", reason[:5000])
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+def start_pipeline_run(settings: Any, resume: bool = False) -> str:
+    """The parent run of a pipeline run: HEMO_PARENT_RUN_ID (an orchestrator made it), the one
+    recorded in outputs/pipeline_run.json when ``resume`` continues an interrupted pipeline, or a
+    new one. A recorded parent that is still RUNNING and not resumed is ended FAILED: its pipeline
+    never reached its last step."""
     import mlflow
 
     run_id = os.environ.get("HEMO_PARENT_RUN_ID")
     if not run_id:
-        run = mlflow.MlflowClient().create_run(
-            mlflow.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id,
-            tags={**standard_tags("pipeline", settings), "mlflow.runName": "pipeline"},
-        )
-        run_id = run.info.run_id
+        recorded = parent_run_id()
+        if recorded and resume and run_status(recorded) == "RUNNING":
+            run_id = recorded
+        else:
+            if recorded:
+                end_run(recorded, "FAILED", "a new pipeline run started before this one reached its last step")
+            run = mlflow.MlflowClient().create_run(
+                mlflow.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id,
+                tags={**standard_tags("pipeline", settings), "mlflow.runName": "pipeline"},
+            )
+            run_id = run.info.run_id
     write_json_atomic(PIPELINE_RUN_FILE, {"run_id": run_id, "tracking_uri": tracking_uri()})
     return run_id
 
 
-@contextlib.contextmanager
-def step_run(step: str, settings: Any, parent: str | None = None) -> Iterator[Any]:
-    """A child run of the pipeline run for one step (a top-level run if there is no parent)."""
-    import mlflow
+RUN_MARKERS = Path(".hemo-runs")
+"""One file per step while its MLflow run is open: a marker left behind means the process died
+(SIGKILL, OOM, a lost node), and the next start of that step closes or resumes the orphaned run."""
 
-    from mlflow.exceptions import MlflowException
+
+def _marker(step: str) -> Path:
+    return RUN_MARKERS / f"{re.sub(r'[^A-Za-z0-9._-]', '_', step)}.json"
+
+
+def orphaned_run(step: str) -> str | None:
+    """The run of an earlier start of ``step`` whose process died with the run still RUNNING."""
+    marker = _marker(step)
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("tracking_uri") != tracking_uri():
+        return None
+    run_id = recorded.get("run_id")
+    return run_id if run_id and run_status(run_id) == "RUNNING" else None
+
+
+@contextlib.contextmanager
+def step_run(step: str, settings: Any, parent: str | None = None, resume: bool = False) -> Iterator[Any]:
+    """A child run of the pipeline run for one step (a top-level run if there is no parent).
+
+    If an earlier start of this step died with its run open, that run is ended FAILED, or, with
+    ``resume``, continued (its metric history goes on where it stopped)."""
+    import mlflow
 
     configure()
     parent = parent or parent_run_id()
-    if parent is not None:
+    if parent is not None and run_status(parent) is None:
+        logging.getLogger(__name__).warning(
+            "parent run %s not found at %s; logging %s as a top-level run", parent, tracking_uri(), step)
+        parent = None
+    orphan = orphaned_run(step)
+    if orphan and resume:
+        context = mlflow.start_run(run_id=orphan)
+    else:
+        if orphan:
+            end_run(orphan, "FAILED", f"the process of `hemo {step}` died; found by the next start of the step")
+        context = mlflow.start_run(run_name=step, parent_run_id=parent, tags=standard_tags(step, settings))
+    with context as run:
+        write_json_atomic(_marker(step), {"run_id": run.info.run_id, "tracking_uri": tracking_uri(),
+                                           "pid": os.getpid(), "host": socket.gethostname()})
         try:
-            mlflow.MlflowClient().get_run(parent)
-        except MlflowException:
-            logging.getLogger(__name__).warning(
-                "parent run %s not found at %s; logging %s as a top-level run", parent, tracking_uri(), step)
-            parent = None
-    with mlflow.start_run(run_name=step, parent_run_id=parent, tags=standard_tags(step, settings)) as run:
-        yield run
+            yield run
+        finally:
+            _marker(step).unlink(missing_ok=True)
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:

@@ -12,12 +12,16 @@ learning curve and the best checkpoint. Writes reports/train.json and reports/tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from components.errors import UserError
 from components.model_steps import (
     add_common_arguments,
+    add_resume_argument,
     data_root,
     epoch_logger,
     load_roles,
@@ -25,8 +29,11 @@ from components.model_steps import (
     model_config,
     pretrained_path,
     provenance,
+    fingerprint,
     publish_fit,
     resolve_device,
+    resume_decision,
+    selection_rule,
     settings_from,
     validator,
 )
@@ -44,7 +51,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="train.precision")
     parser.add_argument("--max-steps", type=int, help="cap optimizer steps per epoch (smoke runs)")
     parser.add_argument("--seed", type=int, help="train.seed")
-    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    add_resume_argument(parser)
+
+
+@dataclass
+class Stage1:
+    """What a finished stage-1 fit hands on."""
+
+    result: Any  # hemo_model.training.FitResult
+    summary: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def train_stage1(settings: Any, roles: dict[str, list], out: Path, device: Any, resume: bool = False,
+                 run_fingerprint: dict[str, Any] | None = None) -> Stage1:
+    """Stage 1 as `hemo train` runs it, inside an active MLflow run (params and per-epoch metrics
+    go there): the one implementation, also used by `hemo ablate`."""
+    import mlflow
+
+    from hemo_model.data import SliceDataset
+    from hemo_model.model import build_model
+    from hemo_model.training import FitConfig, fit, seed_everything
+    from hemo_model.transforms import train_augmentation
+
+    cfg = settings.train
+    config = model_config(settings.model, cfg.image_size)
+    seed_everything(cfg.seed)  # the initial weights too: same seed, same model
+    model = build_model(dataclasses.replace(config, context="filter"), pretrained_path(settings.model))
+    dataset = SliceDataset(roles["train"], cfg.image_size, cache=cfg.cache_images, transform=train_augmentation())
+    rule, rule_reason = selection_rule(settings.selection, roles["val"])
+    fit_config = FitConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        step_size=cfg.step_size, gamma=cfg.gamma, precision=cfg.precision, seed=cfg.seed, workers=cfg.workers,
+        max_steps=cfg.max_steps, selection=rule, ema_alpha=settings.selection.ema_alpha,
+    )
+    validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, cfg.cache_images)
+    seen = provenance(roles, settings.split)
+    tracking_params = settings.to_dict()
+    from components import tracking
+
+    tracking.log_params_flat({k: tracking_params[k] for k in ("train", "model", "split", "selection")})
+    mlflow.log_params({"n_train_patients": len(roles["train"]), "n_val_patients": len(roles["val"]),
+                       "n_train_slices": len(dataset), "device": str(device),
+                       "train_patients_sha256": seen["train_patients_sha256"], "selection_rule": rule})
+    mlflow.set_tag("hemo.selection", rule_reason)
+    started = time.perf_counter()
+    result = fit(
+        model, dataset, validate, loss_from(cfg), fit_config, out, config, resume=resume,
+        device=device, on_epoch=epoch_logger("train_samples_per_s"),
+        checkpoint_extra={"provenance": seen, "fingerprint": run_fingerprint or fingerprint(settings, roles, "train"),
+                          "target_epochs": cfg.epochs},
+    )
+    seconds = time.perf_counter() - started
+    summary = {
+        "best_epoch": result.best_epoch, "best_val_micro_f2_single": result.best_val_micro_f2,
+        "epochs": len(result.history), "seconds": round(seconds, 1),
+        "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / len(result.history), 2),
+        "train_patients": len(roles["train"]), "val_patients": len(roles["val"]),
+        "selection": rule, "selection_reason": rule_reason,
+    }
+    return Stage1(result, summary, seen)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,56 +118,26 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from components.split import write_split_report
-    from hemo_model.data import SliceDataset
-    from hemo_model.model import build_model
-    from hemo_model.training import FitConfig, fit, seed_everything
-    from hemo_model.transforms import train_augmentation
 
     settings = settings_from(args).override(
         "train", epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, precision=args.precision, max_steps=args.max_steps, seed=args.seed)
-    cfg = settings.train
     device = resolve_device(args.device)
-    root = data_root(args, settings)
-    roles = load_roles(root, settings.split, need=("train", "val"))
-    if args.resume and not (args.out / "last.pt").is_file():
-        raise UserError(f"--resume given but {args.out / 'last.pt'} does not exist; run without --resume")
-    config = model_config(settings.model, cfg.image_size)
-    seed_everything(cfg.seed)  # the initial weights too: same seed, same model
-    model = build_model(config, pretrained_path(settings.model))
-    dataset = SliceDataset(roles["train"], cfg.image_size, cache=cfg.cache_images, transform=train_augmentation())
-    fit_config = FitConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        step_size=cfg.step_size, gamma=cfg.gamma, precision=cfg.precision, seed=cfg.seed, workers=cfg.workers,
-        max_steps=cfg.max_steps,
-    )
-    validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, cfg.cache_images)
-    seen = provenance(roles, settings.split)
+    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    pretrained_path(settings.model)  # a missing weights file fails before anything starts
+    current = fingerprint(settings, roles, "train")
+    resume = resume_decision(args.resume, args.out, current, "train")
     write_split_report(args.reports / "split.json", roles, settings.split)
 
     tracking.configure()
-    tracking.start_pipeline_run(settings)
-    with tracking.step_run("train", settings):
-        tracking.log_params_flat({"train": settings.to_dict()["train"], "model": settings.to_dict()["model"],
-                                  "split": settings.to_dict()["split"]})
-        mlflow.log_params({"n_train_patients": len(roles["train"]), "n_val_patients": len(roles["val"]),
-                           "n_train_slices": len(dataset), "device": str(device),
-                           "train_patients_sha256": seen["train_patients_sha256"]})
+    tracking.start_pipeline_run(settings, resume=resume)
+    with tracking.step_run("train", settings, resume=resume):
         mlflow.log_artifact(str(args.reports / "split.json"), artifact_path="provenance")
-        started = time.perf_counter()
-        result = fit(
-            model, dataset, validate, loss_from(cfg), fit_config, args.out, config, resume=args.resume,
-            device=device, on_epoch=epoch_logger("train_samples_per_s"), checkpoint_extra={"provenance": seen},
-        )
-        seconds = time.perf_counter() - started
-        summary = {
-            "best_epoch": result.best_epoch, "best_val_micro_f2_single": result.best_val_micro_f2,
-            "epochs": len(result.history), "seconds": round(seconds, 1),
-            "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / len(result.history), 2),
-            "train_patients": len(roles["train"]), "val_patients": len(roles["val"]),
-        }
-        publish_fit("train", result.history, summary, args.reports, "stage 1: single-slice training")
+        stage = train_stage1(settings, roles, args.out, device, resume=resume, run_fingerprint=current)
+        publish_fit("train", stage.result.history, stage.summary, args.reports, "stage 1: single-slice training")
         mlflow.log_artifact(str(args.out / "best.pt"), artifact_path="checkpoints")
-    print(f"train: best epoch {result.best_epoch}, val micro-F2 (single slice) {result.best_val_micro_f2:.4f}, "
-          f"{seconds:.0f} s -> {args.out / 'best.pt'}")
+    summary = stage.summary
+    print(f"train: kept epoch {summary['best_epoch']} (selection '{summary['selection']}': "
+          f"{summary['selection_reason']}), val micro-F2 (single slice) {summary['best_val_micro_f2_single']:.4f}, "
+          f"{summary['seconds']:.0f} s -> {args.out / 'best.pt'}")
     return 0

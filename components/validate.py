@@ -108,8 +108,10 @@ def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str]
                   "slice indices k must run 0..n-1 with no gap or duplicate"),
         CheckSpec("images.exist", "images", e.ExpectColumnValuesToBeInSet(column="exists", value_set=[True]),
                   "every labelled slice needs its image file; restore it (dvc pull) or drop the row"),
+        CheckSpec("images.inside_root", "images", e.ExpectColumnValuesToBeInSet(column="inside", value_set=[True]),
+                  "the file's real path (symlinks resolved) leaves the data folder; copy it in instead of linking"),
         CheckSpec("images.decode", "images", e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
-                  "the file is not a readable image; re-export it"),
+                  "the file is not a readable JPEG within data.max_image_size (by content, not by name); re-export it"),
         CheckSpec("images.grayscale", "images", e.ExpectColumnValuesToBeInSet(column="mode", value_set=["L"]),
                   "slices must be 8-bit single-channel grayscale (PIL mode L)"),
         CheckSpec("images.size", "images",
@@ -129,9 +131,8 @@ def _gx_frames(frames: Any) -> dict[str, Any]:
 
     images = frames.images.copy()
     if len(images):
-        images["decodes"] = images["decodes"].where(images["exists"], None)
-        for column in ("mode", "size"):
-            images[column] = images[column].where(images["decodes"].fillna(False).astype(bool), None)
+        images["size"] = images["size"].where(images["decodes"].fillna(False).astype(bool), None)
+        images["mode"] = images["mode"].where(images["mode"].notna(), None)
     return {
         "header": pd.DataFrame(columns=frames.label_header),
         "labels": frames.labels,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from components.errors import UserError
 from hemo_model import CLASSES
@@ -90,25 +89,38 @@ def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, ma
     return frame
 
 
-def _inspect_image(path: Path) -> tuple[bool, bool, str, int, int]:
-    """(exists, decodes, mode, width, height) of one image; never raises."""
+def _inspect_image(data: Path, split: str, dirname: str, name: str) -> tuple:
+    """(exists, inside, decodes, mode, width, height, problem) of one image; never raises. A file
+    whose real path leaves the data folder is not opened at all."""
+    from hemo_model import images
+    from hemo_model.layout import UnsafePath, inside
+
+    path = slice_path(data, split, dirname, name)
     if not path.is_file():
-        return False, False, "", 0, 0
+        return False, None, None, None, 0, 0, ""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return True, True, image.mode, image.width, image.height
-    except Exception:  # any decoder error means "does not decode"; the check reports the file
-        return True, False, "", 0, 0
+        inside(data, split, dirname, name)
+    except UnsafePath:
+        return True, False, None, None, 0, 0, "links outside the data folder"
+    try:
+        info = images.inspect(path, modes=None)
+    except images.ImageError as exc:
+        return True, True, False, None, 0, 0, str(exc).split(": ", 1)[-1]
+    try:
+        images.read(path, modes=None)
+    except images.ImageError as exc:
+        return True, True, False, info.mode, info.width, info.height, str(exc).split(": ", 1)[-1]
+    return True, True, True, info.mode, info.width, info.height, ""
 
 
 def image_frame(data: Path, entries: list[tuple[str, str, str]], workers: int = 4) -> pd.DataFrame:
-    """Open every referenced image (threads: PIL releases the GIL while decoding)."""
-    paths = [slice_path(data, split, d, name) for split, d, name in entries]
+    """Check and decode every referenced image the way the loaders will (threads: PIL releases
+    the GIL while decoding). A row's item names the file and, if it failed, why."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        inspected = list(pool.map(_inspect_image, paths))
-    frame = pd.DataFrame(inspected, columns=["exists", "decodes", "mode", "width", "height"])
-    frame.insert(0, "item", [f"{split}/{d}/{name}" for split, d, name in entries])
+        inspected = list(pool.map(lambda e: _inspect_image(data, *e), entries))
+    frame = pd.DataFrame(inspected, columns=["exists", "inside", "decodes", "mode", "width", "height", "problem"])
+    frame.insert(0, "item", [f"{split}/{d}/{name}" + (f" ({problem})" if problem else "")
+                             for (split, d, name), problem in zip(entries, frame["problem"])])
     frame["size"] = [f"{w}x{h}" for w, h in zip(frame["width"], frame["height"])]
     return frame
 
@@ -159,5 +171,5 @@ def build_frames(
         entries += [("test", d, name) for d, names in test_disk.items() for name in names if parse_slice_name(name)]
         images = image_frame(data, entries)
     else:
-        images = pd.DataFrame(columns=["item", "exists", "decodes", "mode", "width", "height", "size"])
+        images = pd.DataFrame(columns=["item", "exists", "inside", "decodes", "mode", "width", "height", "size"])
     return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files)

@@ -10,6 +10,7 @@ USER airflow
 COPY --chown=airflow:root requirements.lock pyproject.toml README.md /opt/hemo-src/
 COPY --chown=airflow:root hemo_model /opt/hemo-src/hemo_model
 COPY --chown=airflow:root components /opt/hemo-src/components
-# The lock pins Airflow itself to 3.3.2, the same as the base image.
-RUN pip install --no-cache-dir -c /opt/hemo-src/requirements.lock "/opt/hemo-src"
+# The lock pins Airflow itself to 3.3.2, the same as the base image. The FAB provider is the
+# production auth manager (compose.yaml selects it).
+RUN pip install --no-cache-dir -c /opt/hemo-src/requirements.lock "/opt/hemo-src" apache-airflow-providers-fab
 COPY --chown=airflow:root dags/hemo_retraining.py /opt/airflow/dags/hemo_retraining.py

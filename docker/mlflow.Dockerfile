@@ -1,7 +1,8 @@
-# MLflow tracking server with the PostgreSQL driver and S3 client for the production stack.
+# MLflow tracking server with the PostgreSQL driver, the S3 client and the basic-auth app
+# (mlflow[auth] brings Flask-WTF) for the production stack.
 FROM python:3.11-slim
-RUN pip install --no-cache-dir "mlflow==3.17.2" "psycopg2-binary" "boto3"
-RUN useradd --create-home mlflow
+RUN pip install --no-cache-dir "mlflow[auth]==3.17.2" "psycopg2-binary" "boto3"
+RUN useradd --create-home mlflow && mkdir -p /var/lib/mlflow && chown mlflow /var/lib/mlflow
 USER mlflow
 EXPOSE 5000
 ENTRYPOINT ["mlflow"]

@@ -15,19 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from hemo_model import CLASSES
-from hemo_model.layout import LABELS_FILE, list_split, parse_slice_name, read_label_rows
+from hemo_model import CLASSES, images
+from hemo_model.layout import LABELS_FILE, DataError, inside, list_split, parse_slice_name, read_label_rows
 from hemo_model.roles import ROLES, RoleSpec, role_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataError(ValueError):
-    """The data folder does not hold what the library needs (message names file and fix)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ def load_folder(folder: Path) -> list[PatientSequence]:
         ordered = sorted((parsed.k, n) for n in names if (parsed := parse_slice_name(n)) is not None)
         if not ordered:
             raise DataError(f"{folder / dirname} holds no <hash>_<k>.jpg slices")
-        patients.append(PatientSequence(dirname, tuple(folder / dirname / n for _, n in ordered)))
+        patients.append(PatientSequence(dirname, tuple(inside(folder, dirname, n) for _, n in ordered)))
     return patients
 
 
@@ -89,7 +84,10 @@ def _load_labelled(root: Path) -> list[PatientSequence]:
     patients = []
     for dirname in sorted(rows):
         ordered = sorted(rows[dirname])
-        paths = tuple(root / "train" / dirname / name for _, name, _ in ordered)
+        try:
+            paths = tuple(inside(root, "train", dirname, name) for _, name, _ in ordered)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise DataError(f"{missing[0]} is listed in {path} but missing ({len(missing)} missing in {dirname}); "
@@ -110,12 +108,9 @@ def patients_by_role(patients: Sequence[PatientSequence], spec: RoleSpec) -> dic
 
 
 def read_slice(path: Path, image_size: int) -> np.ndarray:
-    """8-bit grayscale slice resized to ``image_size`` (uint8, H x W)."""
-    with Image.open(path) as image:
-        gray = image.convert("L")
-        if gray.size != (image_size, image_size):
-            gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(gray, dtype=np.uint8)
+    """8-bit grayscale slice resized to ``image_size`` (uint8, H x W), checked by
+    :func:`hemo_model.images.read` (format by content, pixel budget, mode)."""
+    return images.read(path, image_size)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,10 @@ class SequenceScores:
         """The same forward passes under other context weights (no new forward pass)."""
         return SequenceScores.filtered(self.patient, self.slice_logits, weights)
 
+    def single(self) -> SequenceScores:
+        """Single-slice scores: each slice on its own, no context."""
+        return SequenceScores(self.patient, self.slice_logits, self.slice_logits)
+
     @property
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits))
@@ -105,6 +109,41 @@ def score_sequences(model: nn.Module, patients: Sequence[PatientSequence], image
     for patient in patients:
         results.append(SequenceScores.filtered(patient, flat[start : start + len(patient)], weights))
         start += len(patient)
+    return results
+
+
+class _PatientStacks(torch.utils.data.Dataset):
+    """One item per patient: all its slices, (S, 3, H, W), for models that read a whole sequence."""
+
+    def __init__(self, patients: Sequence[PatientSequence], image_size: int) -> None:
+        self.slices = SliceDataset(patients, image_size)
+        self.starts = np.cumsum([0] + [len(p) for p in patients]).tolist()
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.stack([self.slices[i][0] for i in range(self.starts[index], self.starts[index + 1])])
+
+
+@torch.no_grad()
+def score_sequence_model(model: nn.Module, patients: Sequence[PatientSequence], image_size: int,
+                         device: torch.device, precision: str = "fp32", workers: int = 0,
+                         progress: bool = False) -> list[SequenceScores]:
+    """Learned-context models (:class:`hemo_model.context.SequenceModel`): one forward pass per
+    patient over its whole sequence, returning per-slice and context logits."""
+    loader: Iterator = iter(DataLoader(_PatientStacks(patients, image_size), batch_size=None, num_workers=workers,
+                                       pin_memory=device.type == "cuda"))
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, total=len(patients), desc="scoring", unit="patient")
+    results = []
+    for patient, stack in zip(patients, loader):
+        stack = stack.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = model(stack).float().cpu().numpy()
+        results.append(SequenceScores(patient, out[:, :5], out[:, 5:]))
     return results
 
 

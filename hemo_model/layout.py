@@ -13,6 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+class DataError(ValueError):
+    """The data folder does not hold what the library needs (message names file and fix)."""
+
+
+class UnsafePath(DataError):
+    """A path that would lead outside the data folder (``..``, absolute, symlink out)."""
+
+
 LABELS_FILE = "train.csv"
 SPLITS = ("train", "test")
 
@@ -51,6 +59,23 @@ def is_safe_component(name: str) -> bool:
 
 def slice_path(root: Path, split: str, dirname: str, name: str) -> Path:
     return root / split / dirname / name
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root / parts...``, refused unless every part is one plain name and the real path (symlinks
+    resolved) stays inside the real ``root``. The one path guard of validation and the loaders:
+    label files and folders come from users and must never make us read elsewhere."""
+    for part in parts:
+        if not is_safe_component(part):
+            raise UnsafePath(f"{part!r} (under {root}) is not a plain file or folder name: no '..', separators or "
+                             "absolute paths; fix the label file or the folder name")
+    path = root.joinpath(*parts)
+    real_root = root.resolve()
+    real = path.resolve()
+    if not real.is_relative_to(real_root):
+        raise UnsafePath(f"{path} resolves to {real}, outside the data folder {real_root} (a symlink?); copy the "
+                         "file into the data folder instead of linking to it")
+    return path
 
 
 def list_split(root: Path, split: str) -> dict[str, list[str]]:

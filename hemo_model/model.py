@@ -32,6 +32,9 @@ class ModelConfig:
     """Per-class decision thresholds for 5-slice context scores (tuned on the ``val`` role)."""
     thresholds_single: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
     """The same for single-slice scores: context logits are scaled differently (weights sum to 1.3)."""
+    context: str = "filter"
+    """How neighbouring slices are used: the method's fixed 5-tap ``filter`` of logits, or a learned
+    head over per-slice embeddings along the whole sequence (``conv1d`` or ``bigru``)."""
 
     def thresholds_for(self, context: int) -> list[float]:
         return list(self.thresholds if context > 1 else self.thresholds_single)
@@ -57,8 +60,19 @@ class HemoNet(nn.Module):
         else:
             raise ValueError(f"unknown head {head!r}; use 'method' or 'linear'")
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 512) per-slice embeddings: the backbone up to global pooling."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return torch.flatten(b.avgpool(x), 1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 5) logits from :meth:`features`."""
+        return self.head(self.backbone.fc(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.classify(self.features(x))
 
 
 class ContextModel(nn.Module):
@@ -79,8 +93,14 @@ class ContextModel(nn.Module):
         return (logits.float() * self.weights.view(1, width, 1)).sum(dim=1)
 
 
-def build_model(config: ModelConfig, pretrained: Path | None = None) -> HemoNet:
-    return HemoNet(config.head, config.dropout, pretrained)
+def build_model(config: ModelConfig, pretrained: Path | None = None) -> nn.Module:
+    """The per-slice HemoNet, or for a learned context a SequenceModel around it."""
+    slice_model = HemoNet(config.head, config.dropout, pretrained)
+    if config.context == "filter":
+        return slice_model
+    from hemo_model.context import SequenceModel, build_context_head
+
+    return SequenceModel(slice_model, build_context_head(config.context))
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, **extra: Any) -> None:

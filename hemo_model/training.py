@@ -1,6 +1,9 @@
 """The fit loop shared by stage 1 (single slices) and stage 2 (5-slice context refinement).
 
-Adam + StepLR as in the method; the best epoch by validation micro-F2 is kept. A checkpoint
+Adam + StepLR as in the method. Which epoch moves on is a selection rule: ``best`` (the
+method: highest validation micro-F2), ``last``, or ``ema`` (highest exponential moving average of
+validation micro-F2, which a single lucky epoch on a small validation set cannot win). The selected
+epoch's weights are kept as ``best.pt``. A checkpoint
 with model, optimizer, scheduler, RNG states and history is written atomically after every
 epoch, so an interrupted run continues from the last finished epoch with ``resume=True``.
 Per-epoch seeding (seed + epoch) of the shuffle and the augmentation makes a run deterministic
@@ -40,6 +43,8 @@ class FitConfig:
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None  # cap on optimizer steps per epoch (smoke tests); None = full epoch
+    selection: str = "best"  # which epoch is kept as best.pt: best | last | ema (see selected_epoch)
+    ema_alpha: float = 0.5
 
 
 @dataclass
@@ -58,6 +63,28 @@ class FitResult:
     best_val_micro_f2: float
     history: list[EpochRecord] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+
+
+SELECTION_RULES = ("best", "last", "ema")
+
+
+def selected_epoch(history: list[EpochRecord], rule: str, ema_alpha: float = 0.5) -> int:
+    """The epoch ``rule`` keeps, from the history so far. Online: a later epoch can only replace
+    the choice, never revive an earlier one, so best.pt can be written as training goes."""
+    if not history:
+        raise ValueError("no epoch to select from")
+    if rule == "last":
+        return history[-1].epoch
+    if rule == "best":
+        values = [h.val_micro_f2 for h in history]
+    elif rule == "ema":
+        values, smoothed = [], None
+        for h in history:
+            smoothed = h.val_micro_f2 if smoothed is None else ema_alpha * h.val_micro_f2 + (1 - ema_alpha) * smoothed
+            values.append(smoothed)
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; use one of {SELECTION_RULES}")
+    return history[values.index(max(values))].epoch  # the first epoch reaching the maximum
 
 
 def seed_everything(seed: int) -> None:
@@ -157,7 +184,7 @@ def fit(
         val_f2 = float(validate(model))
         record = EpochRecord(epoch, total_loss / max(steps, 1), val_f2, lr, train_seconds, seen / max(train_seconds, 1e-9))
         result.history.append(record)
-        if val_f2 > result.best_val_micro_f2:
+        if selected_epoch(result.history, config.selection, config.ema_alpha) == epoch:
             result.best_epoch, result.best_val_micro_f2 = epoch, val_f2
             result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in save_model.state_dict().items()})
             save_checkpoint(checkpoint_dir / BEST, save_model, model_config, epoch=epoch, val_micro_f2=val_f2,

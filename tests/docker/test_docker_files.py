@@ -34,7 +34,8 @@ def test_services_of_the_production_stack(compose: dict) -> None:
 def test_mlflow_uses_postgres_s3_and_allowed_hosts(compose: dict) -> None:
     mlflow = compose["services"]["mlflow"]
     command = " ".join(mlflow["command"].split())
-    assert "--backend-store-uri postgresql://" in command and "@postgres:5432/mlflow" in command
+    backend = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert backend.startswith("postgresql://") and backend.endswith("@postgres:5432/mlflow")
     assert "--artifacts-destination s3://hemo-mlflow/" in command
     assert "--allowed-hosts" in command
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -93,3 +94,73 @@ def test_airflow_image_matches_pinned_airflow() -> None:
     base = next(args for ins, args in _instructions(DOCKER / "airflow.Dockerfile") if ins == "FROM")
     version = re.search(r"apache-airflow==([\d.]+)", (REPO / "requirements.lock").read_text()).group(1)
     assert base.startswith(f"apache/airflow:{version}-python3.11")
+
+
+# --- safe by default (no weak secrets, authenticated MLflow, no socket in the API server) ---
+
+
+SECRET = re.compile(r"PASSWORD|SECRET|_KEY|_USER\b|USERNAME")
+
+
+def test_every_secret_is_required_with_no_default() -> None:
+    text = (DOCKER / "compose.yaml").read_text()
+    variables = re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)([^}]*)\}", text)  # $${...} is the container's own shell
+    secrets = {(name, rest) for name, rest in variables if SECRET.search(name)}
+    assert {name for name, _ in secrets} >= {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW_JWT_SECRET",
+                                            "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SECRET_KEY",
+                                            "AIRFLOW_ADMIN_PASSWORD"}
+    loose = sorted(f"${{{name}{rest}}}" for name, rest in secrets if not rest.startswith(":?"))
+    assert loose == [], "secrets with a default or silently empty"
+    assert not re.search(r"change-me|hemo-secret", text)
+    example = (DOCKER / ".env.example").read_text()
+    assert all(line.endswith("=") for line in example.splitlines() if re.match(r"[A-Z_]*(PASSWORD|SECRET)", line))
+
+
+def test_env_file_with_real_secrets_is_git_ignored() -> None:
+    import subprocess
+
+    result = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO)
+    assert result.returncode == 0, "docker/.env must be ignored by git"
+
+
+def test_mlflow_requires_login_and_listens_on_loopback(compose: dict) -> None:
+    mlflow = compose["services"]["mlflow"]
+    assert "--app-name basic-auth" in " ".join(mlflow["command"].split())
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] and env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_TRACKING_PASSWORD:?")
+    assert "mlflow[auth]" in (DOCKER / "mlflow.Dockerfile").read_text()
+    ini = (DOCKER / "mlflow-basic-auth.ini").read_text()
+    assert "database_uri" in ini and "admin_password" not in ini
+    for name in ("airflow-scheduler", "hemo-train"):
+        client_env = compose["services"][name]["environment"]
+        assert client_env["MLFLOW_TRACKING_USERNAME"] and client_env["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_published_ports_are_loopback_only(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_no_password_on_a_command_line(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        argv = " ".join(str(part) for key in ("command", "entrypoint") for part in
+                        (service.get(key) if isinstance(service.get(key), list) else [service.get(key) or ""]))
+        assert not re.search(r"PASSWORD|SECRET|://[^/\s]*:[^/\s]*@", argv.replace("$${AIRFLOW_ADMIN_PASSWORD}", "")), name
+        assert "--password" not in argv, name
+
+
+def test_production_auth_manager_and_no_docker_socket_in_the_api_server(compose: dict) -> None:
+    services = compose["services"]
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-init"):
+        assert services[name]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+    assert not any("docker.sock" in v for v in services["airflow-apiserver"].get("volumes", []))
+    assert not any("docker.sock" in v for v in services["airflow-dag-processor"].get("volumes", []))
+    assert any("docker.sock" in v for v in services["airflow-scheduler"]["volumes"])  # DockerOperator runs there
+    assert "apache-airflow-providers-fab" in (DOCKER / "airflow.Dockerfile").read_text()
+
+
+def test_pickle_deserialisation_is_off_for_every_mlflow_user(compose: dict) -> None:
+    for name in ("mlflow", "airflow-scheduler", "airflow-apiserver", "hemo-train"):
+        assert compose["services"][name]["environment"]["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false", name

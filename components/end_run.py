@@ -1,0 +1,35 @@
+"""End the pipeline's parent MLflow run: the last step of every pipeline calls this.
+
+FINISHED after the last step succeeded, FAILED when an orchestrator saw a step fail (the Airflow
+DAG's final task runs whatever happened upstream). The run is HEMO_PARENT_RUN_ID, --run-id, or
+the one `hemo train` recorded in outputs/pipeline_run.json. A run that already ended is left as it
+is. (A pipeline that dies without reaching this step has its parent ended FAILED by the next
+`hemo train`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=["FINISHED", "FAILED"], default="FINISHED")
+    parser.add_argument("--run-id", help="the parent run (default: HEMO_PARENT_RUN_ID or outputs/pipeline_run.json)")
+    parser.add_argument("--reason", help="kept on the run as hemo.end_reason")
+
+
+def run(args: argparse.Namespace) -> int:
+    from components import tracking
+    from components.errors import UserError
+
+    tracking.configure()
+    run_id = args.run_id or tracking.parent_run_id()
+    if not run_id:
+        raise UserError(f"no pipeline run to end: pass --run-id, set HEMO_PARENT_RUN_ID, or run `hemo train` first "
+                        f"(it records the run in {tracking.PIPELINE_RUN_FILE})")
+    status = tracking.run_status(run_id)
+    if status is None:
+        raise UserError(f"run {run_id} does not exist at {tracking.tracking_uri()}")
+    ended = tracking.end_run(run_id, args.status, args.reason)
+    print(f"end-run: pipeline run {run_id} " + (f"ended {args.status}" if ended else f"was already {status}"))
+    return 0
