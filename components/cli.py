@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 MLFLOW_HTTP_DEFAULTS = {
-    # Bounded waits on the tracking server: ~30 s of retries with back-off ride out a restart;
-    # then the step fails with one line (exit 3) instead of blocking for minutes. Set any of these
-    # in the environment to change them.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    # Bounded waits on the tracking server: ~1 min of retries with back-off (0, 2, 4, ... 32 s) ride
+    # out a restart; then the step fails with one line (exit 3) instead of blocking for minutes (the
+    # MLflow default is ~4 min per call). Set any of these in the environment to change them.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",

@@ -6,12 +6,27 @@ requested, or (c) a KubernetesPodOperator with `nvidia.com/gpu` limits, GPUs onl
 that use them. Every variant runs the same command line with the same environment, so a step
 behaves identically whichever runner executes it.
 
+Contracts (README, "Orchestration"):
+
+* Results travel back through XCom, never through a shared disk: a step writes its small JSON
+  result (:mod:`components.results`) to HEMO_RESULT_FILE, which each runner points where it can
+  read it: a file beside the local process, a file retrieved from the stopped container, the
+  KubernetesPodOperator's /airflow/xcom/return.json.
+* Permissions: the run folder is created before the container starts and handed to the uid/gid
+  the container runs as (``StepSettings.uid/gid``; default the worker's own), outputs are written
+  0644 (the umask), so the Airflow side can read every report whatever uid wrote it.
+* Lineage: HEMO_PROJECT_DIR points the step at the project (data.dvc, git) whatever its working
+  folder; images carry their commit as HEMO_GIT_COMMIT.
+* Exit codes: 1 (data failed validation) and 2 (user error) fail the task without retries; any
+  other failure (3 = transient) is retried.
+
 Only the standard library is imported at module level: the DAG file imports this at parse time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -29,8 +44,15 @@ GPU_STEPS = frozenset({"train", "refine", "score"})
 DEFAULT_IMAGE = "ghcr.io/hemo-pipeline/hemo:0.1.0"
 CONTAINER_PROJECT = "/opt/hemo"  # where the project (data/, params.yaml) is mounted in containers
 CONTAINER_RUNS = "/opt/hemo-runs"
+CONTAINER_RESULT = "/tmp/hemo-result.json"
+POD_RESULT = "/airflow/xcom/return.json"
+RESULTS_DIR = ".hemo-results"  # the local runner's result files, inside the run folder
 USER_ERROR_CODES = frozenset({1, 2})
 """`hemo` exit codes for bad input (1: validation failed, 2: user error): retrying cannot help."""
+
+OVERRIDE_KEYS = {"epochs": "train.epochs", "image_size": "train.image_size",
+                 "min_improvement": "gate.min_improvement"}
+"""DAG params that override one setting each (validated by the settings layer in the step)."""
 
 
 def safe_run_key(run_id: str) -> str:
@@ -50,61 +72,87 @@ class StepSettings:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     image: str = DEFAULT_IMAGE
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    """The uid/gid containers run as (HEMO_CONTAINER_UID/GID); None = the worker's own."""
+
+    def container_user(self) -> tuple[int, int]:
+        return (self.uid if self.uid is not None else os.getuid(), self.gid if self.gid is not None else os.getgid())
+
+
+def set_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``--set section.key=value`` for each DAG override that was given (None = not given)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        setting = OVERRIDE_KEYS.get(key, key)
+        if "." not in setting:
+            raise ValueError(f"override {key!r} is neither a DAG param ({sorted(OVERRIDE_KEYS)}) nor section.key")
+        args += ["--set", f"{setting}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
 
 
 def hemo_args(step: str, project: Path, overrides: Mapping[str, Any]) -> list[str]:
     """The `hemo` argument list of a step. Outputs use the step's defaults (outputs/, reports/)
-    relative to the working folder, which is the run's own folder: runs never share outputs."""
+    relative to the working folder, which is the run's own folder: runs never share outputs.
+    Train and refine resume automatically (--resume auto) when a retry finds their checkpoint."""
     data = str(project / "data")
-    params = ["--params", str(project / "params.yaml")]
+    common = ["--params", str(project / "params.yaml"), *set_args(overrides)]
     if step == "start-run":
-        return ["start-run", *params]
+        return ["start-run", *common]
     if step == "validate":
-        return ["validate", "--data", data, "--reports", "reports/validation", *params]
-    if step == "train":
-        args = ["train", "--data", data, *params]
-        for key, flag in (("epochs", "--epochs"), ("image_size", "--image-size")):
-            if overrides.get(key) is not None:
-                args += [flag, str(overrides[key])]
-        return args
-    if step == "refine":
-        return ["refine", "--data", data, *params]
-    if step == "evaluate":
-        return ["evaluate", "--data", data, *params]
-    if step == "gate":
-        args = ["gate", "--data", data, *params]
-        if overrides.get("min_improvement") is not None:
-            args += ["--min-improvement", str(overrides["min_improvement"])]
-        return args
+        return ["validate", "--data", data, "--reports", "reports/validation", *common]
+    if step in ("train", "refine"):
+        return [step, "--data", data, "--resume", "auto", *common]
+    if step in ("evaluate", "gate"):
+        return [step, "--data", data, *common]
     if step == "score":
-        return ["score", "--data", str(project / "data" / "test"), "--out", "outputs/predictions.csv", *params]
+        return ["score", "--data", str(project / "data" / "test"), "--out", "outputs/predictions.csv", *common]
+    if step == "end-run":
+        return ["end-run"]
     raise ValueError(f"unknown step {step!r}")
 
 
 def step_env(settings: StepSettings) -> dict[str, str]:
     env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "HEMO_DAG_RUN_ID": settings.dag_run_id,
-           "PYTHONUNBUFFERED": "1", **settings.extra_env}
+           "HEMO_PROJECT_DIR": str(settings.project_dir), "PYTHONUNBUFFERED": "1",
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", **settings.extra_env}
     if settings.parent_run_id:
         env["HEMO_PARENT_RUN_ID"] = settings.parent_run_id
     return env
 
 
 class StepFailed(RuntimeError):
-    def __init__(self, step: str, code: int, tail: str) -> None:
+    def __init__(self, step: str, code: int | None, tail: str) -> None:
         super().__init__(f"hemo {step} exited with code {code}:\n{tail}")
         self.code = code
         self.user_error = code in USER_ERROR_CODES
 
 
-def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None) -> str:
+def prepare_run_dir(settings: StepSettings) -> Path:
+    """Create the run folder before any container starts (so the Docker daemon does not create
+    it as root) and hand it to the uid/gid the containers run as."""
+    (settings.run_dir / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
+    uid, gid = settings.container_user()
+    if os.getuid() == 0 and (uid, gid) != (0, 0):
+        for path in [settings.run_dir, *settings.run_dir.rglob("*")]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    return settings.run_dir
+
+
+def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None,
+              extra_args: tuple[str, ...] | list[str] = ()) -> dict[str, Any] | None:
     """Run `hemo <step>` in the project venv with the run folder as working folder; stream its
-    output into the task log; return the last line (start-run prints the run id there)."""
+    output into the task log; return the step's result (components.results) or None."""
     hemo = hemo_bin or os.environ.get("HEMO_BIN") or str(Path(sys.executable).with_name("hemo"))
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    argv = [hemo, *hemo_args(step, settings.project_dir, settings.overrides)]
-    print("running:", " ".join(argv), f"(cwd {settings.run_dir})", flush=True)
-    process = subprocess.Popen(argv, cwd=settings.run_dir, env={**os.environ, **step_env(settings)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = prepare_run_dir(settings)
+    result_file = run_dir / RESULTS_DIR / f"{step}.json"
+    result_file.unlink(missing_ok=True)
+    argv = [hemo, *hemo_args(step, settings.project_dir, settings.overrides), *extra_args]
+    print("running:", " ".join(argv), f"(cwd {run_dir})", flush=True)
+    env = {**os.environ, **step_env(settings), "HEMO_RESULT_FILE": str(result_file)}
+    process = subprocess.Popen(argv, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
@@ -113,7 +161,7 @@ def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None) ->
     code = process.wait()
     if code != 0:
         raise StepFailed(step, code, "\n".join(lines[-20:]))
-    return next((line for line in reversed(lines) if line.strip()), "")
+    return json.loads(result_file.read_text()) if result_file.is_file() else None
 
 
 def in_container(settings: StepSettings) -> StepSettings:
@@ -122,21 +170,32 @@ def in_container(settings: StepSettings) -> StepSettings:
                                run_dir=Path(CONTAINER_RUNS) / settings.run_dir.name)
 
 
+def exit_code_of(error: BaseException) -> int | None:
+    """The step's exit code from a container/pod failure message, if the operator reports it."""
+    match = re.search(r"['\"]?(?:StatusCode|exit_code)['\"]?\s*[:=]\s*(\d+)", str(error))
+    return int(match.group(1)) if match else None
+
+
 def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url: str | None = None) -> Any:
     """DockerOperator for a step: the training image, all GPUs for GPU steps, 16 GB shm (the
-    DataLoader's workers share batches through /dev/shm), project and runs folders mounted."""
+    DataLoader's workers share batches through /dev/shm), project and runs folders mounted, the
+    container's uid/gid set, and the step's JSON result retrieved from the container as XCom."""
     from airflow.providers.docker.operators.docker import DockerOperator
     from docker.types import DeviceRequest, Mount
 
+    class JsonResultDockerOperator(DockerOperator):
+        pickling_library = json  # the retrieved result file is JSON, never unpickled
+
     inner = in_container(settings)
-    container_run_dir = str(inner.run_dir)
+    uid, gid = settings.container_user()
     gpu = step in GPU_STEPS
-    return DockerOperator(
+    return JsonResultDockerOperator(
         task_id=task_id,
         image=settings.image,
         command=hemo_args(step, Path(CONTAINER_PROJECT), settings.overrides),
-        working_dir=container_run_dir,
-        environment=step_env(inner),
+        working_dir=str(inner.run_dir),
+        environment={**step_env(inner), "HEMO_RESULT_FILE": CONTAINER_RESULT},
+        user=f"{uid}:{gid}",
         mounts=[
             Mount(target=CONTAINER_PROJECT, source=str(settings.project_dir), type="bind", read_only=True),
             Mount(target=CONTAINER_RUNS, source=str(settings.run_dir.parent), type="bind"),
@@ -148,18 +207,22 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
         auto_remove="success",
         mount_tmp_dir=False,
         tty=False,
+        retrieve_output=True,
+        retrieve_output_path=CONTAINER_RESULT,
     )
 
 
 def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespace: str | None = None,
                         pvc: str = "hemo-data") -> Any:
     """KubernetesPodOperator for a step: `nvidia.com/gpu: 1` limits for GPU steps only, the
-    project and runs on a shared PVC, a memory-backed /dev/shm for the DataLoader."""
+    project and runs on a shared PVC, a memory-backed /dev/shm for the DataLoader, the pod's
+    uid/gid/fsGroup set, and the step's result pushed through /airflow/xcom/return.json."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     inner = in_container(settings)
     container_run_dir = str(inner.run_dir)
+    uid, gid = settings.container_user()
     gpu = step in GPU_STEPS
     limits = {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"} if gpu else {"cpu": "2", "memory": "8Gi"}
     requests = {"cpu": "4", "memory": "32Gi"} if gpu else {"cpu": "1", "memory": "4Gi"}
@@ -181,11 +244,14 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
         cmds=["sh", "-c"],
         arguments=[f"mkdir -p {shlex.quote(container_run_dir)} && cd {shlex.quote(container_run_dir)} && exec "
                    + shlex.join(["hemo", *hemo_args(step, Path(CONTAINER_PROJECT), settings.overrides)])],
-        env_vars=step_env(inner),
+        env_vars={**step_env(inner), "HEMO_RESULT_FILE": POD_RESULT},
         container_resources=k8s.V1ResourceRequirements(limits=limits, requests=requests),
         volumes=volumes,
         volume_mounts=mounts,
+        security_context=k8s.V1PodSecurityContext(run_as_user=uid, run_as_group=gid, fs_group=gid),
         tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else None,
+        do_xcom_push=True,
+        deferrable=False,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
     )

@@ -80,19 +80,30 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
+def project_dir() -> Path:
+    """The project (data.dvc, .git): HEMO_PROJECT_DIR, else the working folder. Orchestrators run
+    steps in per-run folders, so lineage must not depend on the working folder."""
+    return Path(os.environ.get("HEMO_PROJECT_DIR") or ".")
+
+
 def git_commit() -> str:
+    """HEMO_GIT_COMMIT (baked into images at build time), else the project's git HEAD."""
+    if os.environ.get("HEMO_GIT_COMMIT"):
+        return os.environ["HEMO_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "-C", str(project_dir()), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def data_md5(dvc_file: Path = Path("data.dvc")) -> str:
+def data_md5(dvc_file: Path | None = None) -> str:
+    """The md5 of the data version recorded in the project's data.dvc."""
     import yaml
 
     try:
-        outs = yaml.safe_load(dvc_file.read_text()).get("outs", [])
+        outs = yaml.safe_load((dvc_file or project_dir() / "data.dvc").read_text()).get("outs", [])
         return str(outs[0].get("md5", "unknown"))
     except (OSError, AttributeError, IndexError, TypeError, yaml.YAMLError):
         return "unknown"

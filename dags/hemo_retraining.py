@@ -1,6 +1,7 @@
 """hemo_retraining: scheduled retraining over the same `hemo` steps that dvc.yaml runs.
 
 start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> promoted? -> score
+                                                                       -> end_run (always)
 
 * Schedule: weekly (Monday 03:00 UTC) and whenever new labels land (asset `hemo_labels`).
 * Every task is a thin call of one `hemo <step>` through a runner chosen per DAG run: param
@@ -9,16 +10,18 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
 * Each DAG run works in its own folder `<runs>/<run id>`, so a retry or a second run never
   overwrites another run's checkpoints, reports or predictions.
 * One MLflow run tree per DAG run: `start_run` creates the parent run and every step nests under
-  it (HEMO_PARENT_RUN_ID); all runs carry the DAG run id as a tag.
-* Bad input (validation failed, user errors) fails the task without retries; other failures
-  are retried with exponential back-off.
+  it (HEMO_PARENT_RUN_ID); all runs carry the DAG run id as a tag; `end_run` ends it FINISHED, or
+  FAILED when any task failed.
+* Values cross tasks through XCom only (the parent run id, the gate's decision): each runner hands
+  back the step's JSON result, so nothing is read from a disk only a container or pod could see.
+* Bad input (validation failed, user errors: exit 1/2) fails the task without retries; other
+  failures are retried with exponential back-off, and train/refine resume from their checkpoint.
 
 Parse time imports only the Airflow SDK and the standard library (no torch, MLflow or GX).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -66,6 +69,10 @@ def _settings(parent_run_id: str | None = None) -> Any:
         or f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
     )
     overrides = {k: params.get(k) for k in ("epochs", "image_size", "min_improvement")}
+    for assignment in params.get("set") or []:  # "section.key=value", checked by the step's settings layer
+        key, _, value = str(assignment).partition("=")
+        overrides[key.strip()] = value
+    uid, gid = os.environ.get("HEMO_CONTAINER_UID"), os.environ.get("HEMO_CONTAINER_GID")
     return StepSettings(
         project_dir=PROJECT_DIR,
         run_dir=RUNS_DIR / safe_run_key(run_id),
@@ -74,6 +81,8 @@ def _settings(parent_run_id: str | None = None) -> Any:
         parent_run_id=parent_run_id,
         overrides=overrides,
         image=Variable.get("hemo_image", default=None) or os.environ.get("HEMO_IMAGE", "ghcr.io/hemo-pipeline/hemo:0.1.0"),
+        uid=int(uid) if uid else None,
+        gid=int(gid) if gid else None,
     )
 
 
@@ -86,33 +95,35 @@ def _runner() -> str:
     return chosen
 
 
-def run_step(step: str) -> str:
-    """Run one `hemo` step with the chosen runner; user errors fail without retry. The parent
-    MLflow run id comes from start_run's XCom (pulled here, so the graph stays a plain chain)."""
+def run_step(step: str, runner: str | None = None) -> dict[str, Any] | None:
+    """Run one `hemo` step with the chosen runner and return its result (pushed as XCom); user
+    errors (exit 1/2) fail without retry. The parent MLflow run id comes from start_run's XCom."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from components import runners
 
     context = get_current_context()
-    parent_run_id = None if step == "start-run" else context["ti"].xcom_pull(task_ids="start_run")
-    settings = _settings(parent_run_id)
-    runner = _runner()
+    parent = None if step == "start-run" else (context["ti"].xcom_pull(task_ids="start_run") or {})
+    settings = _settings(parent.get("run_id") if parent else None)
+    runner = runner or _runner()
     task_id = context["task_instance"].task_id
-    if runner == "local":
-        try:
-            return runners.run_local(step, settings)
-        except runners.StepFailed as exc:
-            if exc.user_error:
-                raise AirflowFailException(str(exc)) from exc
-            raise
-    if runner == "docker":
-        operator = runners.docker_operator(f"{task_id}_docker", step, settings)
-    elif runner == "kubernetes":
-        operator = runners.kubernetes_operator(f"{task_id}_pod", step, settings)
-    else:
+    if runner not in runners.RUNNERS:
         raise AirflowFailException(f"unknown runner {runner!r}; use one of {runners.RUNNERS}")
-    operator.execute(context)
-    return ""
+    try:
+        if runner == "local":
+            return runners.run_local(step, settings)
+        if runner == "docker":
+            runners.prepare_run_dir(settings)  # before the daemon could create it as root
+            return runners.docker_operator(f"{task_id}_docker", step, settings).execute(context)
+        return runners.kubernetes_operator(f"{task_id}_pod", step, settings).execute(context)
+    except runners.StepFailed as exc:
+        if exc.user_error:
+            raise AirflowFailException(str(exc)) from exc
+        raise
+    except Exception as exc:  # a container/pod failure: its exit code decides retry or not
+        if runner != "local" and runners.exit_code_of(exc) in runners.USER_ERROR_CODES:
+            raise AirflowFailException(f"hemo {step} failed on bad input (exit {runners.exit_code_of(exc)}): {exc}") from exc
+        raise
 
 
 @dag(
@@ -132,26 +143,30 @@ def run_step(step: str) -> str:
         "image_size": Param(None, type=["null", "integer"], minimum=32, description="override train.image_size"),
         "min_improvement": Param(None, type=["null", "number"], minimum=0,
                                  description="override gate.min_improvement"),
-        "sync_data": Param(True, type="boolean", description="dvc pull before validating (skipped without a remote)"),
+        "sync_data": Param(True, type="boolean", description="dvc pull data.dvc before validating (skipped without a remote)"),
+        "set": Param([], type="array", items={"type": "string"},
+                     description="more settings overrides, each section.key=value (as `hemo <step> --set`)"),
     },
     doc_md=__doc__,
 )
 def hemo_retraining() -> None:
     @task(execution_timeout=STEP_TIMEOUTS["start_run"])
-    def start_run() -> str:
-        """Create the parent MLflow run of this DAG run; its id is passed to every step."""
-        line = run_step("start-run")
-        if line:
-            return line.strip()
-        return json.loads((_settings().run_dir / "outputs" / "pipeline_run.json").read_text())["run_id"]
+    def start_run() -> dict[str, Any]:
+        """Create the parent MLflow run of this DAG run; its id travels to every step by XCom."""
+        result = run_step("start-run")
+        if not result or not result.get("run_id"):
+            raise RuntimeError("hemo start-run returned no run id")
+        return result
 
     @task(execution_timeout=STEP_TIMEOUTS["sync_data"])
     def sync_data() -> str:
-        """`dvc pull` the versioned data; skipped when disabled or no DVC remote is configured."""
+        """`dvc pull data.dvc`: exactly the versioned data, not the pipeline's own outputs. Skipped
+        when disabled or no DVC remote is configured; a remote that lacks the data fails at once
+        (no retry loop for a configuration error), a network error is retried."""
         import subprocess
         import sys
 
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         if not get_current_context()["params"]["sync_data"]:
             raise AirflowSkipException("sync_data is off for this run")
@@ -159,12 +174,25 @@ def hemo_retraining() -> None:
         remotes = subprocess.run([dvc, "remote", "list"], cwd=PROJECT_DIR, capture_output=True, text=True)
         if remotes.returncode != 0 or not remotes.stdout.strip():
             raise AirflowSkipException("no DVC remote configured: using the data already in the project")
-        subprocess.run([dvc, "pull", "--quiet"], cwd=PROJECT_DIR, check=True)
-        return remotes.stdout.split()[0]
+        default = subprocess.run([dvc, "remote", "default"], cwd=PROJECT_DIR, capture_output=True, text=True)
+        remote = default.stdout.strip() or remotes.stdout.split()[0]
+        pulled = subprocess.run([dvc, "pull", "data.dvc"], cwd=PROJECT_DIR, capture_output=True, text=True)
+        print(pulled.stdout[-4000:], pulled.stderr[-4000:], sep="\n")
+        if pulled.returncode != 0:
+            error = next((line for line in pulled.stderr.splitlines() if line.startswith("ERROR")), pulled.stderr[-300:])
+            missing = "missing" in pulled.stderr or "Checkout failed" in pulled.stderr
+            message = (f"dvc pull data.dvc from remote '{remote}' failed: {error.strip()} -> "
+                       + ("the remote does not hold this version of the data: run `dvc push data.dvc` where the "
+                          "data was added, or point the default remote at the right storage" if missing
+                          else "check the remote's address and credentials"))
+            if missing:
+                raise AirflowFailException(message)
+            raise RuntimeError(message)
+        return remote
 
     def step_task(step: str, **kwargs: Any):
         @task(task_id=step, execution_timeout=STEP_TIMEOUTS[step], **kwargs)
-        def _run() -> str:
+        def _run() -> dict[str, Any] | None:
             return run_step(step)
 
         _run.__doc__ = f"`hemo {step}` through the selected runner."
@@ -172,16 +200,42 @@ def hemo_retraining() -> None:
 
     @task.branch(task_id="promoted")
     def promoted() -> str:
-        """Score only when the gate moved @champion; otherwise stop."""
-        decision = json.loads((_settings().run_dir / "reports" / "gate.json").read_text())
-        print(f"gate decision: {decision['reason']}")
+        """Score only when the gate moved @champion; otherwise stop. The decision comes from the
+        gate task's XCom (the step's result), wherever the gate ran."""
+        decision = get_current_context()["ti"].xcom_pull(task_ids="gate") or {}
+        if "promoted" not in decision:
+            raise RuntimeError("the gate task returned no decision")
+        print(f"gate decision: {decision.get('reason')}")
         return "score" if decision["promoted"] else "not_promoted"
 
     @task(task_id="not_promoted")
     def not_promoted() -> None:
         """The champion is unchanged; nothing to score."""
 
+    @task(task_id="end_run", trigger_rule="all_done", retries=3, execution_timeout=STEP_TIMEOUTS["start_run"])
+    def end_run() -> None:
+        """End the parent MLflow run: FAILED if any task of this DAG run failed, else FINISHED."""
+        from components import runners
+
+        context = get_current_context()
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])
+        states = states.get(ti.run_id, states)  # {run_id: {task_id: state}}
+        failed = [task_id for task_id, state in states.items()
+                  if str(state) in ("failed", "upstream_failed") and task_id != "end_run"]
+        parent = context["ti"].xcom_pull(task_ids="start_run") or {}
+        if not parent.get("run_id"):
+            print("no parent run was created; nothing to end")
+            return
+        status = "FAILED" if failed else "FINISHED"
+        args = ["--status", status, "--run-id", parent["run_id"]]
+        if failed:
+            args += ["--reason", "failed tasks: " + ", ".join(sorted(failed))]
+        # An MLflow API call: the worker's own `hemo` does it, whichever runner ran the steps.
+        runners.run_local("end-run", _settings(parent["run_id"]), extra_args=args)
+
     parent = start_run()
+    ended = end_run()
     synced = sync_data()
     # validate also runs when sync_data was skipped (no remote), never after it failed.
     validated = step_task("validate", trigger_rule="none_failed", retries=0)()
@@ -192,7 +246,9 @@ def hemo_retraining() -> None:
     scored = step_task("score")()
     branch = promoted()
     parent >> synced >> validated >> trained >> refined >> evaluated >> gated >> branch
-    branch >> [scored, not_promoted()]
+    declined = not_promoted()
+    branch >> [scored, declined]
+    [parent, synced, validated, trained, refined, evaluated, gated, branch, scored, declined] >> ended
 
 
 hemo_retraining()

@@ -28,6 +28,7 @@ def settings(tmp_path: Path) -> StepSettings:
         project_dir=tmp_path / "project", run_dir=tmp_path / "runs" / "manual__2026-01-01T00_00_00_00_00",
         mlflow_uri="http://mlflow:5000", dag_run_id="manual__2026-01-01T00:00:00+00:00", parent_run_id="abc123",
         overrides={"epochs": 3, "image_size": None, "min_improvement": 0.01}, image="registry/hemo:1",
+        uid=1000, gid=1000,
     )
 
 
@@ -35,13 +36,17 @@ def test_run_key_is_a_safe_folder_name() -> None:
     assert safe_run_key("scheduled__2026-01-05T03:00:00+00:00") == "scheduled__2026-01-05T03_00_00_00_00"
 
 
-def test_args_carry_overrides_and_use_run_relative_outputs(tmp_path: Path) -> None:
-    assert hemo_args("train", tmp_path, {"epochs": 3, "image_size": None})[-2:] == ["--epochs", "3"]
-    assert "--image-size" not in hemo_args("train", tmp_path, {"epochs": 3, "image_size": None})
-    assert hemo_args("gate", tmp_path, {"min_improvement": 0.01})[-2:] == ["--min-improvement", "0.01"]
+def test_args_carry_overrides_as_settings_and_use_run_relative_outputs(tmp_path: Path) -> None:
+    train = hemo_args("train", tmp_path, {"epochs": 3, "image_size": None, "refine.lr": "2e-6"})
+    assert train[-4:] == ["--set", "train.epochs=3", "--set", "refine.lr=2e-6"]
+    assert "--resume" in train and train[train.index("--resume") + 1] == "auto"  # retries continue
+    assert not any("image_size" in a for a in train)
+    assert hemo_args("gate", tmp_path, {"min_improvement": 0.01})[-2:] == ["--set", "gate.min_improvement=0.01"]
     assert hemo_args("score", tmp_path, {})[:3] == ["score", "--data", str(tmp_path / "data" / "test")]
     with pytest.raises(ValueError):
         hemo_args("deploy", tmp_path, {})
+    with pytest.raises(ValueError):
+        hemo_args("train", tmp_path, {"epochz": 3})
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -52,7 +57,12 @@ def test_docker_operator(settings: StepSettings, step: str) -> None:
     assert op.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert op.environment["HEMO_PARENT_RUN_ID"] == "abc123"
     assert op.environment["HEMO_DAG_RUN_ID"] == settings.dag_run_id
+    assert op.environment["HEMO_PROJECT_DIR"] == CONTAINER_PROJECT  # lineage from the mounted project
     assert op.working_dir.endswith(settings.run_dir.name)
+    assert op.user == "1000:1000"
+    # the step's result comes back as JSON retrieved from the container, never from a shared disk
+    assert op.retrieve_output and op.retrieve_output_path == op.environment["HEMO_RESULT_FILE"]
+    assert op.pickling_library.__name__ == "json"
     targets = {m["Target"]: m for m in op.mounts}
     assert targets[CONTAINER_PROJECT]["ReadOnly"] is True
     if step in GPU_STEPS:
@@ -77,14 +87,20 @@ def test_kubernetes_operator(settings: StepSettings, step: str) -> None:
     env = dict(raw) if isinstance(raw, dict) else {e.name: e.value for e in raw}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["HEMO_PARENT_RUN_ID"] == "abc123"
     assert any(m.mount_path == "/dev/shm" for m in op.volume_mounts)
+    assert op.do_xcom_push and env["HEMO_RESULT_FILE"] == "/airflow/xcom/return.json"
+    context = op.security_context
+    assert (context.run_as_user, context.run_as_group, context.fs_group) == (1000, 1000, 1000)
 
 
-def test_local_runner_streams_and_classifies_failures(settings: StepSettings, tmp_path: Path) -> None:
+def test_local_runner_streams_returns_the_result_and_classifies_failures(settings: StepSettings,
+                                                                        tmp_path: Path) -> None:
     fake = tmp_path / "hemo"
     fake.write_text("#!/bin/sh\necho \"args: $*\"\necho \"parent: $HEMO_PARENT_RUN_ID\"\n"
+                    "[ \"$1\" = gate ] && echo '{\"promoted\": true}' > \"$HEMO_RESULT_FILE\"\n"
                     "[ \"$1\" = validate ] && exit 1\n[ \"$1\" = train ] && exit 3\nexit 0\n")
     fake.chmod(0o755)
-    assert run_local("gate", settings, hemo_bin=str(fake)) == "parent: abc123"
+    assert run_local("gate", settings, hemo_bin=str(fake)) == {"promoted": True}
+    assert run_local("refine", settings, hemo_bin=str(fake)) is None  # no result published
     assert settings.run_dir.is_dir()
     with pytest.raises(StepFailed) as validation:
         run_local("validate", settings, hemo_bin=str(fake))
@@ -92,3 +108,11 @@ def test_local_runner_streams_and_classifies_failures(settings: StepSettings, tm
     with pytest.raises(StepFailed) as crash:
         run_local("train", settings, hemo_bin=str(fake))
     assert not crash.value.user_error  # unexpected failures are retried by Airflow
+
+
+def test_exit_codes_of_container_failures() -> None:
+    from components.runners import exit_code_of
+
+    assert exit_code_of(RuntimeError("Docker container failed: {'Error': None, 'StatusCode': 2}")) == 2
+    assert exit_code_of(RuntimeError("Pod hemo-train returned a failure. ... 'exit_code': 3, 'reason': 'Error'")) == 3
+    assert exit_code_of(RuntimeError("connection reset")) is None

@@ -53,23 +53,24 @@ def test_no_import_errors_and_nothing_heavy(parsed: dict) -> None:
 
 def test_task_graph(parsed: dict) -> None:
     assert parsed["tasks"] == {
-        "start_run": ["sync_data"],
-        "sync_data": ["validate"],
-        "validate": ["train"],
-        "train": ["refine"],
-        "refine": ["evaluate"],
-        "evaluate": ["gate"],
-        "gate": ["promoted"],
-        "promoted": ["not_promoted", "score"],
-        "score": [],
-        "not_promoted": [],
+        "start_run": ["end_run", "sync_data"],
+        "sync_data": ["end_run", "validate"],
+        "validate": ["end_run", "train"],
+        "train": ["end_run", "refine"],
+        "refine": ["end_run", "evaluate"],
+        "evaluate": ["end_run", "gate"],
+        "gate": ["end_run", "promoted"],
+        "promoted": ["end_run", "not_promoted", "score"],
+        "score": ["end_run"],
+        "not_promoted": ["end_run"],
+        "end_run": [],
     }
 
 
 def test_scheduling_and_safety_settings(parsed: dict) -> None:
     assert parsed["schedule"] == "AssetOrTimeSchedule"
     assert parsed["max_active_runs"] == 1 and parsed["catchup"] is False
-    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "sync_data"]
+    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "set", "sync_data"]
     assert parsed["retries"]["train"] == 2 and parsed["retries"]["validate"] == 0
     assert all(parsed["timeouts"][t] for t in ("validate", "train", "refine", "evaluate", "gate", "score"))
     assert parsed["timeouts"]["train"] > parsed["timeouts"]["validate"]
