@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
 from hemo_model import CLASSES  # noqa: E402
-from hemo_model.data import SliceDataset, load_folder, load_split, patients_by_role  # noqa: E402
+from hemo_model.data import load_folder, load_split, patients_by_role  # noqa: E402
 from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores  # noqa: E402
 from hemo_model.losses import AsymmetricLoss  # noqa: E402
 from hemo_model.metrics import classification_report  # noqa: E402
 from hemo_model.model import CONTEXT_WEIGHTS, load_checkpoint  # noqa: E402
 from hemo_model.synth import ANSWER_KEY_NAME, generate_dataset  # noqa: E402
-from hemo_model.transforms import train_augmentation  # noqa: E402
+from hemo_model.transforms import reference_augmentation  # noqa: E402
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 
@@ -68,13 +68,35 @@ def evaluate(model: torch.nn.Module, patients: list, labels: np.ndarray, size: i
             "mean_auc": float(np.mean(aucs)) if aucs else float("nan")}
 
 
+class BareSlices(torch.utils.data.Dataset):
+    """What a PyTorch user writes first: PIL, the method's v2 augmentation on the CPU, ImageNet
+    normalisation, images kept in memory."""
+
+    def __init__(self, patients: list, size: int) -> None:
+        from PIL import Image
+        from torchvision.transforms import v2
+
+        self.images = [Image.open(p).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                       for patient in patients for p in patient.paths]
+        self.labels = torch.from_numpy(np.concatenate([patient.labels for patient in patients]))
+        self.transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), reference_augmentation(),
+                                     v2.Lambda(lambda x: x.expand(3, -1, -1)),
+                                     v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
 def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precision: str, seed: int) -> torch.nn.Module:
     """The 'bare' recipe: what a PyTorch user writes first."""
     from torchvision.models import resnet34
 
     torch.manual_seed(seed)
     model = resnet34(weights=None, num_classes=len(CLASSES)).to(memory_format=torch.channels_last)
-    dataset = SliceDataset(train_patients, size, cache=True, transform=train_augmentation())
+    dataset = BareSlices(train_patients, size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = AsymmetricLoss()

@@ -33,7 +33,9 @@ def bare_loop(data: Path, image_size: int, batch: int, steps: int, precision: st
     patients = load_split(data, "train")
     dataset = SliceDataset(patients, image_size)
     count = batch * (steps + 2)
-    images = torch.stack([dataset[i][0] for i in range(count)]).contiguous(memory_format=torch.channels_last)
+    from hemo_model.transforms import to_model_input
+
+    images = to_model_input(torch.stack([dataset[i][0] for i in range(count)]), torch.device("cpu"))
     targets = torch.stack([dataset[i][1] for i in range(count)])
     torch.manual_seed(0)
     model = HemoNet().train().to(memory_format=torch.channels_last)

@@ -79,7 +79,8 @@ def _score(checkpoint: Path, patients: list, settings: Any, device: Any) -> list
     from components.serving import score_both
 
     model = registry.load_model(str(checkpoint))
-    return score_both(model, patients, device, settings.evaluate.precision, settings.evaluate.batch_size)
+    return score_both(model, patients, device, settings.evaluate.precision, settings.evaluate.batch_size,
+                      settings.data.loader_workers(device.type))
 
 
 def table(rows: list[Row], confidence: float, resamples: int, seed: int) -> list[dict[str, Any]]:

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     def both_modes(patients: list) -> tuple:
         """(single-slice probs, context probs, labels, context scores): one forward pass per slice."""
-        scores = score_both(loaded, patients, device, cfg.precision, cfg.batch_size, progress=True)
+        scores = score_both(loaded, patients, device, cfg.precision, cfg.batch_size,
+                            settings.data.loader_workers(device.type), progress=True)
         single, labels = stack_scores([s.single() for s in scores])
         return single, stack_scores(scores)[0], labels, scores
 

@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
     fairness = {role: check_fair(v, gate_ids, role) for role, v in versions.items()}
 
     device = resolve_device(args.device)
-    served = {role: serve(registry.load_version(v), patients, settings.score, device) for role, v in versions.items()}
+    workers = settings.data.loader_workers(device.type)
+    served = {role: serve(registry.load_version(v), patients, settings.score, device, workers)
+              for role, v in versions.items()}
     counts = {role: patient_counts(labels, s.decisions()) for role, s in served.items()}
     trivial = patient_counts(labels, [np.ones_like(y) for y in labels])
     judgement = judge(counts["challenger"], counts.get("champion"), trivial, cfg)

@@ -127,7 +127,7 @@ def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[st
 def model_config(model: ModelSettings, image_size: int) -> Any:
     from hemo_model.model import ModelConfig
 
-    return ModelConfig(head=model.head, dropout=model.dropout, image_size=image_size)
+    return ModelConfig(head=model.head, dropout=model.dropout, image_size=image_size, input=model.input)
 
 
 def pretrained_path(model: ModelSettings) -> Path | None:
@@ -152,20 +152,36 @@ def read_checkpoint(path: Path, produced_by: str) -> tuple[Any, Any, dict[str, A
         raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); re-run `{produced_by}`") from exc
 
 
+def slice_cache(settings: Settings, patients: list, image_size: int, channels: int) -> Any:
+    """The decoded-slice cache of ``patients`` (built now, before any loader worker starts), or
+    False when train.cache_images is off."""
+    if not settings.train.cache_images:
+        return False
+    from hemo_model.data import SliceCache
+
+    folder = Path(settings.data.cache_dir) if settings.data.cache_dir else None
+    return SliceCache.build([path for p in patients for path in p.paths], image_size, channels, folder, progress=True)
+
+
 def validator(patients: list, image_size: int, weights: tuple[float, ...], device: Any, precision: str,
-              cache: bool) -> Any:
-    """``validate(model) -> micro-F2`` on the validation patients at threshold 0.5."""
+              settings: Settings, channels: int = 1, batch_size: int = 32) -> Any:
+    """``validate(model) -> micro-F2`` on the validation patients at threshold 0.5. The slices are
+    decoded once for the whole run (cached when train.cache_images), not once per epoch."""
     import torch
 
     from hemo_model.inference import score_sequences, stack_scores
     from hemo_model.metrics import micro_f2
+
+    cache = slice_cache(settings, patients, image_size, channels)
+    workers = settings.data.loader_workers(device.type)
 
     def validate(model: Any) -> float:
         slice_model = getattr(model, "slice_model", model)
         was_training = slice_model.training
         slice_model.eval()
         with torch.no_grad():
-            scores = score_sequences(slice_model, patients, image_size, weights, device, precision, cache=cache)
+            scores = score_sequences(slice_model, patients, image_size, weights, device, precision, batch_size,
+                                     workers=workers, cache=cache, channels=channels)
         slice_model.train(was_training)
         probs, labels = stack_scores(scores)
         return micro_f2(labels, probs)

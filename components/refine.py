@@ -30,6 +30,7 @@ from components.model_steps import (
     resolve_device,
     resume_decision,
     selection_rule,
+    slice_cache,
     settings_from,
     validator,
 )
@@ -56,20 +57,20 @@ def refine_filter(settings: Any, slice_model: Any, config: Any, roles: dict, see
     from hemo_model.data import WindowDataset
     from hemo_model.model import ContextModel, save_checkpoint
     from hemo_model.training import FitConfig, fit
-    from hemo_model.transforms import train_augmentation
 
     train_cfg, cfg = settings.train, settings.refine
     model = ContextModel(slice_model, config.context_weights)
-    dataset = WindowDataset(roles["train"], config.image_size, cache=train_cfg.cache_images,
-                            transform=train_augmentation())
+    dataset = WindowDataset(roles["train"], config.image_size, channels=config.channels,
+                            cache=slice_cache(settings, roles["train"], config.image_size, config.channels))
     rule, rule_reason = selection_rule(settings.selection, roles["val"])
     fit_config = FitConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=train_cfg.weight_decay,
         step_size=train_cfg.step_size, gamma=train_cfg.gamma, precision=train_cfg.precision, seed=train_cfg.seed,
-        workers=train_cfg.workers, max_steps=cfg.max_steps, selection=rule, ema_alpha=settings.selection.ema_alpha,
+        workers=settings.data.loader_workers(device.type), max_steps=cfg.max_steps, selection=rule,
+        ema_alpha=settings.selection.ema_alpha,
     )
     validate = validator(roles["val"], config.image_size, tuple(config.context_weights), device, train_cfg.precision,
-                         train_cfg.cache_images)
+                         settings, config.channels, settings.evaluate.batch_size)
     tracking_params = settings.to_dict()
     from components import tracking
 
@@ -115,8 +116,11 @@ def refine_learned(settings: Any, slice_model: Any, config: Any, roles: dict, se
     kind, cfg, train_cfg = settings.model.context, settings.refine, settings.train
     rule, rule_reason = selection_rule(settings.selection, roles["val"])
     started = time.perf_counter()
-    train_embedded = embed(slice_model, roles["train"], config.image_size, device, train_cfg.precision)
-    val_embedded = embed(slice_model, roles["val"], config.image_size, device, train_cfg.precision)
+    workers = settings.data.loader_workers(device.type)
+    train_embedded = embed(slice_model, roles["train"], config.image_size, device, train_cfg.precision,
+                           settings.evaluate.batch_size, workers, config.channels)
+    val_embedded = embed(slice_model, roles["val"], config.image_size, device, train_cfg.precision,
+                         settings.evaluate.batch_size, workers, config.channels)
     val_labels = np.concatenate([p.labels for p in roles["val"]])
 
     def validate(head: Any) -> float:

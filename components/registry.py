@@ -54,6 +54,12 @@ class LoadedModel:
     context: str = "filter"
     """``filter`` (per-slice module + the 5-tap filter) or a learned head (``conv1d``/``bigru``:
     the module reads a whole sequence and returns per-slice and context logits)."""
+    input: str = "gray"
+    """``gray`` or ``windows3`` (three CT windows as the channels)."""
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.input == "windows3" else 1
 
     def thresholds_for(self, context: int) -> list[float]:
         """The thresholds tuned for this scoring mode (context logits are scaled differently)."""
@@ -151,6 +157,7 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
         "classes": list(CLASSES),
         "head": config.head,
         "context": config.context,
+        "input": config.input,
         "split": provenance["split"],
         "train_patients_sha256": provenance["train_patients_sha256"],
         "output": ("one sequence in: per-slice logits then context logits (S, 10); sigmoid" if learned else
@@ -251,7 +258,7 @@ def load_version(version: str) -> LoadedModel:
     thresholds = list(meta.get("thresholds", [0.5] * 5))
     return LoadedModel(module, int(meta.get("image_size", 512)), list(meta.get("context_weights", [1.0])),
                        thresholds, list(meta.get("thresholds_single", thresholds)), uri, version, metadata=meta,
-                       context=str(meta.get("context", "filter")))
+                       context=str(meta.get("context", "filter")), input=str(meta.get("input", "gray")))
 
 
 def check_pt2(mlmodel: dict[str, Any], local: Path, label: str) -> None:
@@ -279,7 +286,8 @@ def _load_checkpoint(path: Path) -> LoadedModel:
         raise UserError(f"cannot use checkpoint {path}: {exc}; re-create it with `hemo train`/`refine` or pass "
                         "another --model") from exc
     loaded = LoadedModel(module, config.image_size, list(config.context_weights), list(config.thresholds),
-                         list(config.thresholds_single), str(path), config=config, context=config.context)
+                         list(config.thresholds_single), str(path), config=config, context=config.context,
+                         input=config.input)
     loaded.metadata = {"provenance": payload.get("provenance")}
     return loaded
 

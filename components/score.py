@@ -2,6 +2,8 @@
 
 --model defaults to models:/hemorrhage-classifier@champion (the registry is the hand-off
 between training and serving), resolved to a version once; a local checkpoint path also works.
+Several --model give an ensemble: the models' logits are averaged before the context (the
+method's 3-model ensemble), each slice decoded once; <out>_models.json names the versions used.
 Writes the DLCV CSV (dirname,ID,ich,ivh,sah,sdh,edh with 0/1 at the model's stored thresholds for
 the scoring mode), the leaderboard long form (ID,prediction with <hash>_<k>_<cls>) as
 <out>_leaderboard.csv and the probabilities as <out>_probabilities.csv, all atomically (temp file +
@@ -14,14 +16,15 @@ import argparse
 from pathlib import Path
 
 from components.errors import UserError
-from components.files import write_csv_atomic
+from components.files import write_csv_atomic, write_json_atomic
 from components.model_steps import add_settings_arguments, resolve_device, settings_from
 
 DEFAULT_MODEL = "models:/hemorrhage-classifier@champion"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI or checkpoint (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", action="append", default=None,
+                        help=f"registry URI or checkpoint (default {DEFAULT_MODEL}); repeat for an ensemble")
     parser.add_argument("--data", type=Path, default=Path("data/test"), help="folder of ID_<hash>/ patient folders")
     parser.add_argument("--out", type=Path, default=Path("outputs/predictions.csv"), help="DLCV-format CSV to write")
     parser.add_argument("--context", type=int, choices=[1, 5], help="5-slice context or single slice (score.context)")
@@ -55,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
                 images.inspect(path)
     except DataError as exc:
         raise UserError(str(exc)) from exc
-    loaded = registry.load_model(args.model)  # fails with a clear message before anything is written
+    uris = args.model or [DEFAULT_MODEL]
+    models = [registry.load_model(uri) for uri in uris]  # each fails with a clear message before anything is written
+    loaded = models[0]
     device = resolve_device(args.device)
-    served = serve(loaded, patients, cfg, device, progress=True)
+    served = serve(models, patients, cfg, device, settings.data.loader_workers(device.type), progress=True)
+    used = [{"uri": uri, "version": m.version, "source": m.source} for uri, m in zip(uris, models)]
 
     labels_rows, long_rows, prob_rows = [], [], []
     for s, predicted in zip(served.scores, served.decisions()):
@@ -69,17 +75,22 @@ def run(args: argparse.Namespace) -> int:
     write_csv_atomic(args.out, list(LABEL_COLUMNS), labels_rows)
     write_csv_atomic(sibling(args.out, "leaderboard"), ["ID", "prediction"], long_rows)
     write_csv_atomic(sibling(args.out, "probabilities"), list(LABEL_COLUMNS), prob_rows)
+    write_json_atomic(args.out.with_name(f"{args.out.stem}_models.json"),
+                      {"models": used, "ensemble": len(models) > 1, "context": cfg.context,
+                       "thresholds": served.thresholds, "precision": cfg.precision})
 
     with tracking.step_run("score", settings):
         tracking.log_params_flat({"score": settings.to_dict()["score"]})
-        mlflow.log_params({"model_uri": args.model, "model_version": loaded.version or "checkpoint",
+        mlflow.log_params({"model_uri": ",".join(uris),
+                           "model_version": ",".join(m.version or "checkpoint" for m in models),
                            "thresholds": ",".join(f"{t:g}" for t in served.thresholds),
                            "data": str(args.data), "n_patients": len(patients), "n_slices": len(labels_rows)})
         positive_rate = np.mean([r[2:] for r in labels_rows], axis=0)
         mlflow.log_metrics({f"predicted_rate_{c}": float(v) for c, v in zip(CLASSES, positive_rate)})
         mlflow.log_artifact(str(args.out), artifact_path="predictions")
-    publish("score", {"model_version": loaded.version, "slices": len(labels_rows), "patients": len(patients)})
-    version = f" v{loaded.version}" if loaded.version else ""
-    print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {args.model}{version} "
+    publish("score", {"model_version": loaded.version, "model_versions": [m.version for m in models],
+                      "slices": len(labels_rows), "patients": len(patients)})
+    version = ", ".join(f"{uri} v{m.version}" if m.version else uri for uri, m in zip(uris, models))
+    print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {version} "
           f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}")
     return 0

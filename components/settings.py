@@ -39,9 +39,23 @@ class DataSettings:
     max_image_size: int = 1024
     """Pixel budget for one slice: max_image_size^2 pixels, checked from the header before decoding
     (PIL's decompression-bomb limit is set to the same)."""
+    workers: int | Literal["auto"] = "auto"
+    """DataLoader worker processes for every step that reads slices. auto: min(CPU cores, 16) on a
+    GPU, 0 on the CPU (there the model needs every core); 0 keeps loading in-process."""
+    cache_dir: str | None = None
+    """Where decoded slice caches (uint8 memory maps, one per image size) are kept and reused
+    across runs; null keeps the cache in memory (train.cache_images)."""
 
     def check(self) -> None:
         _require(self.max_image_size >= 32, "data.max_image_size must be at least 32")
+        _require(self.workers == "auto" or self.workers >= 0, "data.workers must be auto or >= 0")
+
+    def loader_workers(self, device_type: str) -> int:
+        import os
+
+        if self.workers != "auto":
+            return int(self.workers)
+        return min(os.cpu_count() or 1, 16) if device_type == "cuda" else 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,9 @@ class ModelSettings:
     dropout: float = 0.5
     pretrained: str | None = None
     """Path to a local torchvision resnet34 state_dict; null = from scratch."""
+    input: Literal["gray", "windows3"] = "gray"
+    """gray: the 8-bit brain-window slice repeated to 3 channels (the method); windows3: brain,
+    subdural and bone windows as the 3 channels (RGB PNG slices from `hemo import-dicom --windows`)."""
     context: Literal["filter", "conv1d", "bigru"] = "filter"
     """How neighbouring slices are used: the method's fixed 5-tap filter (refined at a low lr), or a
     head learned over the per-slice embeddings of the whole sequence (trained by `hemo refine`)."""
@@ -127,14 +144,14 @@ class TrainSettings:
     clip: float = 0.05
     precision: Precision = "fp32"
     seed: int = 0
-    workers: int = 0
     cache_images: bool = False
+    """Decode every training/validation slice once per run (data.cache_dir: once per image size)."""
     max_steps: int | None = None
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs must be at least 1")
         _require(self.image_size >= 32, "train.image_size must be at least 32")
-        _require(self.batch_size >= 1 and self.workers >= 0, "train.batch_size must be >= 1 and train.workers >= 0")
+        _require(self.batch_size >= 1, "train.batch_size must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps must be null or >= 1")
 
 
@@ -223,7 +240,10 @@ SECTIONS: dict[str, type] = {
     "gate": GateSettings, "score": ScoreSettings,
 }
 
-RENAMED = {"split.seed": "split.salt (patients are assigned to roles by a salted hash, not a seeded shuffle)"}
+RENAMED = {"split.seed": "split.salt (patients are assigned to roles by a salted hash, not a seeded shuffle)",
+           "train.workers": "data.workers (one loader setting for every step)",
+           "gate.precision": "score.precision (the gate scores as `hemo score` serves)",
+           "gate.batch_size": "score.batch_size (the gate scores as `hemo score` serves)"}
 """Keys of earlier releases, with what replaced them, so an old params.yaml gets a useful message."""
 
 

@@ -34,6 +34,7 @@ from components.model_steps import (
     resolve_device,
     resume_decision,
     selection_rule,
+    slice_cache,
     settings_from,
     validator,
 )
@@ -72,20 +73,23 @@ def train_stage1(settings: Any, roles: dict[str, list], out: Path, device: Any, 
     from hemo_model.data import SliceDataset
     from hemo_model.model import build_model
     from hemo_model.training import FitConfig, fit, seed_everything
-    from hemo_model.transforms import train_augmentation
 
     cfg = settings.train
     config = model_config(settings.model, cfg.image_size)
     seed_everything(cfg.seed)  # the initial weights too: same seed, same model
     model = build_model(dataclasses.replace(config, context="filter"), pretrained_path(settings.model))
-    dataset = SliceDataset(roles["train"], cfg.image_size, cache=cfg.cache_images, transform=train_augmentation())
+    channels = config.channels
+    dataset = SliceDataset(roles["train"], cfg.image_size, channels=channels,
+                           cache=slice_cache(settings, roles["train"], cfg.image_size, channels))
     rule, rule_reason = selection_rule(settings.selection, roles["val"])
     fit_config = FitConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        step_size=cfg.step_size, gamma=cfg.gamma, precision=cfg.precision, seed=cfg.seed, workers=cfg.workers,
+        step_size=cfg.step_size, gamma=cfg.gamma, precision=cfg.precision, seed=cfg.seed,
+        workers=settings.data.loader_workers(device.type),
         max_steps=cfg.max_steps, selection=rule, ema_alpha=settings.selection.ema_alpha,
     )
-    validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, cfg.cache_images)
+    validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, settings, channels,
+                         settings.evaluate.batch_size)
     seen = provenance(roles, settings.split)
     tracking_params = settings.to_dict()
     from components import tracking

@@ -116,16 +116,18 @@ class Embedded:
 
 @torch.no_grad()
 def embed(slice_model: nn.Module, patients: Sequence, image_size: int, device: torch.device,
-          precision: str = "fp32", batch_size: int = 64) -> list[Embedded]:
+          precision: str = "fp32", batch_size: int = 64, workers: int = 0, channels: int = 1) -> list[Embedded]:
     """Embed every slice once with the (frozen, eval-mode) per-slice model, grouped by patient."""
     from hemo_model.data import SliceDataset
     from hemo_model.inference import autocast
+    from hemo_model.transforms import to_model_input
 
     slice_model = slice_model.to(device).eval()
-    loader = torch.utils.data.DataLoader(SliceDataset(patients, image_size), batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(SliceDataset(patients, image_size, channels=channels), batch_size=batch_size,
+                                         num_workers=workers)
     features, logits = [], []
     for images, _ in loader:
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         with autocast(device, precision):
             f = slice_model.features(images)
             z = slice_model.classify(f)

@@ -1,7 +1,8 @@
 """Patient sequences over the DLCV layout, the patient-level split, and PyTorch datasets.
 
-Slices are read as 8-bit grayscale, resized to ``image_size`` and repeated to 3 channels (what
-a torchvision ResNet expects). Items are single slices (stage 1) or 5-slice windows centred on
+Slices are read as 8-bit grayscale (or three CT windows as RGB), resized to ``image_size`` and
+handed out as uint8; the device turns them into what a torchvision ResNet expects
+(:mod:`hemo_model.transforms`). Items are single slices (stage 1) or 5-slice windows centred on
 slice k with indices clamped at the sequence ends (stage 2). Patients are grouped by role
 (train/val/gate, :mod:`hemo_model.roles`), never split by slice: neighbouring slices of one scan
 are nearly identical, so a slice split would leak.
@@ -9,7 +10,7 @@ are nearly identical, so a slice split would leak.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,6 @@ from torch.utils.data import Dataset
 from hemo_model import CLASSES, images
 from hemo_model.layout import LABELS_FILE, DataError, inside, list_split, parse_slice_name, read_label_rows
 from hemo_model.roles import ROLES, RoleSpec, role_of
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class PatientSequence:
@@ -113,13 +110,12 @@ def read_slice(path: Path, image_size: int) -> np.ndarray:
     return images.read(path, image_size)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] grayscale (..., 1 or 3, H, W) -> ImageNet-normalised 3 channels."""
-    if images.shape[-3] == 1:
-        images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype).view(3, 1, 1)
-    return (images - mean) / std
+def read_pixels(path: Path, image_size: int, channels: int = 1) -> np.ndarray:
+    """One slice as the datasets hand it out: uint8 (channels, H, W). One channel is the gray
+    slice; three are the three CT windows of an RGB PNG (model.input windows3)."""
+    if channels == 1:
+        return images.read(path, image_size)[None]
+    return np.ascontiguousarray(images.read(path, image_size, modes=("RGB",)).transpose(2, 0, 1))
 
 
 def window_indices(n: int, k: int, width: int = 5) -> list[int]:
@@ -128,35 +124,90 @@ def window_indices(n: int, k: int, width: int = 5) -> list[int]:
     return [min(max(i, 0), n - 1) for i in range(k - half, k + half + 1)]
 
 
-class _SliceSource(Dataset):
-    """Shared slice reading with an optional in-memory cache of resized uint8 slices."""
+class SliceCache:
+    """Every slice of a data set decoded and resized once, as one uint8 array (N, C, H, W).
 
-    def __init__(self, patients: Sequence[PatientSequence], image_size: int, cache: bool = False,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    Built before any DataLoader worker starts, so workers share its pages (fork, copy-on-write,
+    read only) instead of each filling a private copy; with a ``folder`` it is a memory-mapped
+    file there, reused by later runs at the same image size (at 512 px a large set does not fit
+    in RAM, but the page cache serves it)."""
+
+    def __init__(self, array: np.ndarray, index: dict[Path, int]) -> None:
+        self.array = array
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, path: Path) -> np.ndarray:
+        return self.array[self.index[path]]
+
+    @classmethod
+    def build(cls, paths: Sequence[Path], image_size: int, channels: int = 1, folder: Path | None = None,
+              threads: int = 4, progress: bool = False) -> SliceCache:
+        from concurrent.futures import ThreadPoolExecutor
+
+        unique = sorted(set(paths))
+        index = {path: i for i, path in enumerate(unique)}
+        shape = (len(unique), channels, image_size, image_size)
+        target = None
+        if folder is not None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for path in unique:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            target = folder / f"slices_{digest.hexdigest()[:16]}_{channels}x{image_size}.u8"
+            if target.is_file() and target.stat().st_size == int(np.prod(shape)):
+                return cls(np.memmap(target, dtype=np.uint8, mode="r", shape=shape), index)
+            folder.mkdir(parents=True, exist_ok=True)
+            array = np.memmap(target.with_suffix(".partial"), dtype=np.uint8, mode="w+", shape=shape)
+        else:
+            array = np.empty(shape, dtype=np.uint8)
+
+        def fill(i: int) -> None:
+            array[i] = read_pixels(unique[i], image_size, channels)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL releases the GIL while decoding
+            jobs = pool.map(fill, range(len(unique)))
+            if progress:
+                from tqdm import tqdm
+
+                jobs = tqdm(jobs, total=len(unique), desc=f"caching {image_size}px slices", unit="slice", leave=False)
+            for _ in jobs:
+                pass
+        if target is not None:
+            array.flush()
+            target.with_suffix(".partial").replace(target)
+            return cls(np.memmap(target, dtype=np.uint8, mode="r", shape=shape), index)
+        return cls(array, index)
+
+
+class _SliceSource(Dataset):
+    """Shared slice reading: uint8 pixels, from a :class:`SliceCache` when there is one.
+
+    Items leave the dataset as uint8: normalisation, the 3-channel expansion and augmentation
+    happen on the device (:func:`hemo_model.transforms.to_model_input`), so a 512 px slice
+    crosses processes and the bus as 256 KB instead of a 3 MB float tensor."""
+
+    def __init__(self, patients: Sequence[PatientSequence], image_size: int, cache: SliceCache | bool = False,
+                 channels: int = 1) -> None:
         self.patients = list(patients)
         self.image_size = image_size
-        self.transform = transform
+        self.channels = channels
         self.items = [(p, k) for p, patient in enumerate(self.patients) for k in range(len(patient))]
-        self._cache: dict[Path, np.ndarray] | None = {} if cache else None
+        if cache is True:
+            cache = SliceCache.build([path for p in self.patients for path in p.paths], image_size, channels)
+        self.cache: SliceCache | None = cache or None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _pixels(self, path: Path) -> np.ndarray:
-        if self._cache is None:
-            return read_slice(path, self.image_size)
-        pixels = self._cache.get(path)
-        if pixels is None:
-            pixels = self._cache[path] = read_slice(path, self.image_size)
-        return pixels
-
-    def _stack(self, patient: PatientSequence, ks: Sequence[int]) -> torch.Tensor:
-        """(len(ks), 3, H, W) normalised; one augmentation draw shared by the whole stack."""
-        raw = np.stack([self._pixels(patient.paths[k]) for k in ks])
-        images = torch.from_numpy(raw).float().div_(255.0)  # (S, H, W): slices as channels
-        if self.transform is not None:
-            images = self.transform(images)  # same geometry for every slice of a window
-        return normalize(images.unsqueeze(1))
+        if self.cache is not None:
+            return self.cache.get(path)
+        return read_pixels(path, self.image_size, self.channels)
 
     def _target(self, patient: PatientSequence, k: int) -> torch.Tensor:
         if patient.labels is None:
@@ -165,16 +216,16 @@ class _SliceSource(Dataset):
 
 
 class SliceDataset(_SliceSource):
-    """Single slices (stage 1, and inference): ``(3, H, W)`` image and its 5 labels."""
+    """Single slices (stage 1, and inference): uint8 ``(C, H, W)`` and the slice's 5 labels."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         p, k = self.items[index]
         patient = self.patients[p]
-        return self._stack(patient, [k])[0], self._target(patient, k)
+        return torch.from_numpy(np.array(self._pixels(patient.paths[k]))), self._target(patient, k)
 
 
 class WindowDataset(_SliceSource):
-    """5-slice windows (stage 2): ``(5, 3, H, W)`` around slice k and the labels of slice k."""
+    """5-slice windows (stage 2): uint8 ``(5, C, H, W)`` around slice k and the labels of slice k."""
 
     def __init__(self, *args, width: int = 5, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -183,4 +234,5 @@ class WindowDataset(_SliceSource):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         p, k = self.items[index]
         patient = self.patients[p]
-        return self._stack(patient, window_indices(len(patient), k, self.width)), self._target(patient, k)
+        stack = np.stack([self._pixels(patient.paths[i]) for i in window_indices(len(patient), k, self.width)])
+        return torch.from_numpy(stack), self._target(patient, k)

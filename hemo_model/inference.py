@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hemo_model.data import PatientSequence, SliceDataset, WindowDataset
+from hemo_model.data import PatientSequence, SliceCache, SliceDataset, WindowDataset
+from hemo_model.transforms import to_model_input
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -76,15 +77,25 @@ class SequenceScores:
         return 1.0 / (1.0 + np.exp(-self.logits))
 
 
-def _loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def _loader(dataset: torch.utils.data.Dataset, batch_size: int | None, workers: int, device: torch.device) -> DataLoader:
+    """In-order batches of uint8 slices: workers decode (and prefetch) while the device computes."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
+
+
+def _average(models: nn.Module | Sequence[nn.Module], inputs: torch.Tensor) -> torch.Tensor:
+    """The model's output, or an ensemble's mean output (the method's 3-model logit average):
+    each input is decoded and moved to the device once, whatever the number of models."""
+    if isinstance(models, nn.Module):
+        return models(inputs).float()
+    return torch.stack([m(inputs).float() for m in models]).mean(dim=0)
 
 
 @torch.no_grad()
-def slice_logits(model: nn.Module, dataset: SliceDataset, device: torch.device, precision: str = "fp32",
-                 batch_size: int = 32, workers: int = 0, progress: bool = False) -> np.ndarray:
-    """(N, 5) logits for every item of ``dataset``, in order: one forward pass per slice."""
+def slice_logits(model: nn.Module | Sequence[nn.Module], dataset: SliceDataset, device: torch.device,
+                 precision: str = "fp32", batch_size: int = 32, workers: int = 0, progress: bool = False) -> np.ndarray:
+    """(N, 5) logits for every item of ``dataset``, in order: one forward pass per slice (per model;
+    an ensemble's logits are averaged)."""
     outputs = []
     batches: Iterator = iter(_loader(dataset, batch_size, workers, device))
     if progress:
@@ -92,18 +103,18 @@ def slice_logits(model: nn.Module, dataset: SliceDataset, device: torch.device, 
 
         batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="scoring", unit="batch")
     for images, _ in batches:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         with autocast(device, precision):
-            outputs.append(model(images).float().cpu())
+            outputs.append(_average(model, images).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 5), dtype=np.float32)
 
 
-def score_sequences(model: nn.Module, patients: Sequence[PatientSequence], image_size: int,
+def score_sequences(model: nn.Module | Sequence[nn.Module], patients: Sequence[PatientSequence], image_size: int,
                     weights: Sequence[float], device: torch.device, precision: str = "fp32",
-                    batch_size: int = 32, workers: int = 0, cache: bool = False,
-                    progress: bool = False) -> list[SequenceScores]:
+                    batch_size: int = 32, workers: int = 0, cache: SliceCache | bool = False,
+                    progress: bool = False, channels: int = 1) -> list[SequenceScores]:
     """Score every slice once, then filter each patient's logits along the sequence."""
-    dataset = SliceDataset(patients, image_size, cache=cache)
+    dataset = SliceDataset(patients, image_size, cache=cache, channels=channels)
     flat = slice_logits(model, dataset, device, precision, batch_size, workers, progress)
     results, start = [], 0
     for patient in patients:
@@ -113,10 +124,10 @@ def score_sequences(model: nn.Module, patients: Sequence[PatientSequence], image
 
 
 class _PatientStacks(torch.utils.data.Dataset):
-    """One item per patient: all its slices, (S, 3, H, W), for models that read a whole sequence."""
+    """One item per patient: all its slices, uint8 (S, C, H, W), for models that read a whole sequence."""
 
-    def __init__(self, patients: Sequence[PatientSequence], image_size: int) -> None:
-        self.slices = SliceDataset(patients, image_size)
+    def __init__(self, patients: Sequence[PatientSequence], image_size: int, channels: int = 1) -> None:
+        self.slices = SliceDataset(patients, image_size, channels=channels)
         self.starts = np.cumsum([0] + [len(p) for p in patients]).tolist()
 
     def __len__(self) -> int:
@@ -127,22 +138,21 @@ class _PatientStacks(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def score_sequence_model(model: nn.Module, patients: Sequence[PatientSequence], image_size: int,
+def score_sequence_model(model: nn.Module | Sequence[nn.Module], patients: Sequence[PatientSequence], image_size: int,
                          device: torch.device, precision: str = "fp32", workers: int = 0,
-                         progress: bool = False) -> list[SequenceScores]:
+                         progress: bool = False, channels: int = 1) -> list[SequenceScores]:
     """Learned-context models (:class:`hemo_model.context.SequenceModel`): one forward pass per
     patient over its whole sequence, returning per-slice and context logits."""
-    loader: Iterator = iter(DataLoader(_PatientStacks(patients, image_size), batch_size=None, num_workers=workers,
-                                       pin_memory=device.type == "cuda"))
+    loader: Iterator = iter(_loader(_PatientStacks(patients, image_size, channels), None, workers, device))
     if progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, total=len(patients), desc="scoring", unit="patient")
     results = []
     for patient, stack in zip(patients, loader):
-        stack = stack.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        stack = to_model_input(stack, device)
         with autocast(device, precision):
-            out = model(stack).float().cpu().numpy()
+            out = _average(model, stack).cpu().numpy()
         results.append(SequenceScores(patient, out[:, :5], out[:, 5:]))
     return results
 
@@ -159,7 +169,7 @@ def score_windows_naive(model: nn.Module, patients: Sequence[PatientSequence], i
     dataset = WindowDataset(patients, image_size, width=len(weights))
     outputs = []
     for windows, _ in _loader(dataset, batch_size, 0, device):
-        windows = windows.to(device)
+        windows = to_model_input(windows, device)
         with autocast(device, precision):
             if context is None:
                 out = model(windows[:, 0]).float() * float(weights[0])

@@ -32,12 +32,18 @@ class ModelConfig:
     """Per-class decision thresholds for 5-slice context scores (tuned on the ``val`` role)."""
     thresholds_single: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
     """The same for single-slice scores: context logits are scaled differently (weights sum to 1.3)."""
+    input: str = "gray"
+    """``gray`` (one channel repeated to 3) or ``windows3`` (three CT windows as the channels)."""
     context: str = "filter"
     """How neighbouring slices are used: the method's fixed 5-tap ``filter`` of logits, or a learned
     head over per-slice embeddings along the whole sequence (``conv1d`` or ``bigru``)."""
 
     def thresholds_for(self, context: int) -> list[float]:
         return list(self.thresholds if context > 1 else self.thresholds_single)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.input == "windows3" else 1
 
 
 class HemoNet(nn.Module):

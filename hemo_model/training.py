@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from hemo_model.inference import autocast
 from hemo_model.model import ModelConfig, save_checkpoint
+from hemo_model.transforms import METHOD_AUGMENTATION, Augmentation, to_model_input
 
+AUGMENTATION_SEED_OFFSET = 7919  # a separate stream from the shuffle's
 LAST = "last.pt"
 BEST = "best.pt"
 
@@ -115,12 +117,15 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
     checkpoint_extra: dict[str, Any] | None = None,
+    augmentation: Augmentation | None = METHOD_AUGMENTATION,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` and keep the epoch with the best ``validate(model)``.
 
     ``save_model`` is the module whose weights are checkpointed (the per-slice network when
     ``model`` is a context wrapper around it), so every checkpoint loads as a plain HemoNet.
     ``checkpoint_extra`` (e.g. the training patients' provenance) is stored in every checkpoint.
+    Batches arrive as uint8 and become model input on the device (:func:`to_model_input`), with
+    ``augmentation`` drawn from a per-epoch seeded generator.
     """
     extra = dict(checkpoint_extra or {})
     device = device or torch.device("cpu")
@@ -144,14 +149,18 @@ def fit(
         best_file = checkpoint_dir / BEST
         if best_file.is_file():
             result.best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model_state"]
-    generator = torch.Generator()
+    shuffle, draws = torch.Generator(), torch.Generator()
+    workers = config.workers
+    loader = DataLoader(  # created once: workers persist across epochs, the sampler is reseeded per epoch
+        dataset, batch_size=config.batch_size, sampler=RandomSampler(dataset, generator=shuffle),
+        drop_last=len(dataset) > config.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     for epoch in range(start_epoch, config.epochs + 1):
         # Seed shuffle and augmentation per epoch: reproducible, and identical after a resume.
         seed_everything(config.seed + epoch)
-        generator.manual_seed(config.seed + epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-                            num_workers=config.workers, generator=generator, pin_memory=device.type == "cuda")
+        shuffle.manual_seed(config.seed + epoch)
+        draws.manual_seed(AUGMENTATION_SEED_OFFSET + config.seed + epoch)
         model.train()
         started, seen, total_loss, steps = time.perf_counter(), 0, 0.0, 0
         batches = loader
@@ -162,9 +171,7 @@ def fit(
         for inputs, targets in batches:
             if config.max_steps is not None and steps >= config.max_steps:
                 break
-            inputs = inputs.to(device, non_blocking=True)
-            if inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            inputs = to_model_input(inputs, device, augmentation, draws)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, config.precision):
                 logits = model(inputs)

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from hemo_model import CLASSES, LABEL_COLUMNS
-from hemo_model.data import IMAGENET_MEAN, IMAGENET_STD
+from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 48
 BLOCK = 8

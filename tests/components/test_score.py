@@ -60,3 +60,57 @@ def test_unknown_params_key(workdir: Path, capsys: pytest.CaptureFixture[str]) -
     (workdir / "params.yaml").write_text("train: {epoch: 3}\n")
     assert main(["train"]) == 2
     assert "params.yaml: unknown key 'train.epoch'; did you mean 'epochs'?" in _error(capsys)
+
+
+def _checkpoint(path: Path, seed: int, thresholds: list[float]) -> Path:
+    import torch
+
+    from hemo_model.model import HemoNet, ModelConfig, save_checkpoint
+
+    torch.manual_seed(seed)
+    save_checkpoint(path, HemoNet(head="linear"), ModelConfig(head="linear", image_size=64, thresholds=thresholds))
+    return path
+
+
+def _probabilities(path: Path) -> dict[str, list[float]]:
+    import csv
+
+    with path.open() as handle:
+        return {row["ID"]: [float(row[c]) for c in ("ich", "ivh", "sah", "sdh", "edh")] for row in csv.DictReader(handle)}
+
+
+def test_ensemble_averages_logits_before_the_context_and_names_its_models(workdir: Path) -> None:
+    import json
+
+    import numpy as np
+
+    a = _checkpoint(workdir / "a.pt", 1, [0.4] * 5)
+    b = _checkpoint(workdir / "b.pt", 2, [0.6] * 5)
+    for name, models in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        args = [x for m in models for x in ("--model", str(m))]
+        assert main(["score", *args, "--data", "data/test", "--out", f"{name}.csv", "--device", "cpu"]) == 0
+    pa, pb, pab = (_probabilities(workdir / f"{n}_probabilities.csv") for n in ("a", "b", "ab"))
+
+    def logit(p: list[float]) -> np.ndarray:
+        q = np.clip(np.array(p), 1e-6, 1 - 1e-6)
+        return np.log(q / (1 - q))
+
+    compared = 0
+    for slice_id in pab:  # the context filter is linear: filter(mean of logits) = mean of filtered logits
+        both = np.array([pa[slice_id], pb[slice_id]])
+        usable = ((both > 1e-3) & (both < 1 - 1e-3)).all(axis=0)  # the CSV rounds to 6 decimals
+        expected = 1 / (1 + np.exp(-(logit(pa[slice_id]) + logit(pb[slice_id])) / 2))
+        assert np.allclose(np.array(pab[slice_id])[usable], expected[usable], atol=2e-4)
+        compared += int(usable.sum())
+    assert compared > 50
+    used = json.loads((workdir / "ab_models.json").read_text())
+    assert [m["source"] for m in used["models"]] == [str(a), str(b)] and used["ensemble"] is True
+    assert used["thresholds"] == [0.5] * 5  # the mean of the members' thresholds
+
+
+def test_loader_workers_do_not_change_predictions(workdir: Path) -> None:
+    model = _checkpoint(workdir / "m.pt", 3, [0.5] * 5)
+    for workers in (0, 2):
+        assert main(["score", "--model", str(model), "--data", "data/test", "--out", f"w{workers}.csv", "--device",
+                     "cpu", "--set", f"data.workers={workers}"]) == 0
+    assert (workdir / "w0_probabilities.csv").read_bytes() == (workdir / "w2_probabilities.csv").read_bytes()

@@ -97,9 +97,11 @@ def _test_slices(data: Path) -> tuple[torch.Tensor, np.ndarray]:
 
     with (data / ANSWER_KEY_NAME).open() as handle:
         answers = {row["ID"]: [float(row[c]) for c in CLASSES] for row in csv.DictReader(handle)}
+    from hemo_model.transforms import to_model_input
+
     patients = load_folder(data / "test")
     dataset = SliceDataset(patients, SIZE)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    images = to_model_input(torch.stack([dataset[i][0] for i in range(len(dataset))]), torch.device("cpu"))
     labels = np.array([answers[p.name] for patient in patients for p in patient.paths])
     return images, labels
 
@@ -119,7 +121,7 @@ def test_horizontal_flip_changes_little(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_blood_density_blob_in_the_parenchyma_raises_ich(trained: dict) -> None:
-    from hemo_model.data import IMAGENET_MEAN, IMAGENET_STD
+    from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
     from hemo_model.synth import window
 
     images, labels = _test_slices(trained["data"])
@@ -144,7 +146,7 @@ def test_blood_density_blob_in_the_parenchyma_raises_ich(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_minimum_functionality(trained: dict) -> None:
-    from hemo_model.data import IMAGENET_MEAN, IMAGENET_STD
+    from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     empty = ((torch.zeros(1, 3, SIZE, SIZE) - mean) / std)  # air only: nothing to flag

@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from hemo_model.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DataError,
+    SliceCache,
     SliceDataset,
     WindowDataset,
     load_split,
     patients_by_role,
+    read_slice,
     window_indices,
 )
 from hemo_model.roles import RoleSpec
-from hemo_model.transforms import train_augmentation
 
 
 def test_window_indices_clamp_at_edges() -> None:
@@ -57,33 +56,33 @@ def test_missing_labels_file_is_a_data_error(tmp_path: Path) -> None:
         load_split(tmp_path, "test")
 
 
-def test_slice_and_window_items(tiny_data: Path) -> None:
+def test_slice_and_window_items_are_uint8(tiny_data: Path) -> None:
     patients = load_split(tiny_data, "train")[:1]
     slices = SliceDataset(patients, image_size=32)
     image, target = slices[0]
-    assert image.shape == (3, 32, 32) and target.shape == (5,)
-    raw = image * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    assert torch.allclose(raw[0], raw[1], atol=1e-6) and torch.allclose(raw[1], raw[2], atol=1e-6)  # gray as 3 channels
+    assert image.shape == (1, 32, 32) and image.dtype == torch.uint8 and target.shape == (5,)
+    assert torch.equal(image[0], torch.from_numpy(read_slice(patients[0].paths[0], 32)))
     windows = WindowDataset(patients, image_size=32)
     stack, centre_target = windows[0]
-    assert stack.shape == (5, 3, 32, 32)
+    assert stack.shape == (5, 1, 32, 32) and stack.dtype == torch.uint8
     assert torch.equal(stack[0], stack[2]) and torch.equal(stack[1], stack[2])  # k=0 edge replicated
     assert torch.equal(stack[2], image) and torch.equal(centre_target, target)
     assert torch.equal(windows[3][0][2], slices[3][0])
 
 
-def test_augmentation_is_shared_across_a_window(tiny_data: Path) -> None:
-    patients = load_split(tiny_data, "train")[:1]
-    torch.manual_seed(0)
-    plain = WindowDataset(patients, 32)[0][0]  # k=0: slices 0,0,0,1,2 -> first three identical
-    torch.manual_seed(1)
-    augmented = WindowDataset(patients, 32, transform=train_augmentation())[0][0]
-    assert not torch.equal(augmented, plain)
-    assert torch.equal(augmented[0], augmented[1]) and torch.equal(augmented[1], augmented[2])
-
-
-def test_cache_returns_identical_pixels(tiny_data: Path) -> None:
-    patients = load_split(tiny_data, "train")[:1]
-    cached = SliceDataset(patients, 32, cache=True)
-    assert torch.equal(cached[2][0], cached[2][0]) and torch.equal(cached[2][0], SliceDataset(patients, 32)[2][0])
-    assert np.isfinite(cached[2][0].numpy()).all()
+def test_cache_returns_identical_pixels_and_is_reused_from_disk(tiny_data: Path, tmp_path: Path) -> None:
+    patients = load_split(tiny_data, "train")[:2]
+    paths = [p for patient in patients for p in patient.paths]
+    in_memory = SliceDataset(patients, 32, cache=True)
+    plain = SliceDataset(patients, 32)
+    assert all(torch.equal(in_memory[i][0], plain[i][0]) for i in range(len(plain)))
+    built = SliceCache.build(paths, 32, folder=tmp_path)
+    (cache_file,) = tmp_path.glob("slices_*_1x32.u8")
+    stamp = cache_file.stat().st_mtime_ns
+    reused = SliceCache.build(paths, 32, folder=tmp_path)  # the same files at the same size: opened, not rebuilt
+    assert cache_file.stat().st_mtime_ns == stamp and isinstance(reused.array, np.memmap)
+    assert np.array_equal(np.asarray(reused.array), np.asarray(built.array))
+    on_disk = SliceDataset(patients, 32, cache=reused)
+    assert all(torch.equal(on_disk[i][0], plain[i][0]) for i in range(len(plain)))
+    SliceCache.build(paths, 48, folder=tmp_path)  # another size is another cache
+    assert len(list(tmp_path.glob("slices_*.u8"))) == 2

@@ -11,7 +11,6 @@ from hemo_model.data import SliceDataset, load_split
 from hemo_model.losses import AsymmetricLoss
 from hemo_model.model import HemoNet, ModelConfig, load_checkpoint
 from hemo_model.training import BEST, LAST, FitConfig, fit
-from hemo_model.transforms import train_augmentation
 
 SIZE = 32
 
@@ -19,7 +18,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def dataset(tiny_data: Path) -> SliceDataset:
     patients = load_split(tiny_data, "train")[:2]
-    return SliceDataset(patients, SIZE, cache=True, transform=train_augmentation())
+    return SliceDataset(patients, SIZE, cache=True)
 
 
 def _train(dataset: SliceDataset, out: Path, epochs: int, resume: bool = False, max_steps: int | None = 3):
