@@ -52,6 +52,10 @@ FILE_REASONS = ("not_dicom", "unreadable", "non_image", "not_ct", "localizer", "
                 "no_geometry", "not_axial")
 """Why a file is not used, in the order they are tested."""
 
+UNDECODABLE = "undecodable_pixels"
+"""A series left out because a slice's pixels could not be decoded (truncated, or a compression
+without an installed decoder): dropping the slice would leave a gap."""
+
 SERIES_ISSUES = ("too_few_slices", "too_many_slices", "gap", "inconsistent_spacing", "mixed_sizes",
                  "mixed_orientation")
 """What can be wrong with a whole series; ``mixed_orientation`` is always rejected (no order exists)."""
@@ -178,8 +182,8 @@ def read_header(path: Path) -> SliceHeader | str:
 
 def _classify(path: Path, ds: object, has_pixels: bool) -> SliceHeader | str:
     get = ds.get  # type: ignore[attr-defined]
-    if not has_pixels:
-        return "non_image"
+    if not has_pixels:  # a complete object without pixels (SR, KO, PR...), or a file cut short
+        return "non_image" if "SOPClassUID" in ds else "unreadable"  # type: ignore[operator]
     if str(get("Modality", "")).upper() != "CT":
         return "not_ct"
     if "LOCALIZER" in [str(v).upper() for v in (get("ImageType") or [])]:
@@ -314,6 +318,14 @@ def read_hu(path: Path) -> np.ndarray:
     with quiet():
         ds = pydicom.dcmread(path)
         return hounsfield(ds)
+
+
+def read_series_hu(series: Series) -> list[np.ndarray] | None:
+    """HU of every slice of ``series`` in order, or None if any slice cannot be decoded."""
+    try:
+        return [read_hu(h.path) for h in series.slices]
+    except Exception:  # a corrupt frame or a missing codec; counted by the caller as UNDECODABLE
+        return None
 
 
 def windowed(hu: np.ndarray, names: Sequence[str]) -> np.ndarray:
