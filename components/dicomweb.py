@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from pathlib import Path
 from components.errors import TransientError, UserError
 
 STUDY_UID, SERIES_UID = "0020000D", "0020000E"
+RETRIES_ENV = "HEMO_DICOMWEB_ATTEMPTS"
+"""Attempts per request with exponential back-off (dicomweb-client's; default 5, ~30 s for a server
+that does not answer). 1 fails at once."""
 _QUIET = ("dicomweb_client", "urllib3", "requests")
 
 
@@ -117,6 +121,8 @@ def fetch(url: str, dest: Path, studies: Sequence[str] = (), modality: str | Non
     result = Fetched()
     with _silenced():
         client = DICOMwebClient(url=url.rstrip("/"))
+        attempts = max(1, int(os.environ.get(RETRIES_ENV, "5")))
+        client.set_http_retry_params(retry=attempts > 1, max_attempts=attempts)
         for number, (study, series) in enumerate(find_series(client, url, studies, modality, since)):
             try:
                 datasets = client.retrieve_series(study_instance_uid=study, series_instance_uid=series)
