@@ -107,5 +107,5 @@ def save_slice(path_stem: Path, pixels: np.ndarray) -> str:
         image.save(path, format="JPEG", quality=95)
     else:
         path = path_stem.with_suffix(".png")
-        image.save(path, format="PNG")
+        image.save(path, format="PNG", compress_level=1)  # lossless at any level; 1 is ~4x faster than 6, ~3% larger
     return path.name
