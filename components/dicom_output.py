@@ -21,10 +21,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from components.errors import UserError
+
+if TYPE_CHECKING:  # numpy and PIL are imported where used: `hemo --help` imports this module
+    import numpy as np
 
 SALT_ENV = "HEMO_DICOM_SALT"
 DEFAULT_SALT_FILE = Path(".hemo-dicom-salt")
@@ -96,9 +98,10 @@ def existing_patients(out: Path) -> set[str]:
     return found
 
 
-def save_slice(path_stem: Path, pixels: np.ndarray) -> str:
+def save_slice(path_stem: Path, pixels: "np.ndarray") -> str:
     """Write one slice with no metadata (no EXIF, no text chunks): 8-bit gray as JPEG (the DLCV
     format), three windows as a lossless RGB PNG. Returns the file name."""
+    import numpy as np
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(pixels))

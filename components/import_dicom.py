@@ -101,6 +101,10 @@ def _plan(args: argparse.Namespace, settings: Any) -> Plan:
         raise UserError("--dicomweb needs --study UID (repeatable) or a query: --modality CT --since YYYYMMDD")
     if args.dicom and (args.study or args.since):
         raise UserError("--study/--since select series on a DICOMweb server; use them with --dicomweb, not --dicom")
+    if args.dicom is not None and not args.dicom.is_dir():
+        raise UserError(f"--dicom {args.dicom} is not a folder; pass the folder that holds the DICOM files")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder; pass the data folder (created if missing)")
     if args.mapping is not None:
         for what, folder in (("data", args.out), ("reports", args.reports)):
             if args.mapping.resolve().is_relative_to(folder.resolve()):

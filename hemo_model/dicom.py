@@ -114,11 +114,6 @@ class Series:
     duplicates_dropped: int = 0
     issues: list[str] = field(default_factory=list)
 
-    @property
-    def spacing(self) -> float | None:
-        steps = np.diff(self.positions)
-        return float(np.median(steps)) if len(steps) else None
-
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:

@@ -198,3 +198,11 @@ def test_irregular_series_are_reported_or_rejected(project: Path, capsys: pytest
     assert "skipped: gap 1" in capsys.readouterr().out and len(list(Path("strict/test").iterdir())) == 1
     assert _import("--dicom", "dicom/b", "--out", "none", "--reject-irregular") == 2
     assert "no series to import" in _error(capsys) and not Path("none").exists()
+
+
+def test_missing_input_folder_is_one_line_and_makes_no_salt(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("HEMO_DICOM_SALT")
+    assert _import("--dicom", "nowhere", "--out", "data") == 2
+    assert "--dicom nowhere is not a folder" in _error(capsys)
+    assert not Path(".hemo-dicom-salt").exists() and not Path("data").exists()
