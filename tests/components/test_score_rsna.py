@@ -32,12 +32,6 @@ def imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HEMO_DICOM_SALT", "score-test")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
-    # tracking.configure() selects the experiment for the whole process (a global and the
-    # MLFLOW_EXPERIMENT_ID variable); undo both afterwards, so that later tests using another
-    # tracking store do not inherit an experiment id that does not exist there.
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # records its absence, restored at teardown
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     assert main(["import-dicom", "--no-mlflow", "--dicom", "dicom/test", "--out", "data",
                  "--mapping", "private/mapping.csv"]) == 0
     return tmp_path
