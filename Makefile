@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hemo-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv data lock bench clean-outputs help
+.PHONY: run test venv data lock bench clean-outputs help services
 
 help:
 	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
@@ -33,8 +33,21 @@ run: data
 	$(BIN)/dvc repro
 	@$(BIN)/hemo summary
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(BIN)/python -m pytest
+
+# Servers the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) is a Debian
+# package, not a pip one: installed here when it is missing and we are root with apt; otherwise
+# its test skips and says why.
+ORTHANC := /usr/sbin/Orthanc
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+services:
+	@if [ -x $(ORTHANC) ] && [ -e $(ORTHANC_DICOMWEB) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing orthanc + orthanc-dicomweb (apt) for tests/e2e/test_dicomweb_orthanc.py"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null \
+		|| echo "apt-get could not install orthanc; the DICOMweb test will be skipped"; \
+	else echo "orthanc not installed and not root with apt: tests/e2e/test_dicomweb_orthanc.py will be skipped"; fi
 
 # The quick benchmarks (minutes); benchmarks/asl_vs_bce.py is a ~30 min experiment, run it by hand.
 bench: $(STAMP)

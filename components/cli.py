@@ -19,6 +19,7 @@ from components.errors import TransientError, UserError
 
 STEPS: dict[str, str] = {
     "synth": "components.synth",
+    "import-dicom": "components.import_dicom",
     "start-run": "components.start_run",
     "validate": "components.validate",
     "split": "components.split",

@@ -4,7 +4,7 @@ Thresholds are tuned per class on the `val` role (for 5-slice context and for si
 context logits are scaled differently) and stored with the model. The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
-F2/precision/recall/ROC-AUC, and the all-positive baseline. Logs ROC/PR curves, confusion counts
+F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
 and example slices to MLflow (and reports/plots/ for `dvc plots`), then logs the model (pt2, CPU
 weights, metadata: image size, context weights, thresholds, training-patient provenance),
 registers it as `hemorrhage-classifier`, points `@challenger` at the new version and records that
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from hemo_model import CLASSES
     from components.serving import score_both
     from hemo_model.inference import stack_scores
-    from hemo_model.metrics import classification_report, confusion_counts, micro_f2, tune_thresholds
+    from hemo_model.metrics import classification_report, confusion_counts, micro_f2, rsna_log_loss, tune_thresholds
 
     settings = settings_from(args)
     cfg = settings.evaluate
@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     # F2 favours recall: flagging every cell scores 5p/(4p+1) at cell prevalence p (~0.36 at the
     # original class rates). Logged so nobody mistakes a score near it for a useful model.
     metrics["micro_f2_all_positive_baseline"] = micro_f2(labels, np.ones_like(context_probs))
+    # RSNA's weighted log loss (six columns with `any`), to compare with the RSNA leaderboard.
+    metrics["rsna_log_loss_context"] = rsna_log_loss(labels, context_probs)
+    metrics["rsna_log_loss_single"] = rsna_log_loss(labels, single_probs)
     counts = confusion_counts(labels, context_probs, thresholds)
 
     with tracking.step_run("evaluate", settings):

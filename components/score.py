@@ -8,6 +8,11 @@ Writes the DLCV CSV (dirname,ID,ich,ivh,sah,sdh,edh with 0/1 at the model's stor
 the scoring mode), the leaderboard long form (ID,prediction with <hash>_<k>_<cls>) as
 <out>_leaderboard.csv and the probabilities as <out>_probabilities.csv, all atomically (temp file +
 rename), and logs the model version used.
+
+--format rsna also writes the RSNA Intracranial Hemorrhage Detection submission as
+<out>_rsna.csv (ID,Label with ID_<SOPInstanceUID>_<type>, six types, any = max of the five
+probabilities), naming each slice's image through the local --mapping file that `hemo import-dicom
+--mapping` wrote. That file holds DICOM UIDs, so it is never logged to MLflow.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="score.precision")
     parser.add_argument("--batch-size", type=int, help="score.batch_size")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--format", choices=["dlcv", "rsna"], default="dlcv",
+                        help="rsna: also write <out>_rsna.csv, the RSNA submission (needs --mapping)")
+    parser.add_argument("--mapping", type=Path, help="with --format rsna: the mapping file of `hemo import-dicom`")
     add_settings_arguments(parser)
 
 
@@ -56,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         for patient in patients:  # every header checked before any model work (a bad file fails fast)
             for path in patient.paths:
                 images.inspect(path)
+        images_of = _rsna_images(args, patients)
     except DataError as exc:
         raise UserError(str(exc)) from exc
     uris = args.model or [DEFAULT_MODEL]
@@ -78,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(args.out.with_name(f"{args.out.stem}_models.json"),
                       {"models": used, "ensemble": len(models) > 1, "context": cfg.context,
                        "thresholds": served.thresholds, "precision": cfg.precision})
+    if images_of is not None:
+        from hemo_model.rsna import submission_rows
+
+        probabilities = np.concatenate([s.probabilities for s in served.scores])
+        sops = [images_of[(s.patient.dirname, path.name)] for s in served.scores for path in s.patient.paths]
+        rows = submission_rows(sops, probabilities)
+        write_csv_atomic(sibling(args.out, "rsna"), ["ID", "Label"], ([i, round(p, 6)] for i, p in rows))
 
     with tracking.step_run("score", settings):
         tracking.log_params_flat({"score": settings.to_dict()["score"]})
@@ -92,5 +108,29 @@ def run(args: argparse.Namespace) -> int:
                       "slices": len(labels_rows), "patients": len(patients)})
     version = ", ".join(f"{uri} v{m.version}" if m.version else uri for uri, m in zip(uris, models))
     print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {version} "
-          f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}")
+          f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}"
+          + (f", {sibling(args.out, 'rsna')} (RSNA submission)" if images_of is not None else ""))
     return 0
+
+
+def _rsna_images(args: argparse.Namespace, patients: list) -> dict[tuple[str, str], str] | None:
+    """(patient folder, slice file) -> SOPInstanceUID for every slice to score (None unless
+    --format rsna), checked before the model is loaded. Messages name slices by pipeline names only."""
+    from hemo_model.rsna import read_mapping
+
+    if args.format != "rsna":
+        if args.mapping is not None:
+            raise UserError("--mapping is used by --format rsna only; add --format rsna or drop --mapping")
+        return None
+    if args.mapping is None:
+        raise UserError("--format rsna needs --mapping FILE, the mapping written by `hemo import-dicom --mapping`")
+    mapping = read_mapping(args.mapping)
+    images = {}
+    for patient in patients:
+        for path in patient.paths:
+            row = mapping.get((patient.dirname, path.name))
+            if row is None:
+                raise UserError(f"{patient.dirname}/{path.name} is not in the mapping file {args.mapping}; pass the "
+                                "mapping written when this data was imported (RSNA IDs come from the DICOM files)")
+            images[(patient.dirname, path.name)] = row["SOPInstanceUID"]
+    return images

@@ -5,6 +5,8 @@
 <root>/train/ID_<hash>/<hash>_<k>.jpg one 8-bit grayscale slice, k = 0..n-1 in scan order
 <root>/test/ID_<hash>/<hash>_<k>.jpg  same, no labels
 ```
+A slice may also be ``<hash>_<k>.png``: a lossless RGB PNG whose channels are three CT windows
+(brain, subdural, bone), as ``hemo import-dicom --windows brain,subdural,bone`` writes them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class UnsafePath(DataError):
 LABELS_FILE = "train.csv"
 SPLITS = ("train", "test")
 
-SLICE_NAME = re.compile(r"^(?P<hash>[A-Za-z0-9]+)_(?P<k>\d+)\.jpg$")
+SLICE_SUFFIXES = (".jpg", ".png")
+SLICE_NAME = re.compile(r"^(?P<hash>[A-Za-z0-9]+)_(?P<k>\d+)\.(?:jpg|png)$")
 PATIENT_DIR = re.compile(r"^ID_(?P<hash>[A-Za-z0-9]+)$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -36,7 +39,7 @@ class SliceName:
 
 
 def parse_slice_name(name: str) -> SliceName | None:
-    """``'bab8497a5b_12.jpg'`` -> ``SliceName('bab8497a5b', 12)``; ``None`` if malformed."""
+    """``'bab8497a5b_12.jpg'`` (or ``.png``) -> ``SliceName('bab8497a5b', 12)``; ``None`` if malformed."""
     match = SLICE_NAME.match(name)
     if match is None:
         return None

@@ -119,3 +119,22 @@ def interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nda
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(samples, [tail, 1.0 - tail], axis=0)
     return low, high
+
+
+# --- RSNA Intracranial Hemorrhage Detection metric -------------------------------------------
+
+RSNA_EPS = 1e-7
+
+
+def rsna_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """RSNA's weighted multi-label log loss over six columns: the five types plus ``any`` (the
+    max of the five, for labels and probabilities alike), weights 1 and ``any`` 2; probabilities
+    clipped to [1e-7, 1 - 1e-7]; per slice the weighted sum divided by the sum of weights (7),
+    then the mean over slices. Lets results be compared with the RSNA leaderboard."""
+    from hemo_model.rsna import SUBMISSION_TYPES, with_any
+
+    y = with_any(y_true)
+    p = np.clip(with_any(probs), RSNA_EPS, 1.0 - RSNA_EPS)
+    weights = np.array([2.0 if t == "any" else 1.0 for t in SUBMISSION_TYPES])
+    losses = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+    return float(np.mean(losses @ weights / weights.sum()))

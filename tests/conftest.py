@@ -6,7 +6,9 @@ Everything is generated into pytest's temp folders; tests that change data work 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,23 @@ import pytest
 from hemo_model.synth import generate_dataset
 
 TINY = {"train_patients": 4, "test_patients": 2, "image_size": 64, "seed": 7}
+_SESSION_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_experiment_carried_over():
+    """Steps run in-process select their MLflow experiment for the whole process (a module global
+    and MLFLOW_EXPERIMENT_ID). Undo that after each test: a later test against another tracking
+    store would otherwise start its runs in an experiment id that does not exist there (seen as
+    test_security failing after test_promotion)."""
+    yield
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
+    if _SESSION_EXPERIMENT_ID is None:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    else:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = _SESSION_EXPERIMENT_ID
 
 
 @pytest.fixture(scope="session")

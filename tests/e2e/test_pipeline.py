@@ -47,6 +47,7 @@ def test_pipeline_promotes_first_model_and_rejects_a_worse_one(workdir: Path, ml
     run = client.get_run(version.run_id)
     assert run.data.tags["hemo.step"] == "evaluate" and "mlflow.parentRunId" in run.data.tags
     assert run.data.tags["hemo.params_hash"] and "micro_f2_context" in run.data.metrics
+    assert run.data.metrics["rsna_log_loss_context"] > 0 and "rsna_log_loss_single" in run.data.metrics
     # Provenance: the split and the training patients (the train role of the split report) travel with the version.
     roles = json.loads((workdir / "reports/split.json").read_text())["roles"]
     train_ids = sorted(k for k, v in roles.items() if v == "train")

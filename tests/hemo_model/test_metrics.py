@@ -43,3 +43,18 @@ def test_tuned_thresholds_improve_f2_on_the_data_they_saw() -> None:
     thresholds = tune_thresholds(y, p)
     assert all(0.05 <= t <= 0.95 for t in thresholds)
     assert micro_f2(y, p, thresholds) > micro_f2(y, p)
+
+
+def test_rsna_log_loss_against_a_hand_computed_value() -> None:
+    from hemo_model.metrics import rsna_log_loss
+
+    # columns ich ivh sah sdh edh; RSNA adds any = max, weight 2, others 1, sum of weights 7
+    y = np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    p = np.array([[0.8, 0.1, 0.1, 0.1, 0.1], [0.2, 0.0, 0.0, 0.0, 1.0]])
+    # slice 1: ich -ln .8, four negatives -ln .9 each, any (p .8, y 1) 2 * -ln .8
+    first = (-math.log(0.8) + 4 * -math.log(0.9) + 2 * -math.log(0.8)) / 7
+    # slice 2: ich -ln .8, three zeros clip to 1e-7 -> -ln(1 - 1e-7), edh p 1 clips to 1 - 1e-7 -> -ln(1e-7),
+    # any = max = 1 -> 2 * -ln(1e-7)
+    second = (-math.log(0.8) + 3 * -math.log(1 - 1e-7) + 3 * -math.log(1e-7)) / 7
+    assert rsna_log_loss(y, p) == pytest.approx((first + second) / 2, rel=1e-9)  # 1 - (1 - 1e-7) rounds at 1e-10
+    assert rsna_log_loss(y, y.astype(float)) == pytest.approx(-math.log(1 - 1e-7), rel=1e-6)
