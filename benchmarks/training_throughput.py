@@ -59,7 +59,8 @@ def hemo_train(data: Path, image_size: int, batch: int, steps: int, precision: s
     hemo = Path(sys.executable).with_name("hemo")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "params.yaml").write_text(
-            f"train: {{image_size: {image_size}, batch_size: {batch}, precision: {precision}, cache_images: true}}\n")
+            f"train: {{image_size: {image_size}, batch_size: {batch}, precision: {precision}, cache_images: true}}\n"
+            "split: {val_fraction: 0.3, gate_fraction: 0.05}\n")  # small sample sets: keep a val role
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
         subprocess.run([str(hemo), "train", "--data", str(data.resolve()), "--epochs", "2", "--max-steps", str(steps)],
                        cwd=tmp, env=env, check=True, capture_output=True)
