@@ -2,7 +2,8 @@
 
 Checks train.csv (exact columns, 0/1 labels without gaps, unique well-formed IDs that match
 their patient folder, safe paths), every patient sequence of train/ and test/ (22-40 slices,
-indices 0..n-1 without gap or duplicate) and every image (exists, decodes, 8-bit grayscale,
+indices 0..n-1 without gap or duplicate) and every image (inside the data folder, decodes,
+8-bit grayscale, or RGB for model.input windows3,
 expected size; no file in train/ without a label row). Each check is reported on its own line
 naming the first offending patients/files. A JSON summary and GX Data Docs (HTML) are written to
 --reports. Exit 0 when all checks pass, 1 when any fails; the data folder is never modified.
@@ -54,7 +55,8 @@ class CheckSpec:
     hint: str
 
 
-def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str]) -> list[CheckSpec]:
+def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str],
+           model_input: str = "gray") -> list[CheckSpec]:
     """``sizes``: the accepted "WxH" slice sizes (one: every slice must have it)."""
     import great_expectations as gx
 
@@ -112,8 +114,10 @@ def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str]
                   "the file's real path (symlinks resolved) leaves the data folder; copy it in instead of linking"),
         CheckSpec("images.decode", "images", e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
                   "the file is not a readable JPEG within data.max_image_size (by content, not by name); re-export it"),
-        CheckSpec("images.grayscale", "images", e.ExpectColumnValuesToBeInSet(column="mode", value_set=["L"]),
-                  "slices must be 8-bit single-channel grayscale (PIL mode L)"),
+        CheckSpec("images.mode", "images",
+                  e.ExpectColumnValuesToBeInSet(column="mode", value_set=["RGB" if model_input == "windows3" else "L"]),
+                  "slices must be 8-bit RGB PNGs of three CT windows (model.input windows3)" if model_input == "windows3"
+                  else "slices must be 8-bit single-channel grayscale (PIL mode L; model.input gray)"),
         CheckSpec("images.size", "images",
                   e.ExpectColumnValuesToBeInSet(column="size", value_set=sizes),
                   f"slices must be {' or '.join(sizes)} (validate.image_size / validate.min_image_size)"),
@@ -253,7 +257,8 @@ def accepted_sizes(images: Any, image_size: int | None, min_image_size: int) -> 
 
 
 def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int, image_size: int | None,
-             check_images: bool = True, min_image_size: int = 64) -> tuple[list[CheckResult], dict[str, Any]]:
+             check_images: bool = True, min_image_size: int = 64,
+             model_input: str = "gray") -> tuple[list[CheckResult], dict[str, Any]]:
     """Validate ``data`` and (if ``reports``) write summary.json and data_docs/ there.
     ``image_size`` None accepts any square size >= ``min_image_size`` shared by every slice."""
     from components.validation_frames import build_frames
@@ -261,7 +266,7 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
     started = time.perf_counter()
     frames = build_frames(data, min_slices, max_slices, check_images=check_images)
     specs = _specs(frames.label_header, min_slices, max_slices,
-                   accepted_sizes(frames.images, image_size, min_image_size))
+                   accepted_sizes(frames.images, image_size, min_image_size), model_input)
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
     docs_dir = None
@@ -303,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else Path(settings.data.root)
     min_slices, max_slices, image_size = cfg.min_slices, cfg.max_slices, cfg.image_size
     results, stats = validate(data, args.reports, min_slices, max_slices, image_size, not args.skip_images,
-                              cfg.min_image_size)
+                              cfg.min_image_size, settings.model.input)
     failed = [c for c in results if not c.success]
     for check in failed:
         print(check.line())

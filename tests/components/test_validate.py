@@ -172,7 +172,7 @@ def test_rgb_image(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     Image.open(path).convert("RGB").save(path, format="JPEG")
     assert _validate(data_copy, tmp_path / "r") == 1
     fails = _fail_lines(capsys)
-    assert set(fails) == {"images.grayscale"} and ident in fails["images.grayscale"]
+    assert set(fails) == {"images.mode"} and ident in fails["images.mode"]
 
 
 def test_wrong_size_in_test_split(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
