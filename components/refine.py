@@ -49,14 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def refine_filter(settings: Any, slice_model: Any, config: Any, roles: dict, seen: dict, out: Path, device: Any,
-                  resume: bool = False, run_fingerprint: dict | None = None) -> tuple[list, dict]:
+                  resume: bool = False, run_fingerprint: dict | None = None, cluster: Any = None) -> tuple[list, dict]:
     """The method's refinement with the fixed 5-tap filter, inside an active MLflow run.
     Returns the history and the summary; best.pt in ``out`` is the model that moves on."""
     import mlflow
 
     from hemo_model.data import WindowDataset
+    from hemo_model.distributed import SINGLE
     from hemo_model.model import ContextModel, save_checkpoint
     from hemo_model.training import FitConfig, fit
+
+    cluster = cluster or SINGLE
 
     train_cfg, cfg = settings.train, settings.refine
     model = ContextModel(slice_model, config.context_weights)
@@ -71,20 +74,24 @@ def refine_filter(settings: Any, slice_model: Any, config: Any, roles: dict, see
     )
     validate = validator(roles["val"], config.image_size, tuple(config.context_weights), device, train_cfg.precision,
                          settings, config.channels, settings.evaluate.batch_size)
-    tracking_params = settings.to_dict()
-    from components import tracking
+    start_f2 = 0.0
+    if cluster.is_main:
+        from components import tracking
 
-    tracking.log_params_flat({"refine": tracking_params["refine"], "context": "filter", "selection_rule": rule})
-    mlflow.set_tag("hemo.selection", rule_reason)
-    start_f2 = validate(model)
-    mlflow.log_metric("val_micro_f2_context_before", start_f2)
+        tracking.log_params_flat({"refine": settings.to_dict()["refine"], "context": "filter", "selection_rule": rule})
+        mlflow.set_tag("hemo.selection", rule_reason)
+        start_f2 = validate(model)
+        mlflow.log_metric("val_micro_f2_context_before", start_f2)
     initial_state = {k: v.detach().clone() for k, v in slice_model.state_dict().items()}
     started = time.perf_counter()
     result = fit(
         model, dataset, validate, loss_from(train_cfg), fit_config, out, config, save_model=slice_model,
-        resume=resume, device=device, on_epoch=epoch_logger("train_windows_per_s"),
+        resume=resume, device=device, on_epoch=epoch_logger("train_windows_per_s") if cluster.is_main else None,
         checkpoint_extra={"provenance": seen, "fingerprint": run_fingerprint or {}, "target_epochs": cfg.epochs},
+        cluster=cluster,
     )
+    if not cluster.is_main:
+        return result.history, {}
     if rule != "last" and result.best_val_micro_f2 < start_f2:
         # Refinement made validation worse (on a val role that can tell): keep the stage-1 weights.
         slice_model.load_state_dict(initial_state)
@@ -151,21 +158,29 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args).override(
         "refine", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_steps=args.max_steps)
+    from hemo_model import distributed
+
     slice_model, config, payload = read_checkpoint(args.init, "hemo train")
     if config.context != "filter":
         raise UserError(f"{args.init} already has a learned context ({config.context}); refine a stage-1 "
                         "checkpoint of `hemo train`")
-    device = resolve_device(args.device)
+    cluster = distributed.from_environment()  # torchrun: one process per GPU; rank 0 logs and saves
+    device = distributed.local_device(cluster, resolve_device(args.device))
+    distributed.init(cluster, device)
     roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
     seen = provenance(roles, settings.split, earlier=payload.get("provenance"))
     kind = settings.model.context
     current = fingerprint(settings, roles, "refine", args.init)
     resume = kind == "filter" and resume_decision(args.resume, args.out, current, "refine")
+    if not cluster.is_main:  # other torchrun ranks share the method's refinement; a learned head is rank 0's alone
+        if kind == "filter":
+            refine_filter(settings, slice_model, config, roles, seen, args.out, device, resume, current, cluster)
+        return 0
     with tracking.step_run("refine", settings, resume=resume):
         tracking.log_params_flat({"init": str(args.init)})
         if kind == "filter":
             history, summary = refine_filter(settings, slice_model, config, roles, seen, args.out, device, resume,
-                                             current)
+                                             current, cluster)
             title = "stage 2: 5-slice refinement"
         else:
             history, summary = refine_learned(settings, slice_model, config, roles, seen, args.out, device)

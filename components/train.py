@@ -65,15 +65,18 @@ class Stage1:
 
 
 def train_stage1(settings: Any, roles: dict[str, list], out: Path, device: Any, resume: bool = False,
-                 run_fingerprint: dict[str, Any] | None = None) -> Stage1:
+                 run_fingerprint: dict[str, Any] | None = None, cluster: Any = None) -> Stage1:
     """Stage 1 as `hemo train` runs it, inside an active MLflow run (params and per-epoch metrics
-    go there): the one implementation, also used by `hemo ablate`."""
+    go there): the one implementation, also used by `hemo ablate`. Under torchrun every rank calls
+    it; only rank 0 (``cluster.is_main``) logs."""
     import mlflow
 
     from hemo_model.data import SliceDataset
+    from hemo_model.distributed import SINGLE
     from hemo_model.model import build_model
     from hemo_model.training import FitConfig, fit, seed_everything
 
+    cluster = cluster or SINGLE
     cfg = settings.train
     config = model_config(settings.model, cfg.image_size)
     seed_everything(cfg.seed)  # the initial weights too: same seed, same model
@@ -91,26 +94,28 @@ def train_stage1(settings: Any, roles: dict[str, list], out: Path, device: Any, 
     validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, settings, channels,
                          settings.evaluate.batch_size)
     seen = provenance(roles, settings.split)
-    tracking_params = settings.to_dict()
-    from components import tracking
+    if cluster.is_main:
+        from components import tracking
 
-    tracking.log_params_flat({k: tracking_params[k] for k in ("train", "model", "split", "selection")})
-    mlflow.log_params({"n_train_patients": len(roles["train"]), "n_val_patients": len(roles["val"]),
-                       "n_train_slices": len(dataset), "device": str(device),
-                       "train_patients_sha256": seen["train_patients_sha256"], "selection_rule": rule})
-    mlflow.set_tag("hemo.selection", rule_reason)
+        tracking_params = settings.to_dict()
+        tracking.log_params_flat({k: tracking_params[k] for k in ("train", "model", "split", "selection")})
+        mlflow.log_params({"n_train_patients": len(roles["train"]), "n_val_patients": len(roles["val"]),
+                           "n_train_slices": len(dataset), "device": str(device), "processes": cluster.world_size,
+                           "train_patients_sha256": seen["train_patients_sha256"], "selection_rule": rule})
+        mlflow.set_tag("hemo.selection", rule_reason)
     started = time.perf_counter()
     result = fit(
         model, dataset, validate, loss_from(cfg), fit_config, out, config, resume=resume,
-        device=device, on_epoch=epoch_logger("train_samples_per_s"),
+        device=device, on_epoch=epoch_logger("train_samples_per_s") if cluster.is_main else None,
         checkpoint_extra={"provenance": seen, "fingerprint": run_fingerprint or fingerprint(settings, roles, "train"),
                           "target_epochs": cfg.epochs},
+        cluster=cluster,
     )
     seconds = time.perf_counter() - started
     summary = {
         "best_epoch": result.best_epoch, "best_val_micro_f2_single": result.best_val_micro_f2,
         "epochs": len(result.history), "seconds": round(seconds, 1),
-        "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / len(result.history), 2),
+        "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / max(len(result.history), 1), 2),
         "train_patients": len(roles["train"]), "val_patients": len(roles["val"]),
         "selection": rule, "selection_reason": rule_reason,
     }
@@ -122,22 +127,29 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from components.split import write_split_report
+    from hemo_model import distributed
 
     settings = settings_from(args).override(
         "train", epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, precision=args.precision, max_steps=args.max_steps, seed=args.seed)
-    device = resolve_device(args.device)
+    cluster = distributed.from_environment()  # torchrun: one process per GPU; rank 0 logs and saves
+    device = distributed.local_device(cluster, resolve_device(args.device))
+    distributed.init(cluster, device)
     roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
     pretrained_path(settings.model)  # a missing weights file fails before anything starts
     current = fingerprint(settings, roles, "train")
     resume = resume_decision(args.resume, args.out, current, "train")
+    if not cluster.is_main:
+        train_stage1(settings, roles, args.out, device, resume=resume, run_fingerprint=current, cluster=cluster)
+        return 0
     write_split_report(args.reports / "split.json", roles, settings.split)
 
     tracking.configure()
     tracking.start_pipeline_run(settings, resume=resume)
     with tracking.step_run("train", settings, resume=resume):
         mlflow.log_artifact(str(args.reports / "split.json"), artifact_path="provenance")
-        stage = train_stage1(settings, roles, args.out, device, resume=resume, run_fingerprint=current)
+        stage = train_stage1(settings, roles, args.out, device, resume=resume, run_fingerprint=current,
+                             cluster=cluster)
         publish_fit("train", stage.result.history, stage.summary, args.reports, "stage 1: single-slice training")
         mlflow.log_artifact(str(args.out / "best.pt"), artifact_path="checkpoints")
     summary = stage.summary

@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from hemo_model.inference import autocast
 from hemo_model.model import ModelConfig, save_checkpoint
+from hemo_model.distributed import SINGLE, Cluster, all_reduce_sum
 from hemo_model.transforms import METHOD_AUGMENTATION, Augmentation, to_model_input
 
 AUGMENTATION_SEED_OFFSET = 7919  # a separate stream from the shuffle's
+RANK_SEED_STRIDE = 100003  # each torchrun rank draws its own augmentation and dropout
 LAST = "last.pt"
 BEST = "best.pt"
 
@@ -118,6 +120,7 @@ def fit(
     progress: bool = True,
     checkpoint_extra: dict[str, Any] | None = None,
     augmentation: Augmentation | None = METHOD_AUGMENTATION,
+    cluster: Cluster = SINGLE,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` and keep the epoch with the best ``validate(model)``.
 
@@ -126,6 +129,11 @@ def fit(
     ``checkpoint_extra`` (e.g. the training patients' provenance) is stored in every checkpoint.
     Batches arrive as uint8 and become model input on the device (:func:`to_model_input`), with
     ``augmentation`` drawn from a per-epoch seeded generator.
+
+    Under torchrun (``cluster.distributed``) the model is wrapped in DistributedDataParallel, each
+    rank trains on its share of every global batch (``config.batch_size`` stays the global batch;
+    a summed loss is scaled so the averaged gradients equal the single-process ones), draws its own
+    augmentation, and rank 0 alone validates, calls ``on_epoch`` and writes checkpoints.
     """
     extra = dict(checkpoint_extra or {})
     device = device or torch.device("cpu")
@@ -151,16 +159,32 @@ def fit(
             result.best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model_state"]
     shuffle, draws = torch.Generator(), torch.Generator()
     workers = config.workers
+    trained, batch_size, loss_scale = model, config.batch_size, 1.0
+    sampler: Any = RandomSampler(dataset, generator=shuffle)
+    if cluster.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler
+
+        if config.batch_size % cluster.world_size:
+            raise ValueError(f"batch size {config.batch_size} is not divisible by {cluster.world_size} processes")
+        batch_size = config.batch_size // cluster.world_size
+        sampler = DistributedSampler(dataset, num_replicas=cluster.world_size, rank=cluster.rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if getattr(loss_fn, "reduction", "mean") == "sum":
+            loss_scale = float(cluster.world_size)  # DDP averages gradients; a summed loss must not shrink
     loader = DataLoader(  # created once: workers persist across epochs, the sampler is reseeded per epoch
-        dataset, batch_size=config.batch_size, sampler=RandomSampler(dataset, generator=shuffle),
+        dataset, batch_size=batch_size, sampler=sampler,
         drop_last=len(dataset) > config.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     for epoch in range(start_epoch, config.epochs + 1):
-        # Seed shuffle and augmentation per epoch: reproducible, and identical after a resume.
-        seed_everything(config.seed + epoch)
+        # Seed shuffle and augmentation per epoch (and per rank): reproducible, identical after a resume.
+        seed_everything(config.seed + epoch + RANK_SEED_STRIDE * cluster.rank)
         shuffle.manual_seed(config.seed + epoch)
-        draws.manual_seed(AUGMENTATION_SEED_OFFSET + config.seed + epoch)
+        if cluster.distributed:
+            sampler.set_epoch(epoch)
+        draws.manual_seed(AUGMENTATION_SEED_OFFSET + config.seed + epoch + RANK_SEED_STRIDE * cluster.rank)
         model.train()
         started, seen, total_loss, steps = time.perf_counter(), 0, 0.0, 0
         batches = loader
@@ -174,10 +198,10 @@ def fit(
             inputs = to_model_input(inputs, device, augmentation, draws)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, config.precision):
-                logits = model(inputs)
+                logits = trained(inputs)
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale if loss_scale != 1.0 else loss).backward()
             optimizer.step()
             seen += inputs.shape[0]
             total_loss += float(loss.detach())
@@ -188,6 +212,14 @@ def fit(
         train_seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        if cluster.distributed:  # the epoch's loss over all ranks; only rank 0 goes on to validate and save
+            total_loss = all_reduce_sum(total_loss, cluster, device)
+            steps = int(all_reduce_sum(steps, cluster, device))
+            seen = int(all_reduce_sum(seen, cluster, device))
+            if loss_scale != 1.0:
+                steps //= cluster.world_size  # a summed loss: add the ranks' shares of each global batch
+            if not cluster.is_main:
+                continue
         val_f2 = float(validate(model))
         record = EpochRecord(epoch, total_loss / max(steps, 1), val_f2, lr, train_seconds, seen / max(train_seconds, 1e-9))
         result.history.append(record)

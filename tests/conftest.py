@@ -174,6 +174,19 @@ validate: {image_size: 64}
 """
 
 
+def dvc_params(overrides: str) -> str:
+    """params.yaml text for a `dvc repro` test: every section dvc.yaml names (DVC refuses missing
+    ones), each empty (the method's defaults) unless ``overrides`` (YAML) sets keys in it."""
+    import yaml
+
+    from components.settings import SECTIONS
+
+    values = {name: {} for name in SECTIONS}
+    for name, section in (yaml.safe_load(overrides) or {}).items():
+        values[name].update(section)
+    return yaml.safe_dump(values, sort_keys=False)
+
+
 @pytest.fixture(scope="session")
 def pipeline_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 train / 2 test patients at 64 px: enough for a 2-patient validation split."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import dvc_params
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # DICOM names are salted hashes; with this salt the 8 phantom series fall 4/2/2 into train/val/gate
@@ -40,7 +42,7 @@ def test_dvc_repro_from_dicom_to_predictions(tmp_path: Path) -> None:
         shutil.copy(REPO / name, project / name)
     for folder in ("hemo_model", "components", "scripts"):
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "params.yaml").write_text(PARAMS)
+    (project / "params.yaml").write_text(dvc_params(PARAMS))
     _run(["hemo", "synth", "--format", "dicom", "--out", "dicom", "--train-patients", "8", "--test-patients", "2",
           "--image-size", "64", "--seed", "3"], project)
     _run(["git", "init", "-q"], project)

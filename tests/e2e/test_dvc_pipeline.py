@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_PARAMS
+from tests.conftest import TINY_PARAMS, dvc_params
 
 REPO = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -22,8 +22,8 @@ STAGES = ["validate", "train", "refine", "evaluate", "gate", "score", "finish"]
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
-    result = subprocess.run(args, cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=900)
+    env.update({"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -42,7 +42,7 @@ def test_repro_is_complete_and_never_stale(pipeline_data: Path, tmp_path: Path) 
     for package in ("hemo_model", "components"):
         shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(pipeline_data, project / "data")
-    (project / "params.yaml").write_text(TINY_PARAMS)
+    (project / "params.yaml").write_text(dvc_params(TINY_PARAMS))
     _run(["git", "init", "-q"], project)
     _run([DVC, "init", "-q"], project)
     _run([DVC, "config", "core.autostage", "false"], project)

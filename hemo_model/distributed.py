@@ -1,0 +1,74 @@
+"""Data-parallel training under `torchrun` (one process per GPU, or per CPU with gloo).
+
+`hemo train` and `hemo refine` run unchanged under ``torchrun --nproc_per_node N`` (and multi-node):
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK, :func:`from_environment` reads them, the process group
+is NCCL on GPUs and gloo on CPUs. The global batch stays the method's (each rank takes its share),
+gradients are averaged by DDP, each rank draws its own augmentation, and rank 0 alone validates,
+logs and writes checkpoints; every rank resumes from rank 0's last.pt after a restart (torchrun
+elastic restarts the whole group when a worker dies).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Cluster:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Cluster()
+
+
+def from_environment() -> Cluster:
+    """The process's place in a torchrun job (a single process when not launched by torchrun)."""
+    return Cluster(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(cluster: Cluster, device: torch.device) -> None:
+    """Join the process group (NCCL on CUDA, gloo on the CPU) once per process."""
+    import torch.distributed as dist
+
+    if cluster.distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def local_device(cluster: Cluster, device: torch.device) -> torch.device:
+    """This rank's GPU (cuda:LOCAL_RANK) when running on CUDA, else ``device``."""
+    if device.type == "cuda" and cluster.distributed:
+        return torch.device("cuda", cluster.local_rank)
+    return device
+
+
+def all_reduce_sum(value: float, cluster: Cluster, device: torch.device) -> float:
+    if not cluster.distributed:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def barrier(cluster: Cluster) -> None:
+    if cluster.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
