@@ -5,15 +5,20 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hemo-installed
+# The Kubeflow toolbox (kfp, kfp.local, the Kubeflow job models) in a venv of its own: kfp needs
+# kubernetes<31 and protobuf<7, Airflow's Kubernetes provider kubernetes>=36 (docs/kubeflow.md).
+KFP_VENV ?= .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.hemo-kfp-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv data lock bench clean-outputs help services
+.PHONY: run test venv kfp-venv data lock bench clean-outputs help services
 
 help:
 	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
 	@echo "make test  - install, run the whole test suite"
 	@echo "make bench - run the benchmark scripts (prints measured figures)"
 	@echo "make lock  - re-freeze requirements.lock from the current venv"
+	@echo "make pipeline.yaml - compile the Kubeflow pipeline (docs/kubeflow.md)"
 
 venv: $(STAMP)
 
@@ -22,6 +27,17 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $(STAMP)
+
+kfp-venv: $(KFP_STAMP)
+
+$(KFP_STAMP): pipelines/requirements-kfp.txt
+	test -x $(KFP_VENV)/bin/python || $(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r pipelines/requirements-kfp.txt
+	touch $(KFP_STAMP)
+
+# The committed Kubeflow pipeline (IR YAML); tests/pipelines checks that it is current.
+pipeline.yaml: pipelines/kubeflow.py pipelines/steps.py components/runners.py components/results.py $(KFP_STAMP)
+	$(KFP_VENV)/bin/python -m pipelines.kubeflow compile --out $@
 
 data: $(STAMP)
 	@if [ -d data ]; then echo "data/ exists: keeping it"; else \
@@ -33,7 +49,7 @@ run: data
 	$(BIN)/dvc repro
 	@$(BIN)/hemo summary
 
-test: $(STAMP) services
+test: $(STAMP) $(KFP_STAMP) services
 	$(BIN)/python -m pytest
 
 # Servers the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) is a Debian

@@ -4,7 +4,10 @@ The Airflow DAG stays a thin caller: each task names a step and this module turn
 (a) a local `hemo` subprocess, (b) a DockerOperator on the training image with all GPUs
 requested, or (c) a KubernetesPodOperator with `nvidia.com/gpu` limits, GPUs only for the steps
 that use them. Every variant runs the same command line with the same environment, so a step
-behaves identically whichever runner executes it.
+behaves identically whichever runner executes it. The Kubeflow pipeline (pipelines/kubeflow.py)
+builds its containers from the same pieces (:func:`hemo_args`, :func:`step_env`,
+:func:`pod_resources`, :func:`pod_argv`), and :func:`run_training_job` runs `hemo train` as a
+distributed PyTorchJob/TrainJob (:mod:`components.training_jobs`).
 
 Contracts (README, "Orchestration"):
 
@@ -40,6 +43,7 @@ from typing import Any
 RUNNERS = ("local", "docker", "kubernetes")
 GPU_STEPS = frozenset({"train", "refine", "score"})
 """Steps that run a network over many slices; validate/gate/evaluate stay on the CPU."""
+GPU_RESOURCE = "nvidia.com/gpu"
 
 DEFAULT_IMAGE = "ghcr.io/hemo-pipeline/hemo:0.1.0"
 CONTAINER_PROJECT = "/opt/hemo"  # where the project (data/, params.yaml) is mounted in containers
@@ -112,6 +116,30 @@ def hemo_args(step: str, project: Path, overrides: Mapping[str, Any]) -> list[st
     if step == "end-run":
         return ["end-run"]
     raise ValueError(f"unknown step {step!r}")
+
+
+def pod_resources(step: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(requests, limits) of a step's pod, one GPU for the GPU steps only. One table for every
+    Kubernetes runner (KubernetesPodOperator, Kubeflow pipeline), so they schedule alike."""
+    if step in GPU_STEPS:
+        return {"cpu": "4", "memory": "32Gi"}, {"cpu": "8", "memory": "48Gi", GPU_RESOURCE: "1"}
+    return {"cpu": "1", "memory": "4Gi"}, {"cpu": "2", "memory": "8Gi"}
+
+
+POD_LAUNCH = 'mkdir -p "$1" && cd "$1" && shift && exec env "$@"'
+"""The fixed shell text of :func:`pod_argv`: every value is a positional argument, never spliced in."""
+
+
+def pod_argv(run_dir: str, env: Mapping[str, str], argv: list[str]) -> list[str]:
+    """A container command that runs ``argv`` inside ``run_dir`` (created first) with ``env`` set.
+
+    Pods have no "create this folder and work in it" setting, and Kubeflow hands runtime values
+    (the MLflow URI, the parent run id, the files its outputs are read from) to a container only
+    as command arguments, never as environment: so the folder and every variable travel as
+    arguments of one fixed script, ``sh -c POD_LAUNCH hemo-launch <run_dir> NAME=value... hemo ...``,
+    which ends in ``exec env NAME=value... hemo <step> ...``. Values are never parsed by the
+    shell, whatever characters they hold."""
+    return ["sh", "-c", POD_LAUNCH, "hemo-launch", str(run_dir), *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
 def step_env(settings: StepSettings) -> dict[str, str]:
@@ -224,8 +252,7 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
     container_run_dir = str(inner.run_dir)
     uid, gid = settings.container_user()
     gpu = step in GPU_STEPS
-    limits = {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"} if gpu else {"cpu": "2", "memory": "8Gi"}
-    requests = {"cpu": "4", "memory": "32Gi"} if gpu else {"cpu": "1", "memory": "4Gi"}
+    requests, limits = pod_resources(step)
     volumes = [
         k8s.V1Volume(name="hemo", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc)),
         k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit="16Gi")),
@@ -255,3 +282,15 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
     )
+
+
+def run_training_job(settings: StepSettings, kind: str = "PyTorchJob", workers: int = 1, gpus_per_worker: int = 1,
+                     timeout_s: float | None = None, **options: Any) -> dict[str, Any]:
+    """`hemo train` on ``workers`` pods x ``gpus_per_worker`` GPUs as a Kubeflow PyTorchJob or a
+    Trainer v2 TrainJob (``kind``), submitted through the Kubernetes API and waited for; raises
+    :class:`components.training_jobs.TrainingJobFailed` with the job's reason. ``options`` are
+    :class:`components.training_jobs.TrainingJob` fields (namespace, pvc, min_workers, runtime)."""
+    from components import training_jobs
+
+    job = training_jobs.TrainingJob(settings=settings, workers=workers, gpus_per_worker=gpus_per_worker, **options)
+    return training_jobs.submit_and_wait(training_jobs.render(kind, job), timeout_s=timeout_s)

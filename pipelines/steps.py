@@ -1,0 +1,193 @@
+"""The `hemo` steps of the Kubeflow pipeline: one signature and one command line per step.
+
+Each step is a plain function whose signature is its component's interface (inputs, the result
+fields it hands on as outputs, the optional overrides) and whose body is the kfp.local twin's:
+it runs :func:`step_command` in a subprocess. :mod:`pipelines.kubeflow` builds the container
+component of the same step from the same signature and the same :func:`step_command`, so the
+training image on a cluster and a subprocess here execute one argv (see that module's docstring).
+
+Only what a kfp *runtime* offers is imported here (the twin's body imports this module inside a
+kfp executor, where ``kfp.compiler`` cannot be imported); the placeholder classes are only needed
+while compiling and are imported then.
+"""
+
+# No `from __future__ import annotations`: kfp reads the step signatures' annotations as objects.
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from kfp.dsl import OutputPath, PipelineTaskFinalStatus
+
+from components.results import RESULT_ENV, field_env
+from components.runners import OVERRIDE_KEYS, RESULTS_DIR, StepSettings, hemo_args, pod_argv, step_env
+
+# The body runs the local twin; the container component is built from the same signature.
+# `values = dict(locals())` must stay the first statement: it captures exactly the parameters.
+
+
+def start_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, run_id: OutputPath(str),
+              epochs: Optional[int] = None, image_size: Optional[int] = None,
+              min_improvement: Optional[float] = None):
+    """`hemo start-run`: the parent MLflow run; its id is every later step's parent."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("start-run", values)
+
+
+def validate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+             epochs: Optional[int] = None, image_size: Optional[int] = None,
+             min_improvement: Optional[float] = None):
+    """`hemo validate`: Great Expectations checks; bad data fails here (exit 1) before any training."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("validate", values)
+
+
+def train(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+          epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+    """`hemo train`: stage 1 on single slices (GPU), resuming from its checkpoint on a retry."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("train", values)
+
+
+def refine(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+           epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+    """`hemo refine`: stage 2 with 5-slice context (GPU)."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("refine", values)
+
+
+def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+             version: OutputPath(str), epochs: Optional[int] = None, image_size: Optional[int] = None,
+             min_improvement: Optional[float] = None):
+    """`hemo evaluate`: metrics and plots; registers the model as @challenger (output: its version)."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("evaluate", values)
+
+
+def gate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+         promoted: OutputPath(bool), reason: OutputPath(str), epochs: Optional[int] = None,
+         image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+    """`hemo gate`: @challenger against @champion as served; moves @champion or not (outputs: the decision)."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("gate", values)
+
+
+def score(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
+          model_version: OutputPath(str), epochs: Optional[int] = None, image_size: Optional[int] = None,
+          min_improvement: Optional[float] = None):
+    """`hemo score`: predictions for data/test with @champion (GPU; output: the version that scored)."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("score", values)
+
+
+def end_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
+            final_status: PipelineTaskFinalStatus):
+    """`hemo end-run`: ends the parent run FINISHED, or FAILED when a step failed (exit handler).
+
+    An exit task may not consume other tasks' outputs, so it gets no parent run id: it works in
+    the same run folder, where start-run recorded the parent (outputs/pipeline_run.json)."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("end-run", values)
+
+
+STEP_FUNCTIONS: dict[str, Callable[..., None]] = {
+    "start-run": start_run, "validate": validate, "train": train, "refine": refine,
+    "evaluate": evaluate, "gate": gate, "score": score, "end-run": end_run,
+}
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    step: tuple(name for name, p in inspect.signature(func).parameters.items()
+                if isinstance(p.annotation, OutputPath))
+    for step, func in STEP_FUNCTIONS.items()
+}
+"""Each step's result fields that become component outputs (the OutputPath parameters)."""
+
+
+# --- one command line for both ways of running a step -------------------------------------------
+
+
+def step_command(step: str, values: Mapping[str, Any]) -> list[Any]:
+    """The container command of ``step``: in the run folder, with the step's environment, run
+    ``hemo <step>`` with :func:`hemo_args`; each output field is written to its output file.
+
+    ``values`` holds either Kubeflow placeholders (compiling) or the resolved values (the local
+    twin). An override that is not given is left out: at compile time each ``--set`` pair becomes
+    an ``IfPresentPlaceholder`` on its optional input, at run time :func:`hemo_args` skips None.
+    """
+    def text(value: Any) -> Any:
+        return None if value is None else str(value)
+
+    overrides = {key: values.get(key) for key in OVERRIDE_KEYS if key in values}
+    compiling = any(_is_placeholder(v) for v in values.values())
+    if compiling:
+        overrides = {key: str(value) for key, value in overrides.items()}
+    settings = StepSettings(
+        project_dir=Path(text(values["project_dir"])),
+        run_dir=Path(text(values["runs_dir"])) / text(values["run_key"]),
+        mlflow_uri=text(values["mlflow_uri"]),
+        dag_run_id=text(values["run_key"]),
+        parent_run_id=text(values.get("parent_run_id")),
+        overrides=overrides,
+    )
+    env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{step}.json"),
+           **{field_env(name): text(values[name]) for name in OUTPUTS[step]}}
+    argv: list[Any] = ["hemo", *hemo_args(step, settings.project_dir, settings.overrides)]
+    if step == "end-run":
+        argv += ["--final-status", _final_status_text(values["final_status"])]
+    if compiling:
+        argv = _optional_overrides(argv, overrides)
+    return pod_argv(str(settings.run_dir), env, argv)
+
+
+def _is_placeholder(value: Any) -> bool:
+    """A kfp placeholder (the container component is being built), not a resolved value."""
+    return type(value).__module__ == "kfp.dsl.placeholders"
+
+
+def _final_status_text(status: Any) -> str:
+    """The final-status document `hemo end-run --final-status` reads: Kubeflow substitutes its JSON
+    for the placeholder; locally the executor hands over an object, serialised to the same shape."""
+    if isinstance(status, PipelineTaskFinalStatus):
+        return json.dumps({"state": status.state, "pipelineTaskName": status.pipeline_task_name,
+                           "error": {"code": status.error_code, "message": status.error_message}})
+    if isinstance(status, Mapping):
+        return json.dumps(dict(status))
+    return str(status)
+
+
+def _optional_overrides(argv: list[Any], placeholders: Mapping[str, str]) -> list[Any]:
+    """Wrap each ``--set section.key=<placeholder>`` pair in an IfPresentPlaceholder on its input."""
+    from kfp.dsl.placeholders import IfPresentPlaceholder
+
+    wrapped: list[Any] = []
+    i = 0
+    while i < len(argv):
+        owner = next((name for name, p in placeholders.items()
+                      if argv[i] == "--set" and i + 1 < len(argv) and p in str(argv[i + 1])), None)
+        if owner is None:
+            wrapped.append(argv[i])
+            i += 1
+            continue
+        wrapped.append(IfPresentPlaceholder(input_name=owner, then=["--set", argv[i + 1]]))
+        i += 2
+    return wrapped
+
+
+def run_here(step: str, values: Mapping[str, Any]) -> None:
+    """The local twin's body: execute :func:`step_command` as a subprocess (``hemo`` from PATH)."""
+    import subprocess
+
+    argv = step_command(step, values)
+    print("running:", " ".join(argv[argv.index("hemo"):]), f"(cwd {argv[4]})", flush=True)  # env may hold secrets
+    code = subprocess.call(argv)
+    if code != 0:
+        raise SystemExit(f"hemo {step} exited with code {code}")
