@@ -174,7 +174,8 @@ class SliceCache:
             if progress:
                 from tqdm import tqdm
 
-                jobs = tqdm(jobs, total=len(unique), desc=f"caching {image_size}px slices", unit="slice", leave=False)
+                jobs = tqdm(jobs, total=len(unique), desc=f"caching {image_size}px slices", unit="slice", leave=False,
+                            disable=None)  # bars on a terminal only; logs get the summary lines
             for _ in jobs:
                 pass
         if target is not None:

@@ -101,7 +101,7 @@ def slice_logits(model: nn.Module | Sequence[nn.Module], dataset: SliceDataset, 
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="scoring", unit="batch")
+        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="scoring", unit="batch", disable=None)
     for images, _ in batches:
         images = to_model_input(images, device)
         with autocast(device, precision):
@@ -147,7 +147,7 @@ def score_sequence_model(model: nn.Module | Sequence[nn.Module], patients: Seque
     if progress:
         from tqdm import tqdm
 
-        loader = tqdm(loader, total=len(patients), desc="scoring", unit="patient")
+        loader = tqdm(loader, total=len(patients), desc="scoring", unit="patient", disable=None)
     results = []
     for patient, stack in zip(patients, loader):
         stack = to_model_input(stack, device)

@@ -191,7 +191,8 @@ def fit(
         if progress:
             from tqdm import tqdm
 
-            batches = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+            batches = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                           disable=None)  # a bar on a terminal; task logs get the per-epoch line below
         for inputs, targets in batches:
             if config.max_steps is not None and steps >= config.max_steps:
                 break

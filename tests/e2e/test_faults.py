@@ -5,6 +5,7 @@ left RUNNING."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def _kill_during_epoch_two(workdir: Path, out: str, env: dict[str, str]) -> floa
     started = time.perf_counter()
     assert process.stdout is not None
     for line in process.stdout:  # "epoch 1: ..." is printed after epoch 1's checkpoint is written
-        if line.startswith("epoch 1:"):
+        if "epoch 1: loss" in line:
             break
     time.sleep(1.5)  # well inside epoch 2
     process.send_signal(signal.SIGKILL)
@@ -60,7 +61,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(workdir: Path) 
 
     again = subprocess.run([*TRAIN, "--out", "outputs/train"], cwd=workdir, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    epochs_run = [line.split(":")[0] for line in again.stdout.splitlines() if line.startswith("epoch ")]
+    epochs_run = [f"epoch {n}" for n in re.findall(r"epoch (\d+): loss", again.stdout)]
     assert epochs_run == ["epoch 2", "epoch 3"]  # ... the same command resumed after the last finished epoch
     a, b = _weights(workdir / "outputs/uninterrupted/last.pt"), _weights(workdir / "outputs/train/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
@@ -122,7 +123,7 @@ def test_tracking_server_restarted_during_a_step(workdir: Path, tmp_path: Path) 
                                stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     for line in process.stdout:
-        if line.startswith("epoch 1:"):
+        if "epoch 1: loss" in line:
             break
     _stop(server)  # gone while the step logs its epochs ...
     time.sleep(20)
