@@ -38,7 +38,7 @@ def bare_loop(data: Path, image_size: int, batch: int, steps: int, precision: st
     images = to_model_input(torch.stack([dataset[i][0] for i in range(count)]), torch.device("cpu"))
     targets = torch.stack([dataset[i][1] for i in range(count)])
     torch.manual_seed(0)
-    model = HemoNet().train().to(memory_format=torch.channels_last)
+    model = HemoNet(head="linear").train().to(memory_format=torch.channels_last)  # the default from scratch
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
     loss_fn = AsymmetricLoss()
     device = torch.device("cpu")

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             reference = _stage1("reference", settings, roles, out, device)
             scores = _score(reference, gate_patients, settings, device)
             rows.append(Row("reference", _counts(scores, single=False),
-                            f"{train.loss}, {settings.model.head} head, 5-slice filter"))
+                            f"{train.loss}, {settings.model.resolved_head()} head, 5-slice filter"))
             rows.append(Row("single slice", _counts(scores, single=True), "the reference without context"))
             if "loss" in chosen:
                 other = "bce" if train.loss == "asl" else "asl"
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 s = _score(_stage1(f"loss-{other}", variant, roles, out, device), gate_patients, settings, device)
                 rows.append(Row(f"loss {other}", _counts(s, single=False), f"train.loss: {other}, 5-slice filter"))
             if "head" in chosen:
-                other = "method" if settings.model.head == "linear" else "linear"
+                other = "method" if settings.model.resolved_head() == "linear" else "linear"
                 variant = dataclasses.replace(settings, model=dataclasses.replace(settings.model, head=other))
                 s = _score(_stage1(f"head-{other}", variant, roles, out, device), gate_patients, settings, device)
                 rows.append(Row(f"head {other}", _counts(s, single=False), f"model.head: {other}, 5-slice filter"))

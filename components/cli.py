@@ -28,6 +28,7 @@ STEPS: dict[str, str] = {
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "score": "components.score",
+    "merge-scores": "components.merge_scores",
     "ablate": "components.ablate",
     "promote": "components.promote",
     "rollback": "components.rollback",

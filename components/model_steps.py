@@ -127,7 +127,7 @@ def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[st
 def model_config(model: ModelSettings, image_size: int) -> Any:
     from hemo_model.model import ModelConfig
 
-    return ModelConfig(head=model.head, dropout=model.dropout, image_size=image_size, input=model.input)
+    return ModelConfig(head=model.resolved_head(), dropout=model.dropout, image_size=image_size, input=model.input)
 
 
 def pretrained_path(model: ModelSettings) -> Path | None:

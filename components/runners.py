@@ -76,6 +76,8 @@ class StepSettings:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     image: str = DEFAULT_IMAGE
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
+    """Arguments appended to the step's command line (a scoring shard, a model version)."""
     uid: int | None = None
     gid: int | None = None
     """The uid/gid containers run as (HEMO_CONTAINER_UID/GID); None = the worker's own."""
@@ -113,9 +115,16 @@ def hemo_args(step: str, project: Path, overrides: Mapping[str, Any]) -> list[st
         return [step, "--data", data, *common]
     if step == "score":
         return ["score", "--data", str(project / "data" / "test"), "--out", "outputs/predictions.csv", *common]
+    if step == "merge-scores":
+        return ["merge-scores", "--out", "outputs/predictions.csv"]
     if step == "end-run":
         return ["end-run"]
     raise ValueError(f"unknown step {step!r}")
+
+
+def command(step: str, settings: StepSettings, project: Path | None = None) -> list[str]:
+    """The full `hemo` argument list a runner executes: the step's arguments and its extra ones."""
+    return [*hemo_args(step, project or settings.project_dir, settings.overrides), *settings.extra_args]
 
 
 def pod_resources(step: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -177,7 +186,7 @@ def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None,
     run_dir = prepare_run_dir(settings)
     result_file = run_dir / RESULTS_DIR / f"{step}.json"
     result_file.unlink(missing_ok=True)
-    argv = [hemo, *hemo_args(step, settings.project_dir, settings.overrides), *extra_args]
+    argv = [hemo, *command(step, settings), *extra_args]
     print("running:", " ".join(argv), f"(cwd {run_dir})", flush=True)
     env = {**os.environ, **step_env(settings), "HEMO_RESULT_FILE": str(result_file)}
     process = subprocess.Popen(argv, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -220,7 +229,7 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
     return JsonResultDockerOperator(
         task_id=task_id,
         image=settings.image,
-        command=hemo_args(step, Path(CONTAINER_PROJECT), settings.overrides),
+        command=command(step, settings, Path(CONTAINER_PROJECT)),
         working_dir=str(inner.run_dir),
         environment={**step_env(inner), "HEMO_RESULT_FILE": CONTAINER_RESULT},
         user=f"{uid}:{gid}",
@@ -270,7 +279,7 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
         # Pods have no working-dir setting: create the run folder and cd into it, then exec hemo.
         cmds=["sh", "-c"],
         arguments=[f"mkdir -p {shlex.quote(container_run_dir)} && cd {shlex.quote(container_run_dir)} && exec "
-                   + shlex.join(["hemo", *hemo_args(step, Path(CONTAINER_PROJECT), settings.overrides)])],
+                   + shlex.join(["hemo", *command(step, settings, Path(CONTAINER_PROJECT))])],
         env_vars={**step_env(inner), "HEMO_RESULT_FILE": POD_RESULT},
         container_resources=k8s.V1ResourceRequirements(limits=limits, requests=requests),
         volumes=volumes,

@@ -39,7 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["dlcv", "rsna"], default="dlcv",
                         help="rsna: also write <out>_rsna.csv, the RSNA submission (needs --mapping)")
     parser.add_argument("--mapping", type=Path, help="with --format rsna: the mapping file of `hemo import-dicom`")
+    parser.add_argument("--shard", type=shard_spec, metavar="I/N",
+                        help="score only shard I of N (patients I, I+N, ... in folder order) into <out>.shard-I-of-N "
+                             "files; `hemo merge-scores` joins them; pass one --model version to every shard")
     add_settings_arguments(parser)
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"{text!r}: use I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def shard_out(out: Path, index: int, count: int) -> Path:
+    """The file a shard writes in place of ``out`` (its siblings follow, e.g. _leaderboard)."""
+    return out.with_name(f"{out.stem}.shard-{index}-of-{count}{out.suffix}")
 
 
 def sibling(path: Path, suffix: str) -> Path:
@@ -67,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         images_of = _rsna_images(args, patients)
     except DataError as exc:
         raise UserError(str(exc)) from exc
+    out = args.out
+    if args.shard is not None:
+        index, count = args.shard
+        patients = patients[index::count]  # folder order: each patient in exactly one shard
+        out = shard_out(args.out, index, count)
+        if not patients:
+            raise UserError(f"shard {index}/{count} of {args.data} holds no patient; use fewer shards")
     uris = args.model or [DEFAULT_MODEL]
     models = [registry.load_model(uri) for uri in uris]  # each fails with a clear message before anything is written
     loaded = models[0]
@@ -81,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
             labels_rows.append([s.patient.dirname, path.name, *predicted[k].tolist()])
             prob_rows.append([s.patient.dirname, path.name, *np.round(probs[k], 6).tolist()])
             long_rows.extend([f"{path.stem}_{c}", int(predicted[k, i])] for i, c in enumerate(CLASSES))
-    write_csv_atomic(args.out, list(LABEL_COLUMNS), labels_rows)
-    write_csv_atomic(sibling(args.out, "leaderboard"), ["ID", "prediction"], long_rows)
-    write_csv_atomic(sibling(args.out, "probabilities"), list(LABEL_COLUMNS), prob_rows)
-    write_json_atomic(args.out.with_name(f"{args.out.stem}_models.json"),
+    write_csv_atomic(out, list(LABEL_COLUMNS), labels_rows)
+    write_csv_atomic(sibling(out, "leaderboard"), ["ID", "prediction"], long_rows)
+    write_csv_atomic(sibling(out, "probabilities"), list(LABEL_COLUMNS), prob_rows)
+    write_json_atomic(out.with_name(f"{out.stem}_models.json"),
                       {"models": used, "ensemble": len(models) > 1, "context": cfg.context,
                        "thresholds": served.thresholds, "precision": cfg.precision})
     if images_of is not None:
@@ -93,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         probabilities = np.concatenate([s.probabilities for s in served.scores])
         sops = [images_of[(s.patient.dirname, path.name)] for s in served.scores for path in s.patient.paths]
         rows = submission_rows(sops, probabilities)
-        write_csv_atomic(sibling(args.out, "rsna"), ["ID", "Label"], ([i, round(p, 6)] for i, p in rows))
+        write_csv_atomic(sibling(out, "rsna"), ["ID", "Label"], ([i, round(p, 6)] for i, p in rows))
 
     with tracking.step_run("score", settings):
         tracking.log_params_flat({"score": settings.to_dict()["score"]})
@@ -103,13 +125,13 @@ def run(args: argparse.Namespace) -> int:
                            "data": str(args.data), "n_patients": len(patients), "n_slices": len(labels_rows)})
         positive_rate = np.mean([r[2:] for r in labels_rows], axis=0)
         mlflow.log_metrics({f"predicted_rate_{c}": float(v) for c, v in zip(CLASSES, positive_rate)})
-        mlflow.log_artifact(str(args.out), artifact_path="predictions")
+        mlflow.log_artifact(str(out), artifact_path="predictions")
     publish("score", {"model_version": loaded.version, "model_versions": [m.version for m in models],
                       "slices": len(labels_rows), "patients": len(patients)})
     version = ", ".join(f"{uri} v{m.version}" if m.version else uri for uri, m in zip(uris, models))
     print(f"score: {len(labels_rows)} slices of {len(patients)} patients with {version} "
-          f"(context {cfg.context}, {cfg.precision}) -> {args.out}, {sibling(args.out, 'leaderboard')}"
-          + (f", {sibling(args.out, 'rsna')} (RSNA submission)" if images_of is not None else ""))
+          f"(context {cfg.context}, {cfg.precision}) -> {out}, {sibling(out, 'leaderboard')}"
+          + (f", {sibling(out, 'rsna')} (RSNA submission)" if images_of is not None else ""))
     return 0
 
 

@@ -114,8 +114,16 @@ class SplitSettings:
 class ModelSettings:
     """The network."""
 
-    head: Literal["method", "linear"] = "method"
+    head: Literal["auto", "method", "linear"] = "auto"
+    """auto: the method's head (1000 -> 256 -> BN -> ReLU -> Dropout -> 5) on top of pretrained
+    weights, where it was designed to sit; a linear 512 -> 5 head when training from scratch, which
+    learns much faster there (README, "Model quality")."""
     dropout: float = 0.5
+
+    def resolved_head(self) -> str:
+        if self.head != "auto":
+            return self.head
+        return "method" if self.pretrained else "linear"
     pretrained: str | None = None
     """Path to a local torchvision resnet34 state_dict; null = from scratch."""
     input: Literal["gray", "windows3"] = "gray"

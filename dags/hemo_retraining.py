@@ -1,7 +1,8 @@
 """hemo_retraining: scheduled retraining over the same `hemo` steps that dvc.yaml runs.
 
-start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> promoted? -> score
-                                                                       -> end_run (always)
+start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> promoted?
+    -> score (plan shards) -> score_shard x N (dynamic task mapping) -> merge_scores | not_promoted
+    -> end_run (always)
 
 * Schedule: weekly (Monday 03:00 UTC) and whenever new labels land (asset `hemo_labels`).
 * Every task is a thin call of one `hemo <step>` through a runner chosen per DAG run: param
@@ -95,7 +96,7 @@ def _runner() -> str:
     return chosen
 
 
-def run_step(step: str, runner: str | None = None) -> dict[str, Any] | None:
+def run_step(step: str, runner: str | None = None, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Run one `hemo` step with the chosen runner and return its result (pushed as XCom); user
     errors (exit 1/2) fail without retry. The parent MLflow run id comes from start_run's XCom."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -105,6 +106,8 @@ def run_step(step: str, runner: str | None = None) -> dict[str, Any] | None:
     context = get_current_context()
     parent = None if step == "start-run" else (context["ti"].xcom_pull(task_ids="start_run") or {})
     settings = _settings(parent.get("run_id") if parent else None)
+    if extra:
+        settings.extra_args = tuple(extra)
     runner = runner or _runner()
     task_id = context["task_instance"].task_id
     if runner not in runners.RUNNERS:
@@ -144,6 +147,8 @@ def run_step(step: str, runner: str | None = None) -> dict[str, Any] | None:
         "min_improvement": Param(None, type=["null", "number"], minimum=0,
                                  description="override gate.min_improvement"),
         "sync_data": Param(True, type="boolean", description="dvc pull data.dvc before validating (skipped without a remote)"),
+        "score_shards": Param(1, type="integer", minimum=1,
+                              description="split scoring over this many mapped tasks (merged into one set of files)"),
         "set": Param([], type="array", items={"type": "string"},
                      description="more settings overrides, each section.key=value (as `hemo <step> --set`)"),
     },
@@ -208,6 +213,29 @@ def hemo_retraining() -> None:
         print(f"gate decision: {decision.get('reason')}")
         return "score" if decision["promoted"] else "not_promoted"
 
+    @task(task_id="score", execution_timeout=STEP_TIMEOUTS["start_run"])
+    def plan_scoring() -> list[list[str]]:
+        """Scoring shards (param score_shards), each pinned to the champion version the gate left,
+        so every shard scores with the same model whatever happens to the alias meanwhile."""
+        context = get_current_context()
+        shards = int(context["params"]["score_shards"])
+        decision = context["ti"].xcom_pull(task_ids="gate") or {}
+        version = decision.get("champion_version_after")
+        if not version:
+            raise RuntimeError("the gate reported no champion version to score with")
+        return [["--shard", f"{i}/{shards}", "--model", f"models:/hemorrhage-classifier/{version}"]
+                for i in range(shards)]
+
+    @task(task_id="score_shard", execution_timeout=STEP_TIMEOUTS["score"])
+    def score_shard(args: list[str]) -> dict[str, Any] | None:
+        """`hemo score --shard I/N` (dynamic task mapping: one task instance per shard)."""
+        return run_step("score", extra=args)
+
+    @task(task_id="merge_scores", execution_timeout=STEP_TIMEOUTS["start_run"])
+    def merge_scores() -> dict[str, Any] | None:
+        """`hemo merge-scores`: the shards joined into the files one unsharded run writes."""
+        return run_step("merge-scores", extra=["--shards", str(int(get_current_context()["params"]["score_shards"]))])
+
     @task(task_id="not_promoted")
     def not_promoted() -> None:
         """The champion is unchanged; nothing to score."""
@@ -243,12 +271,15 @@ def hemo_retraining() -> None:
     refined = step_task("refine")()
     evaluated = step_task("evaluate")()
     gated = step_task("gate")()
-    scored = step_task("score")()
     branch = promoted()
     parent >> synced >> validated >> trained >> refined >> evaluated >> gated >> branch
+    plan = plan_scoring()
+    shards = score_shard.expand(args=plan)
+    merged = merge_scores()
     declined = not_promoted()
-    branch >> [scored, declined]
-    [parent, synced, validated, trained, refined, evaluated, gated, branch, scored, declined] >> ended
+    branch >> [plan, declined]
+    plan >> shards >> merged
+    [parent, synced, validated, trained, refined, evaluated, gated, branch, plan, shards, merged, declined] >> ended
 
 
 hemo_retraining()

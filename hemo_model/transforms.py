@@ -86,22 +86,26 @@ class Augmentation:
 METHOD_AUGMENTATION = Augmentation()
 
 
-_STATS: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+_AFFINE: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet normalisation of uint8 values as one multiply-add: x * scale + shift per channel."""
     key = (str(device), dtype)
-    if key not in _STATS:
-        _STATS[key] = (torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1),
-                       torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1))
-    return _STATS[key]
+    if key not in _AFFINE:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+        _AFFINE[key] = ((1.0 / (255.0 * std)).to(device, dtype).view(1, 3, 1, 1),
+                        (-mean / std).to(device, dtype).view(1, 3, 1, 1))
+    return _AFFINE[key]
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device, augmentation: Augmentation | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 ``(B, C, H, W)`` -> float ``(B, 3, H, W)``, or windows ``(B, S, C, H, W)`` ->
-    ``(B, S, 3, H, W)``: on ``device``, [0, 1], augmented if asked, 3 channels, ImageNet-normalised,
-    channels_last. C is 1 (gray, repeated) or 3 (three CT windows)."""
+    ``(B, S, 3, H, W)``: on ``device``, augmented if asked, 3 channels, ImageNet-normalised,
+    channels_last. C is 1 (gray, repeated) or 3 (three CT windows). Normalisation and the channel
+    expansion are one fused multiply-add written straight into a channels_last tensor."""
     x = batch.to(device, non_blocking=True)
     window = x.dim() == 5
     if window:
@@ -110,15 +114,14 @@ def to_model_input(batch: torch.Tensor, device: torch.device, augmentation: Augm
     else:
         b, c, h, w = x.shape
         s = 1
-    x = x.float().div_(255.0)
-    if augmentation is not None:
+    x = x.float()
+    if augmentation is not None:  # resampling commutes with the per-channel affine map; 0 stays 0 (air)
         x = augmentation(x, generator)
     x = x.reshape(b * s, c, h, w)
-    if c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    mean, std = _stats(x.device, x.dtype)
-    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-    return x.view(b, s, 3, h, w) if window else x
+    scale, shift = _affine(x.device, x.dtype)
+    out = torch.empty((b * s, 3, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    torch.addcmul(shift, x, scale, out=out)  # broadcasts 1 -> 3 channels for gray input
+    return out.view(b, s, 3, h, w) if window else out
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

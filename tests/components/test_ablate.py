@@ -17,7 +17,7 @@ def test_ablate_runs_every_variant_and_reports_intervals(workdir: Path, capsys: 
     assert main(["ablate", "--device", "cpu", "--set", "train.max_steps=2", "--set", "refine.head_epochs=2"]) == 0
     with open("reports/ablate/ablation.csv") as handle:
         rows = {row["variant"]: row for row in csv.DictReader(handle)}
-    assert list(rows) == ["reference", "single slice", "loss bce", "head linear", "context conv1d", "context bigru"]
+    assert list(rows) == ["reference", "single slice", "loss bce", "head method", "context conv1d", "context bigru"]
     for row in rows.values():
         low, point, high = float(row["low"]), float(row["micro_f2"]), float(row["high"])
         assert 0.0 <= low <= point <= high <= 1.0
@@ -31,7 +31,7 @@ def test_ablate_runs_every_variant_and_reports_intervals(workdir: Path, capsys: 
     runs = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list")
     parent = next(r for r in runs if r.data.tags.get("hemo.step") == "ablate")
     children = {r.data.tags["hemo.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"ablate:reference", "ablate:loss-bce", "ablate:head-linear", "ablate:conv1d", "ablate:bigru"}
+    assert children == {"ablate:reference", "ablate:loss-bce", "ablate:head-method", "ablate:conv1d", "ablate:bigru"}
     assert parent.data.metrics["reference.micro_f2"] == pytest.approx(float(reference["micro_f2"]))
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "ablate")}
     assert {"ablate/ablation.md", "ablate/ablation.csv"} <= artifacts

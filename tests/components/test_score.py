@@ -114,3 +114,31 @@ def test_loader_workers_do_not_change_predictions(workdir: Path) -> None:
         assert main(["score", "--model", str(model), "--data", "data/test", "--out", f"w{workers}.csv", "--device",
                      "cpu", "--set", f"data.workers={workers}"]) == 0
     assert (workdir / "w0_probabilities.csv").read_bytes() == (workdir / "w2_probabilities.csv").read_bytes()
+
+
+def test_sharded_scoring_merges_to_the_unsharded_files_byte_for_byte(workdir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    model = _checkpoint(workdir / "m.pt", 4, [0.45, 0.5, 0.55, 0.5, 0.4])
+    data = workdir / "many"  # 2 test patients are few for shards: six folders of three patients' copies
+    for i, patient in enumerate(sorted((workdir / "data/test").iterdir()) * 3):
+        stem = f"{i:02d}{patient.name[5:]}"
+        target = data / f"ID_{stem}"
+        target.mkdir(parents=True)
+        for slice_file in patient.iterdir():
+            shutil.copy(slice_file, target / f"{stem}_{slice_file.name.split('_')[1]}")
+    common = ["--model", str(model), "--data", str(data), "--device", "cpu"]
+    assert main(["score", *common, "--out", "whole/predictions.csv"]) == 0
+    for index in range(4):
+        assert main(["score", *common, "--out", "sharded/predictions.csv", "--shard", f"{index}/4"]) == 0
+    assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 0
+    for name in ("predictions.csv", "predictions_leaderboard.csv", "predictions_probabilities.csv",
+                 "predictions_models.json"):
+        assert (workdir / "sharded" / name).read_bytes() == (workdir / "whole" / name).read_bytes(), name
+    shard_rows = [sum(1 for _ in (workdir / f"sharded/predictions.shard-{i}-of-4.csv").open()) - 1 for i in range(4)]
+    assert all(n > 0 for n in shard_rows) and sum(shard_rows) == sum(1 for _ in (workdir / "whole/predictions.csv").open()) - 1
+    (workdir / "sharded/predictions.shard-3-of-4.csv").unlink()
+    capsys.readouterr()
+    assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 2
+    assert "predictions.shard-3-of-4.csv is missing" in capsys.readouterr().err

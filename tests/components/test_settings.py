@@ -24,7 +24,17 @@ def test_code_defaults_are_the_published_method() -> None:
     assert (s.train.gamma_neg, s.train.gamma_pos, s.train.clip) == (4.0, 1.0, 0.05)
     assert (s.refine.batch_size, s.refine.lr) == (12, 1e-6)
     assert s.split.val_fraction == pytest.approx(135 / 1535)
-    assert s.model.head == "method" and s.score.context == 5
+    assert s.score.context == 5
+    # The method's head is kept for what it was designed for, pretrained weights; from scratch a linear head.
+    assert s.model.head == "auto" and s.model.resolved_head() == "linear"
+    assert load_settings_from_text("model: {pretrained: w.pt}").model.resolved_head() == "method"
+
+
+def load_settings_from_text(text: str) -> Settings:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_settings(_write(Path(tmp), text))
 
 
 def test_missing_default_file_means_method_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,9 @@ def test_task_graph(parsed: dict) -> None:
         "evaluate": ["end_run", "gate"],
         "gate": ["end_run", "promoted"],
         "promoted": ["end_run", "not_promoted", "score"],
-        "score": ["end_run"],
+        "score": ["end_run", "score_shard"],
+        "score_shard": ["end_run", "merge_scores"],
+        "merge_scores": ["end_run"],
         "not_promoted": ["end_run"],
         "end_run": [],
     }
@@ -70,7 +72,7 @@ def test_task_graph(parsed: dict) -> None:
 def test_scheduling_and_safety_settings(parsed: dict) -> None:
     assert parsed["schedule"] == "AssetOrTimeSchedule"
     assert parsed["max_active_runs"] == 1 and parsed["catchup"] is False
-    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "set", "sync_data"]
+    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "score_shards", "set", "sync_data"]
     assert parsed["retries"]["train"] == 2 and parsed["retries"]["validate"] == 0
-    assert all(parsed["timeouts"][t] for t in ("validate", "train", "refine", "evaluate", "gate", "score"))
+    assert all(parsed["timeouts"][t] for t in ("validate", "train", "refine", "evaluate", "gate", "score_shard"))
     assert parsed["timeouts"]["train"] > parsed["timeouts"]["validate"]

@@ -126,14 +126,15 @@ def dag_runs_of(airflow_env: dict, run_id: str) -> list:
 @pytest.mark.slow
 def test_dag_run_pulls_trains_promotes_and_scores(airflow_env: dict) -> None:
     env, project = airflow_env["env"], airflow_env["project"]
-    result, seconds = dags_test(env, {"runner": "local"})  # sync_data defaults to true
+    result, seconds = dags_test(env, {"runner": "local", "score_shards": 2})  # sync_data defaults to true
     print(f"airflow dags test hemo_retraining: {seconds:.1f} s")
     run_id = latest_run_id(env)
     states = task_states(env, run_id)
     assert states == {
         "start_run": "success", "sync_data": "success", "validate": "success", "train": "success",
         "refine": "success", "evaluate": "success", "gate": "success", "promoted": "success",
-        "score": "success", "not_promoted": "skipped", "end_run": "success",
+        "score": "success", "score_shard": "success", "merge_scores": "success", "not_promoted": "skipped",
+        "end_run": "success",
     }, result.stdout[-4000:] + result.stderr[-4000:]
     assert (project / "data" / "train.csv").is_file()  # pulled from the remote by sync_data
     assert not (project / "outputs").exists(), "dvc pull data.dvc must not check out the pipeline's outputs"
@@ -141,9 +142,10 @@ def test_dag_run_pulls_trains_promotes_and_scores(airflow_env: dict) -> None:
     run_dirs = list(airflow_env["runs"].iterdir())
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
-    with (run_dir / "outputs" / "predictions.csv").open() as handle:
+    with (run_dir / "outputs" / "predictions.csv").open() as handle:  # merged from 2 mapped shards
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for _ in (project / "data" / "test").rglob("*.jpg"))
+    assert len(list((run_dir / "outputs").glob("predictions.shard-*-of-2.csv"))) == 2
     assert json.loads((run_dir / "reports" / "gate.json").read_text())["promoted"] is True
     assert not (project / "reports").exists(), "steps must write into the run folder only"
 

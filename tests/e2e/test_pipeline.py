@@ -77,7 +77,7 @@ def test_pipeline_promotes_first_model_and_rejects_a_worse_one(workdir: Path, ml
     # Second run: a worse challenger. Bias the refined model towards "no bleed anywhere".
     model, config, payload = load_checkpoint(workdir / "outputs/refine/best.pt")
     with torch.no_grad():
-        model.head[4].bias.fill_(-30.0)
+        (model.backbone.fc if config.head == "linear" else model.head[4]).bias.fill_(-30.0)
     save_checkpoint(workdir / "worse.pt", model, config, provenance=payload["provenance"])
     hemo("evaluate", "--model", "worse.pt", env=env)
     gate = hemo("gate", env=env)
