@@ -226,7 +226,12 @@ def step_run(step: str, settings: Any, parent: str | None = None, resume: bool =
     else:
         if orphan:
             end_run(orphan, "FAILED", f"the process of `hemo {step}` died; found by the next start of the step")
-        context = mlflow.start_run(run_name=step, parent_run_id=parent, tags=standard_tags(step, settings))
+        # a step started inside another step's active run in this process (`hemo ablate`'s variants)
+        # nests under it; MLflow refuses a second top-level fluent run
+        active = mlflow.active_run()
+        nested = active is not None and parent == active.info.run_id
+        context = mlflow.start_run(run_name=step, parent_run_id=parent, nested=nested,
+                                   tags=standard_tags(step, settings))
     with context as run:
         write_json_atomic(_marker(step), {"run_id": run.info.run_id, "tracking_uri": tracking_uri(),
                                            "pid": os.getpid(), "host": socket.gethostname()})

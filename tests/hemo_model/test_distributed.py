@@ -1,0 +1,89 @@
+"""`fit` under a 2-process gloo group takes the same steps as one process with the same global batch.
+
+The sampler, the loss scaling and DDP's gradient averaging are what make data-parallel training
+the same optimisation as the single-process one. With a model whose forward does not depend on
+how the batch is split (no BatchNorm, no dropout) and no augmentation, the two runs must end with
+the same weights and the same per-epoch loss, to float precision. The real network has BatchNorm
+(per-process statistics on the CPU), so end to end under torchrun the curves only agree in trend:
+tests/e2e/test_distributed.py covers that path and restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from hemo_model.distributed import SINGLE, from_environment, init
+from hemo_model.losses import build_loss
+from hemo_model.model import ModelConfig
+from hemo_model.training import FitConfig, fit
+
+CONFIG = FitConfig(epochs=2, batch_size=8, lr=1e-2, step_size=1, gamma=0.5, precision="fp32", seed=3)
+
+
+def _data() -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=generator)
+    targets = (torch.rand(32, 5, generator=generator) < 0.3).float()
+    return TensorDataset(images, targets)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 5))
+
+
+def _train(out: Path, cluster=SINGLE, loss: str = "asl") -> None:
+    model = _model()
+    fit(model, _data(), lambda m: 0.0, build_loss(loss, reduction="sum"), CONFIG, out, ModelConfig(),
+        progress=False, augmentation=None, cluster=cluster)
+
+
+def _worker(rank: int, port: int, out: str, loss: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cluster = from_environment()
+    init(cluster, torch.device("cpu"))
+    try:
+        _train(Path(out), cluster, loss)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("loss", ["asl", "bce"])
+def test_two_processes_take_the_steps_of_one(tmp_path: Path, loss: str) -> None:
+    _train(tmp_path / "one", loss=loss)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "two"), loss), nprocs=2, join=True)
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert [h["epoch"] for h in two["history"]] == [1, 2]
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    start = _model().state_dict()
+    for name, value in one["model_state"].items():
+        assert not torch.allclose(value, start[name])  # it trained
+        torch.testing.assert_close(two["model_state"][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hemo_model.distributed import Cluster
+
+    with pytest.raises(ValueError, match="not divisible by 2"):
+        fit(_model(), _data(), lambda m: 0.0, build_loss("asl"), replace(CONFIG, batch_size=7), tmp_path,
+            ModelConfig(), progress=False, augmentation=None, cluster=Cluster(0, 2, 0))
