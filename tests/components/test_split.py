@@ -12,7 +12,9 @@ from components.cli import main
 
 
 def test_split_writes_roles_and_counts_and_ignores_row_order(data_copy: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the code's default salt
     args = ["--set", "split.val_fraction=0.3", "--set", "split.gate_fraction=0.3"]
     assert main(["split", "--data", str(data_copy), "--out", str(tmp_path / "a.json"), *args]) == 0
     first = json.loads((tmp_path / "a.json").read_text())
