@@ -49,8 +49,12 @@ run: data
 	$(BIN)/dvc repro
 	@$(BIN)/hemo summary
 
+# The suite is mostly end-to-end steps in subprocesses (imports, model export, servers): two
+# workers, one thread each (tests/conftest.py), run it in about half the time on two cores.
+# Whole files go to one worker, so a module's fixtures (servers, trained models) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(KFP_STAMP) services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Servers the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) is a Debian
 # package, not a pip one: installed here when it is missing and we are root with apt; otherwise

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from hemo_model.synth import generate_dataset
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two xdist workers on two cores: one thread each, and the same for every
+    # step they start (subprocesses inherit it), or torch oversubscribes the cores badly.
+    os.environ["OMP_NUM_THREADS"] = os.environ.get("HEMO_TEST_THREADS", "1")
+
+from hemo_model.synth import generate_dataset  # noqa: E402
 
 TINY = {"train_patients": 4, "test_patients": 2, "image_size": 64, "seed": 7}
 _SESSION_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
