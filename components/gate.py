@@ -81,7 +81,8 @@ class Judgement:
 def summarise(counts: np.ndarray, resampled: np.ndarray, confidence: float) -> ModelSummary:
     """``counts`` (patients, classes, 3) and their bootstrap resamples (B, classes, 3)."""
     from hemo_model import CLASSES
-    from hemo_model.metrics import f2_from_counts, interval, micro_counts, precision_from_counts, recall_from_counts
+    from hemo_model.metrics import (f2_from_counts, interval, interval_where_defined, micro_counts,
+                                    precision_from_counts, recall_from_counts)
 
     pooled = counts.sum(axis=0)
     micro_samples = f2_from_counts(micro_counts(resampled))
@@ -89,7 +90,7 @@ def summarise(counts: np.ndarray, resampled: np.ndarray, confidence: float) -> M
     per_class: dict[str, dict[str, float]] = {}
     for name, metric in (("f2", f2_from_counts), ("precision", precision_from_counts), ("recall", recall_from_counts)):
         point = metric(pooled)
-        c_low, c_high = interval(metric(resampled), confidence)
+        c_low, c_high = interval_where_defined(metric(resampled), resampled, name, confidence, point)
         for i, cls in enumerate(CLASSES):
             entry = per_class.setdefault(cls, {"positives": float(pooled[i, 0] + pooled[i, 2])})
             entry.update({name: float(point[i]), f"{name}_low": float(c_low[i]), f"{name}_high": float(c_high[i])})

@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
     train = _read(args.reports / "train.json")
     lines = ["", "=== hemo-pipeline summary ==="]
     if train:
-        lines.append(f"training: best epoch {train['best_epoch']} of {train['epochs']}, {train['seconds']} s, "
-                     f"{train['train_samples_per_s']} slices/s")
+        kept = f"kept epoch {train['best_epoch']} of {train['epochs']}"
+        if train.get("selection"):
+            kept += f" (selection '{train['selection']}')"
+        lines.append(f"training: {kept}, {train['seconds']} s, {train['train_samples_per_s']} slices/s")
     if evaluation:
-        lines.append(f"validation micro-F2: single slice {evaluation['micro_f2_single']:.4f} | 5-slice context "
+        lines.append(f"held-out gate patients, micro-F2: single slice {evaluation['micro_f2_single']:.4f} | 5-slice context "
                      f"{evaluation['micro_f2_context']:.4f} | context + tuned thresholds "
                      f"{evaluation['micro_f2_context_tuned']:.4f}")
     if gate:

@@ -121,6 +121,29 @@ def interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nda
     return low, high
 
 
+DENOMINATORS = {  # where a per-class metric is defined: its denominator over [tp, fp, fn]
+    "f2": lambda tp, fp, fn: 5 * tp + 4 * fn + fp,
+    "precision": lambda tp, fp, fn: tp + fp,
+    "recall": lambda tp, fp, fn: tp + fn,
+}
+
+
+def interval_where_defined(samples: np.ndarray, counts: np.ndarray, metric: str, confidence: float,
+                           fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the resamples in which ``metric`` is defined for each class.
+
+    A resample that drew no patient with a rare class has no recall for it; counting that as 0
+    (as the point estimate's zero_division does) would pull the lower bound to 0 for any class
+    whose positives sit in a few patients. Classes never defined get ``fallback`` (the point)."""
+    defined = DENOMINATORS[metric](counts[..., TP], counts[..., FP], counts[..., FN]) > 0
+    masked = np.where(defined, samples, np.nan)
+    tail = (1.0 - confidence) / 2.0
+    any_defined = defined.any(axis=0)
+    safe = np.where(any_defined, masked, 0.0)  # nanquantile warns on all-NaN columns
+    low, high = np.nanquantile(safe, [tail, 1.0 - tail], axis=0)
+    return np.where(any_defined, low, fallback), np.where(any_defined, high, fallback)
+
+
 # --- RSNA Intracranial Hemorrhage Detection metric -------------------------------------------
 
 RSNA_EPS = 1e-7

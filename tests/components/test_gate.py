@@ -119,3 +119,19 @@ def test_counts_match_sklearn(labels: list[np.ndarray]) -> None:
     counts = _counts(labels, predictions)
     assert float(f2_from_counts(micro_counts(counts.sum(0)))) == pytest.approx(
         micro_f2(np.concatenate(labels), np.concatenate(predictions).astype(float)))
+
+
+def test_class_intervals_skip_resamples_without_the_class() -> None:
+    """A class whose positives sit in one patient of 20: most resamples miss that patient. Its
+    recall interval comes from the resamples that have it (all found: [1, 1]), not from zeros."""
+    labels = [np.zeros((30, 5), dtype=int) for _ in range(20)]
+    for y in labels:
+        y[:10, 3] = 1  # sdh everywhere
+    labels[0][5:15, 0] = 1  # ich in patient 0 only
+    predictions = [y.copy() for y in labels]
+    judgement = judge(_counts(labels, predictions), None, _trivial(labels), GATE)
+    ich = judgement.challenger.per_class["ich"]
+    assert ich["recall"] == ich["recall_low"] == ich["recall_high"] == 1.0
+    assert ich["f2_low"] == 1.0 and ich["precision_low"] == 1.0
+    edh = judgement.challenger.per_class["edh"]  # no positives, none predicted: undefined everywhere
+    assert edh["positives"] == 0 and edh["recall_low"] == edh["recall"] == 0.0
