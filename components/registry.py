@@ -146,9 +146,11 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="slices")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES) * (2 if learned else 1)), name="logits")]),
     )
-    # Spatial dims are dynamic (metadata says the trained size). No input example: MLflow would
-    # validate it by serving it through pyfunc, which the pt2 PyTorch flavour refuses (a warning in
-    # every evaluate log, and seconds spent loading the model once more); the signature says it all.
+    # Spatial dims are dynamic (metadata says the trained size); a learned context reads one
+    # whole sequence, so its example is a short sequence rather than a batch. pt2 needs the example
+    # to trace the graph; MLflow's serving check of it is skipped (pyfunc refuses the pt2 flavour's
+    # input, a warning in every evaluate log, and it would load the model once more for nothing).
+    example = torch.zeros(8 if learned else 2, 3, 64, 64).numpy()
     metadata = {
         "image_size": int(config.image_size),
         "context_weights": [float(w) for w in config.context_weights],
@@ -165,8 +167,8 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
     }
     mlflow.log_dict({"train_patients": provenance["train_patients"]}, TRAIN_PATIENTS_ARTIFACT)
     info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pt2", signature=signature,
-        metadata=metadata, registered_model_name=MODEL_NAME, await_registration_for=60,
+        model, name="model", serialization_format="pt2", signature=signature, input_example=example,
+        validate_serving_input=False, metadata=metadata, registered_model_name=MODEL_NAME, await_registration_for=60,
         # Stated, not inferred: inference loads the model in a subprocess (seconds per version).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
     )
