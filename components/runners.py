@@ -42,6 +42,15 @@ from typing import Any
 
 RUNNERS = ("local", "docker", "kubernetes")
 GPU_STEPS = frozenset({"train", "refine", "score"})
+DATA_PARALLEL_STEPS = frozenset({"train", "refine"})
+"""Steps that run one process per GPU under torchrun (hemo_model/distributed.py)."""
+
+
+def torchrun_entrypoint(processes: str) -> list[str]:
+    """The container entrypoint that starts ``hemo`` once per GPU on this host: torchrun's
+    ``--nproc_per_node gpu`` counts the GPUs the container sees (1 GPU: one ordinary process).
+    No torchrun restarts: a failure fails the task, and the task's retry resumes from last.pt."""
+    return ["torchrun", "--standalone", "--nproc_per_node", processes, "--max-restarts", "0", "--no-python", "hemo"]
 """Steps that run a network over many slices; validate/gate/evaluate stay on the CPU."""
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -226,9 +235,14 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
     inner = in_container(settings)
     uid, gid = settings.container_user()
     gpu = step in GPU_STEPS
+    # train/refine use every GPU of the host: one DDP process per GPU (HEMO_DOCKER_PROCESSES: a count,
+    # or "gpu" = as many as the container sees); the image's entrypoint is plain `hemo` otherwise
+    processes = os.environ.get("HEMO_DOCKER_PROCESSES", "gpu")
+    entrypoint = torchrun_entrypoint(processes) if step in DATA_PARALLEL_STEPS else None
     return JsonResultDockerOperator(
         task_id=task_id,
         image=settings.image,
+        entrypoint=entrypoint,
         command=command(step, settings, Path(CONTAINER_PROJECT)),
         working_dir=str(inner.run_dir),
         environment={**step_env(inner), "HEMO_RESULT_FILE": CONTAINER_RESULT},
