@@ -56,6 +56,24 @@ def data_copy(tiny_data: Path, tmp_path: Path) -> Path:
     return target
 
 
+def step_env(**extra: str) -> dict[str, str]:
+    """The environment of a `hemo`, `dvc` or `torchrun` subprocess a test starts: this venv's bin
+    first on PATH, one thread, unbuffered output (tests wait for its lines), and no MLflow URI or
+    parent run carried over from the test process (each test points its steps at its own store)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_ok(args: list[str], cwd: Path, **extra_env: str) -> "subprocess.CompletedProcess[str]":
+    """Run ``args`` in ``cwd`` with :func:`step_env`; fail the test with the output's tail unless it exits 0."""
+    import subprocess
+
+    result = subprocess.run(args, cwd=cwd, env=step_env(**extra_env), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
 def free_port() -> int:
     import socket
 

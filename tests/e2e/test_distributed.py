@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import step_env
+
 HEMO = str(Path(sys.executable).with_name("hemo"))
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 ARGS = ["train", "--device", "cpu", "--set", "train.lr=0.001", "--set", "data.workers=0"]
@@ -27,11 +29,6 @@ TIMEOUT_S = 600
 MAX_RESTARTS = 3
 """As an elastic job would set it: besides the kill, a restarted group's gloo rendezvous can fail
 to connect on a loaded machine (seen once under two test workers) and is then simply retried."""
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _workers(torchrun_pid: int) -> list[int]:
@@ -44,7 +41,7 @@ def _workers(torchrun_pid: int) -> list[int]:
 def test_a_killed_worker_is_restarted_and_resumes(workdir: Path) -> None:
     # small global batches: an epoch long enough to kill a worker in the middle of epoch 2
     process = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max-restarts", str(MAX_RESTARTS), HEMO, *ARGS,
-                                "--epochs", "3", "--batch-size", "4", "--max-steps", "30"], cwd=workdir, env=_env(),
+                                "--epochs", "3", "--batch-size", "4", "--max-steps", "30"], cwd=workdir, env=step_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert process.stdout is not None
     lines = []

@@ -4,18 +4,15 @@ versioned input and adds the import stages; the rest of dvc.yaml runs unchanged 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc_params
+from tests.conftest import dvc_params, run_ok
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # DICOM names are salted hashes; with this salt the 8 phantom series fall 4/2/2 into train/val/gate
 # under the split salt below (hash buckets are lumpy on 8 patients).
 PARAMS = """
@@ -27,11 +24,7 @@ gate: {min_margin_over_trivial: -1.0, min_improvement: 0.0, bootstrap: 200}
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
-    env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "OMP_NUM_THREADS": "1", "HEMO_DICOM_SALT": "ci-salt"})
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_ok(args, cwd, HEMO_DICOM_SALT="ci-salt")
 
 
 @pytest.mark.slow

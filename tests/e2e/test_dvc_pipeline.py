@@ -5,7 +5,6 @@ and a change to the library makes every stage that runs library code stale, down
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_PARAMS, dvc_params
+from tests.conftest import TINY_PARAMS, dvc_params, run_ok
 
 REPO = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -21,11 +20,7 @@ STAGES = ["validate", "train", "refine", "evaluate", "gate", "score", "finish"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
-    env.update({"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "OMP_NUM_THREADS": "1"})
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_ok(args, cwd)
 
 
 def _stale(project: Path) -> set[str]:

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import torch
 
-from tests.conftest import free_port, wait_for_http
+from tests.conftest import free_port, step_env, wait_for_http
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 TRAIN = [HEMO, "train", "--epochs", "3", "--max-steps", "6", "--device", "cpu"]
@@ -25,8 +25,7 @@ TRAIN = [HEMO, "train", "--epochs", "3", "--max-steps", "6", "--device", "cpu"]
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
     """The step's environment: unbuffered output (we wait for its lines), one thread, the embedded
     MLflow store of ``workdir`` unless ``extra`` names a server."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HEMO_PARENT_RUN_ID")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    return step_env(**extra)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

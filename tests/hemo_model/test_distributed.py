@@ -11,7 +11,6 @@ tests/e2e/test_distributed.py covers that path and restarts.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from hemo_model.distributed import SINGLE, from_environment, init
 from hemo_model.losses import build_loss
 from hemo_model.model import ModelConfig
 from hemo_model.training import FitConfig, fit
+from tests.conftest import free_port
 
 CONFIG = FitConfig(epochs=2, batch_size=8, lr=1e-2, step_size=1, gamma=0.5, precision="fp32", seed=3)
 
@@ -58,16 +58,10 @@ def _worker(rank: int, port: int, out: str, loss: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("loss", ["asl", "bce"])
 def test_two_processes_take_the_steps_of_one(tmp_path: Path, loss: str) -> None:
     _train(tmp_path / "one", loss=loss)
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "two"), loss), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path / "two"), loss), nprocs=2, join=True)
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     assert [h["epoch"] for h in two["history"]] == [1, 2]
