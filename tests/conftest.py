@@ -74,6 +74,47 @@ def run_ok(args: list[str], cwd: Path, **extra_env: str) -> "subprocess.Complete
     return result
 
 
+def read_until(process: "subprocess.Popen[str]", marker: str, timeout: float) -> list[str]:
+    """The lines ``process`` prints up to and including the first one that contains ``marker``.
+
+    A plain ``for line in process.stdout`` blocks for ever when the step hangs before it prints
+    the marker (a rendezvous that never completes, a server that never answers): CI would stop at
+    its own limit with no word of which test hung. Here a thread reads, and after ``timeout``
+    seconds the process (its whole group when it leads one) is killed and the test fails with the
+    output so far. The reader stops at the marker, so ``communicate()`` can take the rest."""
+    import signal
+    import subprocess  # noqa: F401 (the annotation)
+    import threading
+
+    assert process.stdout is not None
+    lines: list[str] = []
+    found = threading.Event()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found.is_set():
+        why = f"printed no {marker!r} within {timeout:.0f} s" if reader.is_alive() else f"ended without printing {marker!r}"
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+        reader.join(10)
+        pytest.fail(f"{' '.join(map(str, process.args))[:300]} {why}:\n" + "".join(lines)[-4000:])
+    return lines
+
+
 def free_port() -> int:
     import socket
 

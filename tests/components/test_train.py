@@ -70,7 +70,8 @@ def test_same_seed_same_model_across_processes(workdir: Path) -> None:
 
     hemo = str(Path(sys.executable).with_name("hemo"))
     for out in ("a", "b"):
-        subprocess.run([hemo, "train", "--max-steps", "1", "--out", f"outputs/{out}"], check=True, capture_output=True)
+        subprocess.run([hemo, "train", "--max-steps", "1", "--out", f"outputs/{out}"], check=True, capture_output=True,
+                       timeout=300)
     a = torch.load(workdir / "outputs/a/best.pt", weights_only=True)["model_state"]
     b = torch.load(workdir / "outputs/b/best.pt", weights_only=True)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)

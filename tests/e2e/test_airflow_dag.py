@@ -35,7 +35,8 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 
 
 def _sh(cwd: Path, *args: str, env: dict | None = None) -> str:
-    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=env or os.environ.copy())
+    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=env or os.environ.copy(),
+                            timeout=300)
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result.stdout
 
@@ -91,7 +92,7 @@ def _boto(credentials: dict) -> dict:
 def dags_test(env: dict, conf: dict) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.perf_counter()
     result = subprocess.run([AIRFLOW, "dags", "test", "hemo_retraining", "-c", json.dumps(conf)],
-                            env=env, capture_output=True, text=True, timeout=1200)
+                            env=env, capture_output=True, text=True, timeout=600)
     return result, time.perf_counter() - started
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import step_env
+from tests.conftest import read_until, step_env
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -34,7 +34,7 @@ to connect on a loaded machine (seen once under two test workers) and is then si
 def _workers(torchrun_pid: int) -> list[int]:
     """torchrun --standalone runs the elastic agent in its own process: the workers are its children."""
     return [int(p) for p in subprocess.run(["ps", "-o", "pid=", "--ppid", str(torchrun_pid)], capture_output=True,
-                                           text=True).stdout.split()]
+                                           text=True, timeout=30).stdout.split()]
 
 
 @pytest.mark.slow
@@ -43,12 +43,7 @@ def test_a_killed_worker_is_restarted_and_resumes(workdir: Path) -> None:
     process = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max-restarts", str(MAX_RESTARTS), HEMO, *ARGS,
                                 "--epochs", "3", "--batch-size", "4", "--max-steps", "30"], cwd=workdir, env=step_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if "epoch 1: loss" in line:  # rank 0 has written epoch 1's checkpoint
-            break
+    lines = read_until(process, "epoch 1: loss", TIMEOUT_S)  # rank 0 has written epoch 1's checkpoint
     time.sleep(0.5)
     workers = _workers(process.pid)
     assert len(workers) == 2, "".join(lines)[-3000:]

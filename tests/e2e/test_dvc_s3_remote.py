@@ -15,7 +15,8 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 
 
 def _run(cwd: Path, *args: str) -> str:
-    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=os.environ.copy(),
+                            timeout=300)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

@@ -16,10 +16,12 @@ import mlflow
 import pytest
 import torch
 
-from tests.conftest import free_port, step_env, wait_for_http
+from tests.conftest import free_port, read_until, step_env, wait_for_http
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 TRAIN = [HEMO, "train", "--epochs", "3", "--max-steps", "6", "--device", "cpu"]
+STEP_TIMEOUT_S = 300
+"""Far above what one of these tiny steps takes (seconds): a step that runs longer has hung."""
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
@@ -37,10 +39,7 @@ def _kill_during_epoch_two(workdir: Path, out: str, env: dict[str, str]) -> floa
     process = subprocess.Popen([*TRAIN, "--out", out], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     started = time.perf_counter()
-    assert process.stdout is not None
-    for line in process.stdout:  # "epoch 1: ..." is printed after epoch 1's checkpoint is written
-        if "epoch 1: loss" in line:
-            break
+    read_until(process, "epoch 1: loss", STEP_TIMEOUT_S)  # printed after epoch 1's checkpoint is written
     time.sleep(1.5)  # well inside epoch 2
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -50,7 +49,8 @@ def _kill_during_epoch_two(workdir: Path, out: str, env: dict[str, str]) -> floa
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(workdir: Path) -> None:
     env = _env(workdir)
-    subprocess.run([*TRAIN, "--out", "outputs/uninterrupted"], cwd=workdir, env=env, check=True, capture_output=True)
+    subprocess.run([*TRAIN, "--out", "outputs/uninterrupted"], cwd=workdir, env=env, check=True, capture_output=True,
+                   timeout=STEP_TIMEOUT_S)
     ran = _kill_during_epoch_two(workdir, "outputs/train", env)
     assert torch.load(workdir / "outputs/train/last.pt", weights_only=True)["epoch"] == 1  # epoch 2 was lost
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -58,7 +58,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(workdir: Path) 
                               filter_string="tags.`hemo.step` = 'train' and attributes.status = 'RUNNING'")
     (killed,) = runs  # the killed process left its run open ...
 
-    again = subprocess.run([*TRAIN, "--out", "outputs/train"], cwd=workdir, env=env, capture_output=True, text=True)
+    again = subprocess.run([*TRAIN, "--out", "outputs/train"], cwd=workdir, env=env, capture_output=True, text=True,
+                           timeout=STEP_TIMEOUT_S)
     assert again.returncode == 0, again.stderr[-2000:]
     epochs_run = [f"epoch {n}" for n in re.findall(r"epoch (\d+): loss", again.stdout)]
     assert epochs_run == ["epoch 2", "epoch 3"]  # ... the same command resumed after the last finished epoch
@@ -80,13 +81,14 @@ def test_a_dead_run_is_closed_failed_by_the_next_fresh_start(workdir: Path) -> N
                                    filter_string="tags.`hemo.step` = 'train'")
     parent = killed.data.tags["mlflow.parentRunId"]
     result = subprocess.run([*TRAIN, "--epochs", "1", "--out", "outputs/train", "--resume", "never"], cwd=workdir,
-                            env=env, capture_output=True, text=True)
+                            env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     dead = mlflow.get_run(killed.info.run_id)
     assert dead.info.status == "FAILED" and "died" in dead.data.tags["hemo.end_reason"]
     assert mlflow.get_run(parent).info.status == "FAILED"  # its pipeline never reached its last step
     # the new pipeline run ends FINISHED when its last step does
-    assert subprocess.run([HEMO, "end-run"], cwd=workdir, env=env, capture_output=True).returncode == 0
+    assert subprocess.run([HEMO, "end-run"], cwd=workdir, env=env, capture_output=True,
+                          timeout=STEP_TIMEOUT_S).returncode == 0
     fresh = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list",
                                filter_string="tags.`hemo.step` = 'pipeline'", order_by=["attributes.start_time DESC"])[0]
     assert fresh.info.run_id != parent and fresh.info.status == "FINISHED"
@@ -120,15 +122,17 @@ def test_tracking_server_restarted_during_a_step(workdir: Path, tmp_path: Path) 
     env = _env(workdir, MLFLOW_TRACKING_URI=url)
     process = subprocess.Popen([*TRAIN, "--out", "outputs/train"], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "epoch 1: loss" in line:
-            break
+    read_until(process, "epoch 1: loss", STEP_TIMEOUT_S)
     _stop(server)  # gone while the step logs its epochs ...
     time.sleep(20)
     server = _server(root, port)  # ... and back ~20 s later, same store
     try:
-        rest, _ = process.communicate(timeout=300)
+        try:
+            rest, _ = process.communicate(timeout=STEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, _ = process.communicate()
+            pytest.fail(f"train did not finish within {STEP_TIMEOUT_S} s of the server's return:\n{rest[-3000:]}")
         assert process.returncode == 0, rest[-3000:]
         mlflow.set_tracking_uri(url)
         runs = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list")

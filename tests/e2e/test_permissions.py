@@ -60,7 +60,7 @@ def test_steps_as_another_uid_leave_outputs_the_worker_can_read(pipeline_data: P
         assert unreadable == [], "outputs the worker (another uid) cannot read"
         for path in needed:  # and really read them as a third uid
             read = subprocess.run(["setpriv", "--reuid", str(WORKER_UID), "--regid", str(WORKER_UID), "--clear-groups",
-                                   "cat", str(path)], capture_output=True)
+                                   "cat", str(path)], capture_output=True, timeout=60)
             assert read.returncode == 0, read.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
