@@ -28,6 +28,7 @@ STEPS: dict[str, str] = {
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "score": "components.score",
+    "plan-scoring": "components.plan_scoring",
     "merge-scores": "components.merge_scores",
     "ablate": "components.ablate",
     "promote": "components.promote",

@@ -124,11 +124,28 @@ def hemo_args(step: str, project: Path, overrides: Mapping[str, Any]) -> list[st
         return [step, "--data", data, *common]
     if step == "score":
         return ["score", "--data", str(project / "data" / "test"), "--out", "outputs/predictions.csv", *common]
+    if step == "plan-scoring":
+        return ["plan-scoring", "--data", str(project / "data" / "test")]
     if step == "merge-scores":
         return ["merge-scores", "--out", "outputs/predictions.csv"]
     if step == "end-run":
         return ["end-run"]
     raise ValueError(f"unknown step {step!r}")
+
+
+def shard_args(index: Any, count: Any, model: str) -> list[str]:
+    """The `hemo score` arguments of shard ``index`` of ``count``: its part of the folder and the
+    one model version every shard uses (values or, while Kubeflow compiles, placeholders)."""
+    return ["--shard", f"{index}/{count}", "--model", str(model)]
+
+
+def result_name(step: str, args: tuple[str, ...] | list[str] = ()) -> str:
+    """The name of a step's result file in the run folder: ``score.shard-I-of-N`` for a shard, so
+    that shards running side by side (mapped tasks, a parallel-for) never share one."""
+    if "--shard" in args[:-1]:
+        index, _, count = str(args[list(args).index("--shard") + 1]).partition("/")
+        return f"{step}.shard-{index}-of-{count}"
+    return step
 
 
 def command(step: str, settings: StepSettings, project: Path | None = None) -> list[str]:
@@ -193,9 +210,9 @@ def run_local(step: str, settings: StepSettings, hemo_bin: str | None = None,
     output into the task log; return the step's result (components.results) or None."""
     hemo = hemo_bin or os.environ.get("HEMO_BIN") or str(Path(sys.executable).with_name("hemo"))
     run_dir = prepare_run_dir(settings)
-    result_file = run_dir / RESULTS_DIR / f"{step}.json"
-    result_file.unlink(missing_ok=True)
     argv = [hemo, *command(step, settings), *extra_args]
+    result_file = run_dir / RESULTS_DIR / f"{result_name(step, argv)}.json"
+    result_file.unlink(missing_ok=True)
     print("running:", " ".join(argv), f"(cwd {run_dir})", flush=True)
     env = {**os.environ, **step_env(settings), "HEMO_RESULT_FILE": str(result_file)}
     process = subprocess.Popen(argv, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

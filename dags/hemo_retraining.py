@@ -223,8 +223,10 @@ def hemo_retraining() -> None:
         version = decision.get("champion_version_after")
         if not version:
             raise RuntimeError("the gate reported no champion version to score with")
-        return [["--shard", f"{i}/{shards}", "--model", f"models:/hemorrhage-classifier/{version}"]
-                for i in range(shards)]
+        from components import runners
+        from components.registry import version_uri
+
+        return [runners.shard_args(index, shards, version_uri(version)) for index in range(shards)]
 
     @task(task_id="score_shard", execution_timeout=STEP_TIMEOUTS["score"])
     def score_shard(args: list[str]) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """hemo-retraining as a Kubeflow Pipelines v2 pipeline: the same `hemo` steps as dvc.yaml and the DAG.
 
-    start-run -> [ validate -> train -> refine -> evaluate -> gate -> (promoted?) score ] -> end-run (exit handler)
+    start-run -> [ validate -> train -> refine -> evaluate -> gate -> (promoted?)
+                   plan-scoring -> parallel-for score --shard I/N -> merge-scores ] -> end-run (exit handler)
 
 Compile (the committed pipeline.yaml is this output; a test keeps it current)::
 
@@ -32,7 +33,11 @@ Kubernetes side (image, PVC, GPU scheduling); tests check that in the compiled I
 ``<runs_dir>/<Kubeflow run id>``, exactly as the Airflow runners use ``runs/<dag run id>``; small
 values are component outputs: a step publishes its result (:mod:`components.results`) and the
 launcher asks for single fields with ``HEMO_RESULT_FIELD_<KEY>=<output file>``. start-run's
-``run_id`` becomes every step's HEMO_PARENT_RUN_ID, gate's ``promoted`` drives ``dsl.If``, and
+``run_id`` becomes every step's HEMO_PARENT_RUN_ID, gate's ``promoted`` drives ``dsl.If``, its
+``champion_version_after`` goes to plan-scoring, whose ``shards`` list (one work order per shard:
+index, count and the one pinned model URI) is the items of a ``dsl.ParallelFor`` of score tasks,
+each writing its own shard files into the run folder; merge-scores runs after all of them
+(``.after`` on the loop's task) and writes the files one unsharded score writes, and
 end-run, the exit task, receives Kubeflow's final status and ends the parent run FINISHED or
 FAILED (an exit task may not take other tasks' outputs, so it finds the parent run in the run
 folder, where start-run recorded it).
@@ -47,6 +52,7 @@ This module imports kfp and lives in `.venv-kfp` only; the main package never im
 # No `from __future__ import annotations`: kfp reads the step signatures' annotations as objects.
 
 import argparse
+import builtins
 import inspect
 import sys
 import time
@@ -67,6 +73,8 @@ DEFAULT_PVC = "hemo-data"
 DEFAULT_MLFLOW_URI = "http://mlflow.hemo.svc.cluster.local:5000"
 LOCAL_BASE_IMAGE = "python:3.11"
 """Only named in the local twins' specs; kfp.local runs them in this Python, not in an image."""
+MAX_PARALLEL_SHARDS = 8
+"""At most this many scoring pods (one GPU each) at a time, whatever score_shards asks for."""
 SHM_SIZE = "16Gi"  # the DataLoader's workers share batches through /dev/shm
 RETRIES = 2
 """On a cluster: a lost node or a restarting MLflow server is worth two retries, and train/refine
@@ -147,6 +155,7 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
         epochs: Optional[int] = None,
         image_size: Optional[int] = None,
         min_improvement: Optional[float] = None,
+        score_shards: int = 1,
     ) -> None:
         where = {"project_dir": project_dir, "runs_dir": runs_dir, "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                  "mlflow_uri": mlflow_uri}
@@ -165,7 +174,15 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
             evaluated = step("evaluate", parent_run_id=parent, **overrides).after(refined)
             gated = step("gate", parent_run_id=parent, **overrides).after(evaluated)
             with dsl.If(gated.outputs["promoted"] == True, name="promoted"):  # noqa: E712 (a pipeline expression)
-                step("score", parent_run_id=parent, **overrides)
+                planned = step("plan-scoring", shard_count=score_shards,
+                               champion_version=gated.outputs["champion_version_after"])
+                with dsl.ParallelFor(planned.outputs["shards"], parallelism=MAX_PARALLEL_SHARDS,
+                                     name="score-shards") as shard:
+                    # each item is a whole work order: taking the model from the item (not from
+                    # plan-scoring's `model` output) keeps every input of the loop one item
+                    scored = step("score", parent_run_id=parent, shard=shard.index, shard_count=shard.count,
+                                  model=shard.model, **overrides)
+                step("merge-scores", shard_count=score_shards).after(scored)  # after every shard
 
     return hemo_retraining
 
@@ -205,6 +222,39 @@ def _resolve_named_outputs_in_local_conditions() -> None:
     evaluator._resolve_pipeline_channel = staticmethod(resolve)
 
 
+def _resolve_named_outputs_in_local_loops() -> None:
+    """Let kfp.local iterate ``dsl.ParallelFor(plan.outputs["shards"])`` as the cluster does.
+
+    kfp.local 2.17.3 takes a loop's items from a task output only when that output is named
+    ``Output``; for any other name it looks for a pipeline input of that name and fails
+    ("Parent pipeline input argument 'pipelinechannel--plan-scoring-shards' not found"). So,
+    before kfp's own resolution, the named task output the items refer to is put where kfp
+    looks. As above, only the local runner is patched, and the local test fails unless every
+    shard was scored and merged."""
+    from kfp.local.orchestrator import enhanced_dag_orchestrator
+
+    original = enhanced_dag_orchestrator._run_parallel_for_task
+    if getattr(original, "_hemo_named_outputs", False):
+        return
+
+    def run_parallel_for(**kwargs: Any) -> bool:
+        spec, io_store = kwargs["task_spec"], kwargs["io_store"]
+        if spec.WhichOneof("iterator") == "parameter_iterator" and \
+                spec.parameter_iterator.items.HasField("input_parameter"):
+            channel = spec.parameter_iterator.items.input_parameter.removeprefix("pipelinechannel--")
+            channel = channel.replace("-loop-item", "")
+            task, _, output = channel.rpartition("-")
+            if task and output:
+                try:
+                    io_store.put_parent_input(channel, io_store.get_task_output(task, output))
+                except (ValueError, KeyError):
+                    pass
+        return original(**kwargs)
+
+    run_parallel_for._hemo_named_outputs = True  # type: ignore[attr-defined]
+    enhanced_dag_orchestrator._run_parallel_for_task = run_parallel_for
+
+
 def run_local(arguments: Mapping[str, Any], pipeline_root: Path) -> float:
     """Run the pipeline's local twin with kfp.local (SubprocessRunner, this Python); seconds taken.
 
@@ -223,13 +273,20 @@ def run_local(arguments: Mapping[str, Any], pipeline_root: Path) -> float:
             section, name = setting.split(".")
             given[key] = getattr(getattr(settings, section), name)
     _resolve_named_outputs_in_local_conditions()
+    _resolve_named_outputs_in_local_loops()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     pipeline = build_pipeline(local_components(), containers=False, retries=0)
     started = time.perf_counter()
+    # kfp.local indents its tasks' output by swapping builtins.print and restoring it afterwards;
+    # the parallel-for's threads restore each other's swaps, which can leave print indenting for
+    # good (seen: our summary line printed as "    kfp.local: ..."). Put the real one back.
+    real_print = builtins.print
     try:
         pipeline(**given)
     except RuntimeError as exc:  # kfp.local raises when a task failed (after the exit handler ran)
         raise LocalRunFailed(str(exc), time.perf_counter() - started) from exc
+    finally:
+        builtins.print = real_print
     return time.perf_counter() - started
 
 
@@ -251,12 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--pipeline-root", type=Path, default=Path("kfp_local_outputs"))
     for key in OVERRIDE_KEYS:
         local.add_argument(f"--{key.replace('_', '-')}", type=float if key == "min_improvement" else int)
+    local.add_argument("--score-shards", type=int, default=1, help="score in this many parallel shards")
     args = parser.parse_args(argv)
     if args.command == "compile":
         print(f"compiled {compile_pipeline(args.out)}")
         return 0
     arguments = {"project_dir": str(args.project_dir.resolve()), "runs_dir": str(args.runs_dir.resolve()),
-                 "mlflow_uri": args.mlflow_uri, **{key: getattr(args, key) for key in OVERRIDE_KEYS}}
+                 "mlflow_uri": args.mlflow_uri, "score_shards": args.score_shards,
+                 **{key: getattr(args, key) for key in OVERRIDE_KEYS}}
     try:
         seconds = run_local(arguments, args.pipeline_root.resolve())
     except LocalRunFailed as exc:

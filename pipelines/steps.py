@@ -22,7 +22,7 @@ from typing import Any, Optional
 from kfp.dsl import OutputPath, PipelineTaskFinalStatus
 
 from components.results import RESULT_ENV, field_env
-from components.runners import OVERRIDE_KEYS, RESULTS_DIR, StepSettings, hemo_args, pod_argv, step_env
+from components.runners import OVERRIDE_KEYS, RESULTS_DIR, StepSettings, hemo_args, pod_argv, shard_args, step_env
 
 # The body runs the local twin; the container component is built from the same signature.
 # `values = dict(locals())` must stay the first statement: it captures exactly the parameters.
@@ -72,21 +72,39 @@ def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, par
 
 
 def gate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-         promoted: OutputPath(bool), reason: OutputPath(str), epochs: Optional[int] = None,
-         image_size: Optional[int] = None, min_improvement: Optional[float] = None):
-    """`hemo gate`: @challenger against @champion as served; moves @champion or not (outputs: the decision)."""
+         promoted: OutputPath(bool), reason: OutputPath(str), champion_version_after: OutputPath(str),
+         epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+    """`hemo gate`: @challenger against @champion as served; moves @champion or not (outputs: the
+    decision and the champion version it left, which scoring is pinned to)."""
     values = dict(locals())
     from pipelines.steps import run_here
     run_here("gate", values)
 
 
-def score(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-          model_version: OutputPath(str), epochs: Optional[int] = None, image_size: Optional[int] = None,
-          min_improvement: Optional[float] = None):
-    """`hemo score`: predictions for data/test with @champion (GPU; output: the version that scored)."""
+def plan_scoring(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, shard_count: int,
+                 champion_version: str, shards: OutputPath(list), model: OutputPath(str)):
+    """`hemo plan-scoring`: one work order per shard of data/test (index, count and the model URI
+    every shard scores with: the gate's champion version), the parallel-for's items."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("plan-scoring", values)
+
+
+def score(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str, shard: int,
+          shard_count: int, model: str, model_version: OutputPath(str), epochs: Optional[int] = None,
+          image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+    """`hemo score --shard I/N --model <version URI>`: one shard's predictions (GPU; output: the
+    version that scored)."""
     values = dict(locals())
     from pipelines.steps import run_here
     run_here("score", values)
+
+
+def merge_scores(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, shard_count: int):
+    """`hemo merge-scores --shards N`: the shards joined into the files one unsharded run writes."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("merge-scores", values)
 
 
 def end_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
@@ -102,7 +120,8 @@ def end_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
 
 STEP_FUNCTIONS: dict[str, Callable[..., None]] = {
     "start-run": start_run, "validate": validate, "train": train, "refine": refine,
-    "evaluate": evaluate, "gate": gate, "score": score, "end-run": end_run,
+    "evaluate": evaluate, "gate": gate, "plan-scoring": plan_scoring, "score": score,
+    "merge-scores": merge_scores, "end-run": end_run,
 }
 OUTPUTS: dict[str, tuple[str, ...]] = {
     step: tuple(name for name, p in inspect.signature(func).parameters.items()
@@ -110,6 +129,12 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     for step, func in STEP_FUNCTIONS.items()
 }
 """Each step's result fields that become component outputs (the OutputPath parameters)."""
+STEP_ARGS: dict[str, Callable[[Mapping[str, Any]], list[Any]]] = {
+    "plan-scoring": lambda v: ["--shards", v["shard_count"], "--model", v["champion_version"]],
+    "score": lambda v: shard_args(v["shard"], v["shard_count"], v["model"]),
+    "merge-scores": lambda v: ["--shards", v["shard_count"]],
+}
+"""The arguments a step takes from its component inputs, after :func:`hemo_args`'s own."""
 
 
 # --- one command line for both ways of running a step -------------------------------------------
@@ -138,9 +163,12 @@ def step_command(step: str, values: Mapping[str, Any]) -> list[Any]:
         parent_run_id=text(values.get("parent_run_id")),
         overrides=overrides,
     )
-    env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{step}.json"),
+    result = f"{step}.shard-{text(values['shard'])}-of-{text(values['shard_count'])}" if step == "score" else step
+    env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{result}.json"),
            **{field_env(name): text(values[name]) for name in OUTPUTS[step]}}
     argv: list[Any] = ["hemo", *hemo_args(step, settings.project_dir, settings.overrides)]
+    if step in STEP_ARGS:
+        argv += [text(arg) for arg in STEP_ARGS[step](values)]
     if step == "end-run":
         argv += ["--final-status", _final_status_text(values["final_status"])]
     if compiling:

@@ -17,6 +17,7 @@ from components.runners import (
     kubernetes_operator,
     run_local,
     safe_run_key,
+    shard_args,
 )
 
 STEPS = ("validate", "train", "refine", "evaluate", "gate", "score")
@@ -113,6 +114,25 @@ def test_local_runner_streams_returns_the_result_and_classifies_failures(setting
     with pytest.raises(StepFailed) as crash:
         run_local("train", settings, hemo_bin=str(fake))
     assert not crash.value.user_error  # unexpected failures are retried by Airflow
+
+
+def test_shards_running_side_by_side_each_get_their_own_result(settings: StepSettings, tmp_path: Path) -> None:
+    """Mapped score tasks of one DAG run share the run folder: each must read back its own result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = tmp_path / "hemo"
+    # shard 0 writes at once and exits after 1 s; shard 1 writes at 0.5 s: one shared file would
+    # hand shard 0 the result of shard 1
+    fake.write_text('#!/bin/sh\nshard=""; prev=""\nfor a in "$@"; do [ "$prev" = --shard ] && shard="$a"; prev="$a"; done\n'
+                    '[ "$shard" = 1/2 ] && sleep 0.5\nprintf \'{"shard": "%s"}\' "$shard" > "$HEMO_RESULT_FILE"\n'
+                    '[ "$shard" = 0/2 ] && sleep 1\nexit 0\n')
+    fake.chmod(0o755)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda i: run_local("score", settings, hemo_bin=str(fake),
+                                                    extra_args=shard_args(i, 2, "models:/m/1")), range(2)))
+    assert results == [{"shard": "0/2"}, {"shard": "1/2"}]
+    assert sorted(p.name for p in (settings.run_dir / ".hemo-results").glob("score*.json")) == [
+        "score.shard-0-of-2.json", "score.shard-1-of-2.json"]
 
 
 def test_exit_codes_of_container_failures() -> None:

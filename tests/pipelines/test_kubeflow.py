@@ -30,7 +30,8 @@ from components.runners import DEFAULT_IMAGE, GPU_RESOURCE, GPU_STEPS
 from tests.conftest import TINY_PARAMS, running_mlflow_server
 from tests.pipelines.kfp_venv import REPO, run_kfp
 
-STEPS = ("start-run", "validate", "train", "refine", "evaluate", "gate", "score", "end-run")
+STEPS = ("start-run", "validate", "train", "refine", "evaluate", "gate", "plan-scoring", "score", "merge-scores",
+         "end-run")
 IN_HANDLER = ("validate", "train", "refine", "evaluate", "gate")
 
 
@@ -84,7 +85,23 @@ def test_graph_start_run_then_an_exit_handler_around_the_steps_and_score_only_wh
     assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-promoted'] == true"
     assert branch["inputs"]["parameters"]["pipelinechannel--gate-promoted"]["taskOutputParameter"] == {
         "outputParameterKey": "promoted", "producerTask": "gate"}
-    assert set(_tasks(spec, "comp-condition-2")) == {"score"}
+    # promoted: plan the shards, score them in a parallel-for pinned to one model, then merge
+    promoted = _tasks(spec, "comp-condition-2")
+    assert set(promoted) == {"plan-scoring", "for-loop-3", "merge-scores"}
+    assert promoted["plan-scoring"]["inputs"]["parameters"]["champion_version"] == {
+        "componentInputParameter": "pipelinechannel--gate-champion_version_after"}
+    assert promoted["plan-scoring"]["inputs"]["parameters"]["shard_count"] == {
+        "componentInputParameter": "pipelinechannel--score_shards"}
+    loop = promoted["for-loop-3"]
+    assert loop["dependentTasks"] == ["plan-scoring"] and loop["taskInfo"]["name"] == "score-shards"
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--plan-scoring-shards"}
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 8
+    assert set(_tasks(spec, "comp-for-loop-3")) == {"score"}
+    shard = _tasks(spec, "comp-for-loop-3")["score"]["inputs"]["parameters"]
+    for name, field in (("shard", "index"), ("shard_count", "count"), ("model", "model")):  # one work order each
+        assert shard[name] == {"componentInputParameter": "pipelinechannel--plan-scoring-shards-loop-item",
+                               "parameterExpressionSelector": f'parseJson(string_value)["{field}"]'}, name
+    assert promoted["merge-scores"]["dependentTasks"] == ["for-loop-3"]  # after every shard
     # end-run: the exit task, runs whatever happened, and receives the steps' final status
     end = root["end-run"]
     assert end["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -96,7 +113,9 @@ def test_the_parent_run_id_and_the_gate_decision_are_component_outputs(compiled:
     outputs = {name: comp.get("outputDefinitions", {}).get("parameters", {})
                for name, comp in spec["components"].items() if "executorLabel" in comp}
     assert outputs["comp-start-run"] == {"run_id": {"parameterType": "STRING"}}
-    assert outputs["comp-gate"] == {"promoted": {"parameterType": "BOOLEAN"}, "reason": {"parameterType": "STRING"}}
+    assert outputs["comp-gate"] == {"promoted": {"parameterType": "BOOLEAN"}, "reason": {"parameterType": "STRING"},
+                                    "champion_version_after": {"parameterType": "STRING"}}
+    assert outputs["comp-plan-scoring"] == {"shards": {"parameterType": "LIST"}, "model": {"parameterType": "STRING"}}
     assert outputs["comp-evaluate"] == {"version": {"parameterType": "STRING"}}
     tasks = _all_tasks(spec)
     for step in (*IN_HANDLER, "score"):
@@ -143,7 +162,9 @@ def test_parameters(compiled: dict[str, Any]) -> None:
     assert params["image"]["defaultValue"] == DEFAULT_IMAGE
     assert {name: p["parameterType"] for name, p in params.items()} == {
         "image": "STRING", "mlflow_uri": "STRING", "pvc": "STRING", "project_dir": "STRING", "runs_dir": "STRING",
-        "epochs": "NUMBER_INTEGER", "image_size": "NUMBER_INTEGER", "min_improvement": "NUMBER_DOUBLE"}
+        "epochs": "NUMBER_INTEGER", "image_size": "NUMBER_INTEGER", "min_improvement": "NUMBER_DOUBLE",
+        "score_shards": "NUMBER_INTEGER"}
+    assert params["score_shards"]["defaultValue"] == 1
     for override in ("epochs", "image_size", "min_improvement"):  # not given = params.yaml decides
         assert params[override]["isOptional"] and "defaultValue" not in params[override]
         assert any(f'"InputName": "{override}"' in arg for arg in _executor(compiled["spec"], "train")["args"])
@@ -188,15 +209,15 @@ def _resolve(items: list[str], inputs: dict[str, Any], outputs: dict[str, str]) 
 def test_each_containers_command_is_the_argv_its_local_twin_runs(compiled: dict[str, Any],
                                                                  overrides: dict[str, Any]) -> None:
     base = {"project_dir": "/mnt/hemo/project", "runs_dir": "/mnt/hemo/runs", "run_key": "0b7c-run",
-            "mlflow_uri": "http://mlflow:5000", "parent_run_id": "abc123"}
+            "mlflow_uri": "http://mlflow:5000", "parent_run_id": "abc123", "shard": 1, "shard_count": 3,
+            "model": "models:/hemorrhage-classifier/4", "champion_version": "4"}
     final_status = {"state": "FAILED", "pipelineTaskName": "exit-handler-1", "error": {"message": "Task train failed."}}
     cases = {}
     for step in STEPS:
-        inputs = {**base, **overrides}
-        if step == "start-run":
-            inputs.pop("parent_run_id")
+        declared = compiled["spec"]["components"][f"comp-{step}"]["inputDefinitions"]["parameters"]
+        inputs = {k: v for k, v in {**base, **overrides}.items() if k in declared}  # what the component takes
         if step == "end-run":
-            inputs = {k: v for k, v in base.items() if k != "parent_run_id"} | {"final_status": final_status}
+            inputs["final_status"] = final_status
         outputs = {name: f"/tmp/outputs/{step}/{name}" for name in
                    compiled["spec"]["components"][f"comp-{step}"].get("outputDefinitions", {}).get("parameters", {})}
         cases[step] = (inputs, outputs)
@@ -213,8 +234,13 @@ def test_each_containers_command_is_the_argv_its_local_twin_runs(compiled: dict[
                           {**inputs, "final_status": status_json} if step == "end-run" else inputs, outputs)
         assert remote == local[step], step
         assert remote[4] == "/mnt/hemo/runs/0b7c-run"  # every step works in the run's own folder
-        if overrides.get("epochs") and step != "end-run":
+        if overrides.get("epochs") and step not in ("end-run", "plan-scoring", "merge-scores"):
             assert "train.epochs=3" in remote and not any("image_size" in a for a in remote)
+    shard = local["score"]
+    assert shard[shard.index("--shard"):] == ["--shard", "1/3", "--model", "models:/hemorrhage-classifier/4"]
+    assert any(a.endswith("/.hemo-results/score.shard-1-of-3.json") for a in shard)  # shards never share one
+    assert local["merge-scores"][-2:] == ["--shards", "3"]
+    assert local["plan-scoring"][-4:] == ["--shards", "3", "--model", "4"]
 
 
 # --- kfp.local: the same pipeline, run here -----------------------------------------------------
@@ -257,23 +283,38 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_kfp_local_runs_the_pipeline_to_a_champion_and_predictions(
         pipeline_data: Path, tmp_path: Path, registry_server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    result, wall, run_dir = _run_local(tmp_path, _project(tmp_path, pipeline_data), registry_server, "--epochs", "1")
+    result, wall, run_dir = _run_local(tmp_path, _project(tmp_path, pipeline_data), registry_server, "--epochs", "1",
+                                       "--score-shards", "2")
     summary = [line for line in result.stdout.splitlines() if line.startswith("kfp.local:")]
     with capsys.disabled():
         print(f"\n{summary[-1] if summary else 'kfp.local: no summary'} ({wall:.1f} s with the kfp venv's start)")
     assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-3000:])
-    assert summary and re.fullmatch(r"kfp\.local: pipeline hemo-retraining finished in \d+\.\d s", summary[-1])
+    assert summary and re.fullmatch(r"kfp\.local: pipeline hemo-retraining finished in \d+\.\d s", summary[-1]), \
+        result.stdout[-2000:]
 
     results = {p.stem: json.loads(p.read_text()) for p in (run_dir / ".hemo-results").glob("*.json")}
     assert results["gate"]["promoted"] is True
     client = mlflow.MlflowClient(registry_server)
     champion = client.get_model_version_by_alias("hemorrhage-classifier", "champion")
-    assert champion.version == results["evaluate"]["version"] == results["score"]["model_version"]
+    assert champion.version == results["evaluate"]["version"] == results["plan-scoring"]["model_version"]
+    # the parallel-for ran one score task per shard, each with the champion the gate left
+    shards = {name: r for name, r in results.items() if name.startswith("score.")}
+    assert sorted(shards) == ["score.shard-0-of-2", "score.shard-1-of-2"]
+    assert {r["model_version"] for r in shards.values()} == {champion.version}
+    assert sum(r["patients"] for r in shards.values()) == 2
 
+    # merge-scores ran after both: the files of one unsharded run, every test slice once, in folder order
     with (run_dir / "outputs" / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     test_slices = sorted(p.name for p in (pipeline_data / "test").rglob("*.jpg"))
     assert sorted(r["ID"] for r in rows) == test_slices
+    shard_rows = []
+    for index in range(2):
+        with (run_dir / "outputs" / f"predictions.shard-{index}-of-2.csv").open() as handle:
+            shard_rows += list(csv.DictReader(handle))
+    assert sorted(rows, key=lambda r: r["ID"]) == sorted(shard_rows, key=lambda r: r["ID"])
+    assert json.loads((run_dir / "outputs" / "predictions_models.json").read_text())["models"][0]["version"] == \
+        champion.version
 
     parent = client.get_run(results["start-run"]["run_id"])
     assert parent.info.status == "FINISHED"
