@@ -67,6 +67,20 @@ def resolve_device(choice: str) -> Any:
     return torch.device(choice)
 
 
+def join_cluster(device_choice: str) -> tuple[Any, Any]:
+    """(cluster, device) of this process: under torchrun one process per GPU joins the process
+    group (rank 0 logs and saves); alone, a cluster of one. A bad HEMO_DIST_TIMEOUT_S is a user error."""
+    from hemo_model import distributed
+
+    cluster = distributed.from_environment()
+    device = distributed.local_device(cluster, resolve_device(device_choice))
+    try:
+        distributed.init(cluster, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return cluster, device
+
+
 def data_root(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(args.data) if getattr(args, "data", None) else Path(settings.data.root)
 

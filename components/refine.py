@@ -27,7 +27,7 @@ from components.model_steps import (
     provenance,
     publish_fit,
     read_checkpoint,
-    resolve_device,
+    join_cluster,
     resume_decision,
     selection_rule,
     slice_cache,
@@ -158,15 +158,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args).override(
         "refine", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_steps=args.max_steps)
-    from hemo_model import distributed
 
     slice_model, config, payload = read_checkpoint(args.init, "hemo train")
     if config.context != "filter":
         raise UserError(f"{args.init} already has a learned context ({config.context}); refine a stage-1 "
                         "checkpoint of `hemo train`")
-    cluster = distributed.from_environment()  # torchrun: one process per GPU; rank 0 logs and saves
-    device = distributed.local_device(cluster, resolve_device(args.device))
-    distributed.init(cluster, device)
+    cluster, device = join_cluster(args.device)  # torchrun: one process per GPU; rank 0 logs and saves
     roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
     seen = provenance(roles, settings.split, earlier=payload.get("provenance"))
     kind = settings.model.context

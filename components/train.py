@@ -31,7 +31,7 @@ from components.model_steps import (
     provenance,
     fingerprint,
     publish_fit,
-    resolve_device,
+    join_cluster,
     resume_decision,
     selection_rule,
     slice_cache,
@@ -127,14 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
     from components import tracking
     from components.split import write_split_report
-    from hemo_model import distributed
 
     settings = settings_from(args).override(
         "train", epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, precision=args.precision, max_steps=args.max_steps, seed=args.seed)
-    cluster = distributed.from_environment()  # torchrun: one process per GPU; rank 0 logs and saves
-    device = distributed.local_device(cluster, resolve_device(args.device))
-    distributed.init(cluster, device)
+    cluster, device = join_cluster(args.device)  # torchrun: one process per GPU; rank 0 logs and saves
     roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
     pretrained_path(settings.model)  # a missing weights file fails before anything starts
     current = fingerprint(settings, roles, "train")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -40,14 +41,38 @@ def from_environment() -> Cluster:
                    int(os.environ.get("LOCAL_RANK", 0)))
 
 
+TIMEOUT_ENV = "HEMO_DIST_TIMEOUT_S"
+"""Seconds a rank waits for the others (joining the group, any collective) before it fails."""
+
+
+def group_timeout() -> timedelta | None:
+    """The process group's timeout from HEMO_DIST_TIMEOUT_S; None keeps torch's default (10 min
+    for NCCL, 30 min for gloo). A shorter one turns a rank stuck on a dead or unreachable peer into
+    a failure that torchrun answers with a restart of the group (``--max-restarts``), instead of a
+    job that hangs for half an hour; it must exceed the longest time a rank can wait for rank 0
+    (validation, checkpoint and MLflow logging between two collectives)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds above 0, or unset it for torch's default")
+    return timedelta(seconds=seconds)
+
+
 def init(cluster: Cluster, device: torch.device) -> None:
     """Join the process group (NCCL on CUDA, gloo on the CPU) once per process."""
     import torch.distributed as dist
 
     if cluster.distributed and not dist.is_initialized():
+        timeout = group_timeout()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                **({"timeout": timeout} if timeout else {}))
 
 
 def local_device(cluster: Cluster, device: torch.device) -> torch.device:

@@ -45,6 +45,29 @@ def test_resume_without_checkpoint_is_a_clear_error(workdir: Path, capsys: pytes
     assert "--resume given but" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("step", ["train", "refine"])
+def test_a_bad_group_timeout_is_a_user_error(workdir: Path, monkeypatch: pytest.MonkeyPatch, step: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun (RANK/WORLD_SIZE set) the step reads HEMO_DIST_TIMEOUT_S before it joins the group."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("HEMO_DIST_TIMEOUT_S", "soon")
+    if step == "refine":
+        monkeypatch.setenv("HEMO_DIST_TIMEOUT_S", "0")
+        _stage_one(workdir)
+    assert main([step, "--device", "cpu"]) == 2
+    assert "error: HEMO_DIST_TIMEOUT_S=" in capsys.readouterr().err
+
+
+def _stage_one(workdir: Path) -> None:
+    """A stage-1 checkpoint where refine looks for it, without training."""
+    from hemo_model.model import HemoNet, ModelConfig, save_checkpoint
+
+    save_checkpoint(workdir / "outputs" / "train" / "best.pt", HemoNet(head="linear"),
+                    ModelConfig(head="linear", image_size=64))
+
+
 def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_tracking_uri: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Switching MLFLOW_TRACKING_URI must not break steps that find an old pipeline_run.json."""

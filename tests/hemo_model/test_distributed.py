@@ -84,3 +84,40 @@ def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not divisible by 2"):
         fit(_model(), _data(), lambda m: 0.0, build_loss("asl"), replace(CONFIG, batch_size=7), tmp_path,
             ModelConfig(), progress=False, augmentation=None, cluster=Cluster(0, 2, 0))
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("", None), ("120", 120.0), (" 2.5 ", 2.5)])
+def test_group_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str,
+                                            seconds: float | None) -> None:
+    from hemo_model.distributed import TIMEOUT_ENV, group_timeout
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    timeout = group_timeout()
+    assert (timeout.total_seconds() if timeout else None) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_bad_group_timeout_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from hemo_model.distributed import TIMEOUT_ENV, group_timeout
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match="HEMO_DIST_TIMEOUT_S"):
+        group_timeout()
+
+
+def test_a_rank_whose_peer_never_comes_fails_after_the_group_timeout(tmp_path: Path) -> None:
+    """Rank 0 of 2 with no rank 1: joining fails after HEMO_DIST_TIMEOUT_S instead of gloo's 30 min."""
+    import subprocess
+    import sys
+    import time
+
+    script = ("import torch\nfrom hemo_model.distributed import from_environment, init\n"
+              "init(from_environment(), torch.device('cpu'))\n")
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "HEMO_DIST_TIMEOUT_S": "3", "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], env=env,
+                            capture_output=True, text=True, timeout=120)
+    waited = time.perf_counter() - started
+    assert result.returncode != 0 and "timed out" in result.stderr.lower(), result.stderr[-2000:]
+    assert waited < 60, f"took {waited:.0f} s"
