@@ -48,7 +48,7 @@ def _train(out: Path, cluster=SINGLE, loss: str = "asl") -> None:
 
 def _worker(rank: int, port: int, out: str, loss: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), HEMO_DIST_TIMEOUT_S="120")  # a stuck rank fails, never hangs
     torch.set_num_threads(1)
     cluster = from_environment()
     init(cluster, torch.device("cpu"))
