@@ -49,7 +49,9 @@ DATA_PARALLEL_STEPS = frozenset({"train", "refine"})
 def torchrun_entrypoint(processes: str) -> list[str]:
     """The container entrypoint that starts ``hemo`` once per GPU on this host: torchrun's
     ``--nproc_per_node gpu`` counts the GPUs the container sees (1 GPU: one ordinary process).
-    No torchrun restarts: a failure fails the task, and the task's retry resumes from last.pt."""
+    No torchrun restarts: a failure fails the task, and the task's retry resumes from last.pt (a
+    group restarted in place by torchrun's agent was seen to hang in gloo's connect; a relaunch
+    starts a fresh agent and store; tests/e2e/test_distributed.py)."""
     return ["torchrun", "--standalone", "--nproc_per_node", processes, "--max-restarts", "0", "--no-python", "hemo"]
 """Steps that run a network over many slices; validate/gate/evaluate stay on the CPU."""
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -4,8 +4,9 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK, :func:`from_environment` reads them, the process group
 is NCCL on GPUs and gloo on CPUs. The global batch stays the method's (each rank takes its share),
 gradients are averaged by DDP, each rank draws its own augmentation, and rank 0 alone validates,
-logs and writes checkpoints; every rank resumes from rank 0's last.pt after a restart (torchrun
-elastic restarts the whole group when a worker dies).
+logs and writes checkpoints; every rank resumes from rank 0's last.pt when the group is started
+again after a worker died (the runners leave that to the orchestrator's retry, `--max-restarts 0`:
+on the CPU a group restarted in place by torchrun's agent was seen to hang in gloo's connect).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ TIMEOUT_ENV = "HEMO_DIST_TIMEOUT_S"
 
 def group_timeout() -> timedelta | None:
     """The process group's timeout from HEMO_DIST_TIMEOUT_S; None keeps torch's default (10 min
-    for NCCL, 30 min for gloo). A shorter one turns a rank stuck on a dead or unreachable peer into
-    a failure that torchrun answers with a restart of the group (``--max-restarts``), instead of a
-    job that hangs for half an hour; it must exceed the longest time a rank can wait for rank 0
-    (validation, checkpoint and MLflow logging between two collectives)."""
+    for NCCL, 30 min for gloo). A shorter one makes a rank whose peers never join the rendezvous,
+    or never reach a collective, fail (and its task be retried) instead of waiting half an hour; it
+    must exceed the longest time a rank can wait for rank 0 (validation, checkpoint and MLflow
+    logging between two collectives). Seen not to bound: gloo's pair connect of a group that
+    torchrun's agent restarted in place (why the runners use ``--max-restarts 0``)."""
     text = os.environ.get(TIMEOUT_ENV, "").strip()
     if not text:
         return None
