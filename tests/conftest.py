@@ -186,6 +186,21 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
+def version_data_on_s3(repo: Path, endpoint: str, bucket: str, env: dict[str, str] | None = None) -> None:
+    """Set ``repo`` up as a user does: git + DVC, ``data/`` tracked by DVC, an S3 remote named
+    ``storage`` (URL and endpoint in .dvc/config, credentials only in the environment) as the
+    default, and the data pushed there."""
+    import subprocess
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    for args in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"],
+                 [dvc, "add", "-q", "data"], [dvc, "remote", "add", "-d", "storage", f"s3://{bucket}/hemo"],
+                 [dvc, "remote", "modify", "storage", "endpointurl", endpoint], [dvc, "push", "-q"]):
+        result = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env or os.environ.copy(),
+                                timeout=300)
+        assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+
+
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, artifacts_destination: str | None = None, env: dict | None = None):
     """Start a real MLflow tracking server + registry (SQLite backend, proxied artifacts)."""

@@ -27,7 +27,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import S3_CREDENTIALS, TINY_PARAMS, running_mlflow_server
+from tests.conftest import S3_CREDENTIALS, TINY_PARAMS, running_mlflow_server, version_data_on_s3
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -55,13 +55,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, pipeline_data: Path, s
     s3_env = {**os.environ, **S3_CREDENTIALS}
     bucket = f"hemo-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, **_boto(S3_CREDENTIALS)).create_bucket(Bucket=bucket)
-    _sh(project, "git", "init", "-q")
-    _sh(project, DVC, "init", "-q")
-    _sh(project, DVC, "config", "core.analytics", "false")
-    _sh(project, DVC, "add", "-q", "data")
-    _sh(project, DVC, "remote", "add", "-d", "storage", f"s3://{bucket}/hemo")
-    _sh(project, DVC, "remote", "modify", "storage", "endpointurl", s3_server)
-    _sh(project, DVC, "push", "-q", env=s3_env)
+    version_data_on_s3(project, s3_server, bucket, env=s3_env)
     _sh(project, "git", "add", "-A")
     _sh(project, "git", "-c", "user.email=ci@hemo", "-c", "user.name=ci", "commit", "-qm", "data and params")
     shutil.rmtree(project / "data")

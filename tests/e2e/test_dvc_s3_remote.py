@@ -11,6 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.conftest import version_data_on_s3
+
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
@@ -31,16 +33,10 @@ def test_push_wipe_pull_round_trip(tiny_data: Path, tmp_path: Path, s3_server: s
     repo.mkdir()
     shutil.copytree(tiny_data, repo / "data")
     original = _files(repo / "data")
-    _run(repo, "git", "init", "-q")
-    _run(repo, DVC, "init", "-q")
-    _run(repo, DVC, "config", "core.analytics", "false")
-    _run(repo, DVC, "add", "-q", "data")
+    version_data_on_s3(repo, s3_server, s3_bucket)
     # The documented S3 set-up: URL + endpoint in the config, credentials only in the environment.
-    _run(repo, DVC, "remote", "add", "-d", "storage", f"s3://{s3_bucket}/hemo")
-    _run(repo, DVC, "remote", "modify", "storage", "endpointurl", s3_server)
     config = (repo / ".dvc" / "config").read_text()
-    assert "hemo-test-secret" not in config and "access_key" not in config
-    _run(repo, DVC, "push", "-q")
+    assert s3_server in config and "hemo-test-secret" not in config and "access_key" not in config
 
     stored = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=s3_bucket, Prefix="hemo/")
     assert stored["KeyCount"] >= len(original)
