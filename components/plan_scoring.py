@@ -12,8 +12,9 @@ merge), and publishes
 
 Each item of ``shards`` is everything one shard task needs, so a parallel-for over it hands each
 iteration its own complete work order: ``hemo score --shard <index>/<count> --model <model>``;
-``hemo merge-scores --shards N`` then joins them. The Airflow DAG plans the same way in its own task (dynamic task mapping needs the
-argument lists in the worker); both build a shard's arguments with :func:`components.runners.shard_args`.
+``hemo merge-scores --shards N`` then joins them. The Airflow DAG plans the same way in its own
+task (dynamic task mapping needs the argument lists in the worker); both build a shard's
+arguments with :func:`components.runners.shard_args`.
 """
 
 from __future__ import annotations

@@ -192,16 +192,28 @@ def compile_pipeline(out: Path) -> Path:
     return out
 
 
+def _named_task_output(channel: str, io_store: Any) -> tuple[bool, Any]:
+    """(True, value) when ``[pipelinechannel--]<task>-<output>`` names an output kfp.local holds.
+    Output names are Python identifiers (no '-'), so the text after the last '-' is the output and
+    the rest the task."""
+    task, _, output = channel.removeprefix("pipelinechannel--").rpartition("-")
+    if task and output:
+        try:
+            return True, io_store.get_task_output(task, output)
+        except (ValueError, KeyError):
+            pass
+    return False, None
+
+
 def _resolve_named_outputs_in_local_conditions() -> None:
     """Let kfp.local read ``dsl.If(gate.outputs["promoted"] == True)`` as the cluster does.
 
     kfp.local 2.17.3 resolves a condition's ``pipelinechannel--<task>-<output>`` only for an output
     named ``Output`` (a returned value); for a named output such as gate's ``promoted`` it logs
     "Could not resolve CEL parameter" and takes the branch as False, so score would silently never
-    run. Output names are Python identifiers (no '-'), so the text after the last '-' is the
-    output and the rest the task: try that task output first, then kfp's own resolution. Only the
-    local runner is patched; the compiled pipeline is untouched, and the local test fails if score
-    does not run after a promotion."""
+    run. So the task output the reference names (:func:`_named_task_output`) is tried first, then
+    kfp's own resolution. Only the local runner is patched; the compiled pipeline is untouched, and
+    the local test fails if score does not run after a promotion."""
     from kfp.local.orchestrator import enhanced_dag_orchestrator
 
     evaluator = enhanced_dag_orchestrator.ConditionEvaluator
@@ -210,13 +222,8 @@ def _resolve_named_outputs_in_local_conditions() -> None:
         return
 
     def resolve(channel_ref: str, io_store: Any) -> Any:
-        task, _, output = channel_ref.removeprefix("pipelinechannel--").rpartition("-")
-        if task and output:
-            try:
-                return io_store.get_task_output(task, output)
-            except (ValueError, KeyError):
-                pass
-        return original(channel_ref, io_store)
+        found, value = _named_task_output(channel_ref, io_store)
+        return value if found else original(channel_ref, io_store)
 
     resolve._hemo_named_outputs = True  # type: ignore[attr-defined]
     evaluator._resolve_pipeline_channel = staticmethod(resolve)
@@ -243,12 +250,9 @@ def _resolve_named_outputs_in_local_loops() -> None:
                 spec.parameter_iterator.items.HasField("input_parameter"):
             channel = spec.parameter_iterator.items.input_parameter.removeprefix("pipelinechannel--")
             channel = channel.replace("-loop-item", "")
-            task, _, output = channel.rpartition("-")
-            if task and output:
-                try:
-                    io_store.put_parent_input(channel, io_store.get_task_output(task, output))
-                except (ValueError, KeyError):
-                    pass
+            found, value = _named_task_output(channel, io_store)
+            if found:
+                io_store.put_parent_input(channel, value)
         return original(**kwargs)
 
     run_parallel_for._hemo_named_outputs = True  # type: ignore[attr-defined]

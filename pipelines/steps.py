@@ -22,7 +22,16 @@ from typing import Any, Optional
 from kfp.dsl import OutputPath, PipelineTaskFinalStatus
 
 from components.results import RESULT_ENV, field_env
-from components.runners import OVERRIDE_KEYS, RESULTS_DIR, StepSettings, hemo_args, pod_argv, shard_args, step_env
+from components.runners import (
+    OVERRIDE_KEYS,
+    RESULTS_DIR,
+    StepSettings,
+    hemo_args,
+    pod_argv,
+    result_name,
+    shard_args,
+    step_env,
+)
 
 # The body runs the local twin; the container component is built from the same signature.
 # `values = dict(locals())` must stay the first statement: it captures exactly the parameters.
@@ -163,12 +172,10 @@ def step_command(step: str, values: Mapping[str, Any]) -> list[Any]:
         parent_run_id=text(values.get("parent_run_id")),
         overrides=overrides,
     )
-    result = f"{step}.shard-{text(values['shard'])}-of-{text(values['shard_count'])}" if step == "score" else step
-    env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{result}.json"),
+    extra = [text(arg) for arg in STEP_ARGS[step](values)] if step in STEP_ARGS else []
+    env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{result_name(step, extra)}.json"),
            **{field_env(name): text(values[name]) for name in OUTPUTS[step]}}
-    argv: list[Any] = ["hemo", *hemo_args(step, settings.project_dir, settings.overrides)]
-    if step in STEP_ARGS:
-        argv += [text(arg) for arg in STEP_ARGS[step](values)]
+    argv: list[Any] = ["hemo", *hemo_args(step, settings.project_dir, settings.overrides), *extra]
     if step == "end-run":
         argv += ["--final-status", _final_status_text(values["final_status"])]
     if compiling:

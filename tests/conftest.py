@@ -65,11 +65,11 @@ def step_env(**extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_ok(args: list[str], cwd: Path, **extra_env: str) -> "subprocess.CompletedProcess[str]":
+def run_ok(args: list[str], cwd: Path, timeout: float = 900, **extra_env: str) -> "subprocess.CompletedProcess[str]":
     """Run ``args`` in ``cwd`` with :func:`step_env`; fail the test with the output's tail unless it exits 0."""
     import subprocess
 
-    result = subprocess.run(args, cwd=cwd, env=step_env(**extra_env), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(args, cwd=cwd, env=step_env(**extra_env), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -186,19 +186,15 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
-def version_data_on_s3(repo: Path, endpoint: str, bucket: str, env: dict[str, str] | None = None) -> None:
+def version_data_on_s3(repo: Path, endpoint: str, bucket: str, **extra_env: str) -> None:
     """Set ``repo`` up as a user does: git + DVC, ``data/`` tracked by DVC, an S3 remote named
-    ``storage`` (URL and endpoint in .dvc/config, credentials only in the environment) as the
-    default, and the data pushed there."""
-    import subprocess
-
+    ``storage`` (URL and endpoint in .dvc/config, credentials only in the environment:
+    ``extra_env`` or the test's own) as the default, and the data pushed there."""
     dvc = str(Path(sys.executable).with_name("dvc"))
     for args in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"],
                  [dvc, "add", "-q", "data"], [dvc, "remote", "add", "-d", "storage", f"s3://{bucket}/hemo"],
                  [dvc, "remote", "modify", "storage", "endpointurl", endpoint], [dvc, "push", "-q"]):
-        result = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env or os.environ.copy(),
-                                timeout=300)
-        assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        run_ok(args, repo, timeout=300, **extra_env)
 
 
 @contextlib.contextmanager

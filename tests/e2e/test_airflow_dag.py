@@ -55,7 +55,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, pipeline_data: Path, s
     s3_env = {**os.environ, **S3_CREDENTIALS}
     bucket = f"hemo-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, **_boto(S3_CREDENTIALS)).create_bucket(Bucket=bucket)
-    version_data_on_s3(project, s3_server, bucket, env=s3_env)
+    version_data_on_s3(project, s3_server, bucket, **S3_CREDENTIALS)
     _sh(project, "git", "add", "-A")
     _sh(project, "git", "-c", "user.email=ci@hemo", "-c", "user.name=ci", "commit", "-qm", "data and params")
     shutil.rmtree(project / "data")

@@ -24,12 +24,6 @@ STEP_TIMEOUT_S = 300
 """Far above what one of these tiny steps takes (seconds): a step that runs longer has hung."""
 
 
-def _env(workdir: Path, **extra: str) -> dict[str, str]:
-    """The step's environment: unbuffered output (we wait for its lines), one thread, the embedded
-    MLflow store of ``workdir`` unless ``extra`` names a server."""
-    return step_env(**extra)
-
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
 
@@ -48,7 +42,7 @@ def _kill_during_epoch_two(workdir: Path, out: str, env: dict[str, str]) -> floa
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(workdir: Path) -> None:
-    env = _env(workdir)
+    env = step_env()
     subprocess.run([*TRAIN, "--out", "outputs/uninterrupted"], cwd=workdir, env=env, check=True, capture_output=True,
                    timeout=STEP_TIMEOUT_S)
     ran = _kill_during_epoch_two(workdir, "outputs/train", env)
@@ -74,7 +68,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(workdir: Path) 
 
 @pytest.mark.slow
 def test_a_dead_run_is_closed_failed_by_the_next_fresh_start(workdir: Path) -> None:
-    env = _env(workdir)
+    env = step_env()
     _kill_during_epoch_two(workdir, "outputs/train", env)
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     (killed,) = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list",
@@ -119,7 +113,7 @@ def test_tracking_server_restarted_during_a_step(workdir: Path, tmp_path: Path) 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _server(root, port)
-    env = _env(workdir, MLFLOW_TRACKING_URI=url)
+    env = step_env(MLFLOW_TRACKING_URI=url)
     process = subprocess.Popen([*TRAIN, "--out", "outputs/train"], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     read_until(process, "epoch 1: loss", STEP_TIMEOUT_S)
