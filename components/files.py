@@ -1,9 +1,11 @@
 """Atomic output files: write to a temp file in the same folder, then rename over the target.
 
-A step that is interrupted, or fails half-way, never leaves a truncated report, metrics file or
-prediction CSV where the previous good one was. Files get the mode a plain ``open()`` would give
-them (0666 minus the process umask, 0644 by default), not the 0600 of a temp file: the Airflow
-worker that reads a report is often another uid than the container that wrote it.
+A step that is interrupted, or fails half-way, never leaves a truncated report, metrics file,
+plot or prediction CSV where the previous good one was. Files get the mode a plain ``open()``
+would give them (0666 minus the process umask, 0644 by default), not the 0600 of a temp file: the
+Airflow worker that reads a report is often another uid than the container that wrote it. Files
+that hold secrets or identifiers pass ``mode=0o600``: the temp file is created with that mode, so
+the content is never readable by others, not even for a moment before a ``chmod``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import csv
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -23,32 +26,51 @@ def _umask() -> int:
     return current
 
 
-def _atomic_text(path: Path) -> Any:
+@contextmanager
+def atomic_file(path: Path, mode: int | None = None, binary: bool = False) -> Iterator[IO[Any]]:
+    """An open temp file beside ``path`` (created 0600 by :mod:`tempfile`), renamed over ``path``
+    when the block succeeds and removed when it fails. ``mode`` is the final mode (default: what
+    the umask gives a new file); a private ``mode`` is set before anything is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                       delete=False, newline="", encoding="utf-8")
+    handle: IO[Any] = tempfile.NamedTemporaryFile(
+        "wb" if binary else "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
+        **({} if binary else {"newline": "", "encoding": "utf-8"}))
+    final = (0o666 & ~_umask()) if mode is None else mode
+    try:
+        with handle:
+            if final & 0o077 == 0:
+                os.chmod(handle.name, final)  # private from the first byte
+            yield handle
+        os.chmod(handle.name, final)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
-def _publish(temp_name: str, path: Path) -> None:
-    os.chmod(temp_name, 0o666 & ~_umask())
-    os.replace(temp_name, path)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    with _atomic_text(path) as handle:
+def write_json_atomic(path: Path, payload: Any, mode: int | None = None) -> None:
+    with atomic_file(path, mode) as handle:
         json.dump(payload, handle, indent=2, default=float)
-    _publish(handle.name, path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with _atomic_text(path) as handle:
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    with atomic_file(path, mode) as handle:
         handle.write(text)
-    _publish(handle.name, path)
 
 
-def write_csv_atomic(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
-    with _atomic_text(path) as handle:
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    with atomic_file(path, mode, binary=True) as handle:
+        handle.write(data)
+
+
+def write_csv_atomic(path: Path, header: list[str], rows: Iterable[Iterable[Any]], mode: int | None = None) -> None:
+    with atomic_file(path, mode) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    _publish(handle.name, path)
+
+
+def write_figure_atomic(path: Path, figure: Any, **savefig: Any) -> None:
+    """A matplotlib figure saved as ``path`` (format from its suffix), atomically."""
+    with atomic_file(path, binary=True) as handle:
+        figure.savefig(handle, format=path.suffix.lstrip(".") or "png", **savefig)
