@@ -29,6 +29,7 @@ Only the standard library is imported at module level: the DAG file imports this
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -61,6 +62,10 @@ CONTAINER_PROJECT = "/opt/hemo"  # where the project (data/, params.yaml) is mou
 CONTAINER_RUNS = "/opt/hemo-runs"
 CONTAINER_RESULT = "/tmp/hemo-result.json"
 POD_RESULT = "/airflow/xcom/return.json"
+CONTAINER_SECRETS = "/run/hemo-secrets"
+"""Where a step container finds its private credentials (a Docker volume or a Kubernetes Secret)."""
+STEP_SECRETS_FILE = "hemo-step.env"
+"""The file in it: ``KEY=value`` lines read by ``hemo`` at start (components.credentials)."""
 RESULTS_DIR = ".hemo-results"  # the local runner's result files, inside the run folder
 USER_ERROR_CODES = frozenset({1, 2})
 """`hemo` exit codes for bad input (1: validation failed, 2: user error): retrying cannot help."""
@@ -70,9 +75,35 @@ OVERRIDE_KEYS = {"epochs": "train.epochs", "image_size": "train.image_size",
 """DAG params that override one setting each (validated by the settings layer in the step)."""
 
 
+RUN_KEY_PLAIN = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
+"""Run ids kept as they are: lower case, digits, '_' and '-' only (Kubeflow's run UUIDs, kfp.local's ids)."""
+RUN_KEY_PREFIX = 80
+RUN_KEY_DIGEST = 16
+
+
 def safe_run_key(run_id: str) -> str:
-    """A DAG run id as a folder name: 'manual__2026-01-01T00:00:00+00:00' -> no ':' or '+'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+    """The one mapping from an orchestrator's run id to the name of its run folder.
+
+    Airflow accepts run ids such as '..', 'a/b' or 'a:b' (its default run-id pattern), and a
+    folder named after a sanitised id could be the runs folder's parent, or shared by two runs
+    ('a:b' and 'a_b'), so that ``--resume auto`` continued another run's checkpoint. So:
+
+    * an id that is already a plain name (:data:`RUN_KEY_PLAIN`: lower case, digits, '_', '-';
+      Kubeflow's run UUIDs are) is kept as it is, which the compiled Kubeflow pipeline relies on:
+      it names the folder by the run-id placeholder, resolved only on the cluster;
+    * any other id becomes a readable prefix (every character outside ``[A-Za-z0-9_-]`` made
+      '_', no leading '-', at most 80 characters) + '.' + the first 16 hex digits of the SHA-256
+      of the raw id.
+
+    The name is never '.', '..' or empty and holds no separator; a kept name has no '.' and a
+    hashed one has exactly one, followed by the digest of the raw id, so two distinct ids never
+    share a folder (short of a 64-bit hash collision), not even on a case-insensitive file system
+    (kept names are lower case, digests are lower-case hex)."""
+    if RUN_KEY_PLAIN.fullmatch(run_id):
+        return run_id
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", run_id).lstrip("-")[:RUN_KEY_PREFIX] or "run"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:RUN_KEY_DIGEST]
+    return f"{prefix}.{digest}"
 
 
 @dataclass
@@ -92,6 +123,12 @@ class StepSettings:
     uid: int | None = None
     gid: int | None = None
     """The uid/gid containers run as (HEMO_CONTAINER_UID/GID); None = the worker's own."""
+    step_secrets: str | None = None
+    """Where step containers get their MLflow credentials (HEMO_STEP_SECRETS): the Docker volume
+    holding :data:`STEP_SECRETS_FILE`, mounted read-only at :data:`CONTAINER_SECRETS` with only its
+    path as environment (docker runner), or the Kubernetes Secret whose keys become the pod's
+    environment through ``envFrom`` (kubernetes runner). Either way no credential shows in
+    ``docker inspect``, the pod spec or the task log. None = the steps get no credentials."""
 
     def container_user(self) -> tuple[int, int]:
         return (self.uid if self.uid is not None else os.getuid(), self.gid if self.gid is not None else os.getgid())
@@ -179,10 +216,16 @@ def pod_argv(run_dir: str, env: Mapping[str, str], argv: list[str]) -> list[str]
     return ["sh", "-c", POD_LAUNCH, "hemo-launch", str(run_dir), *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
+SAFE_LOADING_ENV = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
+"""Set for every step, whatever its image: models are data, and torch.load refuses pickled code
+even where a caller forgot weights_only=True (a second wall behind the code's own checks)."""
+
+
 def step_env(settings: StepSettings) -> dict[str, str]:
+    """The environment of a step (names and paths only, never a credential: see ``step_secrets``)."""
     env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "HEMO_DAG_RUN_ID": settings.dag_run_id,
            "HEMO_PROJECT_DIR": str(settings.project_dir), "PYTHONUNBUFFERED": "1",
-           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", **settings.extra_env}
+           **settings.extra_env, **SAFE_LOADING_ENV}
     if settings.parent_run_id:
         env["HEMO_PARENT_RUN_ID"] = settings.parent_run_id
     return env
@@ -235,6 +278,11 @@ def in_container(settings: StepSettings) -> StepSettings:
                                run_dir=Path(CONTAINER_RUNS) / settings.run_dir.name)
 
 
+def secrets_env(settings: StepSettings) -> dict[str, str]:
+    """HEMO_SECRETS_FILE for a container with its step secrets volume mounted: a path, never a value."""
+    return {"HEMO_SECRETS_FILE": f"{CONTAINER_SECRETS}/{STEP_SECRETS_FILE}"} if settings.step_secrets else {}
+
+
 def exit_code_of(error: BaseException) -> int | None:
     """The step's exit code from a container/pod failure message, if the operator reports it."""
     match = re.search(r"['\"]?(?:StatusCode|exit_code)['\"]?\s*[:=]\s*(\d+)", str(error))
@@ -258,18 +306,21 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
     # or "gpu" = as many as the container sees); the image's entrypoint is plain `hemo` otherwise
     processes = os.environ.get("HEMO_DOCKER_PROCESSES", "gpu")
     entrypoint = torchrun_entrypoint(processes) if step in DATA_PARALLEL_STEPS else None
+    mounts = [
+        Mount(target=CONTAINER_PROJECT, source=str(settings.project_dir), type="bind", read_only=True),
+        Mount(target=CONTAINER_RUNS, source=str(settings.run_dir.parent), type="bind"),
+    ]
+    if settings.step_secrets:  # a named volume filled by the stack's secrets-init service
+        mounts.append(Mount(target=CONTAINER_SECRETS, source=settings.step_secrets, type="volume", read_only=True))
     return JsonResultDockerOperator(
         task_id=task_id,
         image=settings.image,
         entrypoint=entrypoint,
         command=command(step, settings, Path(CONTAINER_PROJECT)),
         working_dir=str(inner.run_dir),
-        environment={**step_env(inner), "HEMO_RESULT_FILE": CONTAINER_RESULT},
+        environment={**step_env(inner), **secrets_env(settings), "HEMO_RESULT_FILE": CONTAINER_RESULT},
         user=f"{uid}:{gid}",
-        mounts=[
-            Mount(target=CONTAINER_PROJECT, source=str(settings.project_dir), type="bind", read_only=True),
-            Mount(target=CONTAINER_RUNS, source=str(settings.run_dir.parent), type="bind"),
-        ],
+        mounts=mounts,
         device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None,
         shm_size=16 * 1024**3 if gpu else None,
         docker_url=docker_url or os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
@@ -304,6 +355,11 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
         k8s.V1VolumeMount(name="hemo", mount_path=CONTAINER_RUNS, sub_path="runs"),
         k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
     ]
+    # The credentials come from a Kubernetes Secret (keys MLFLOW_TRACKING_USERNAME/PASSWORD, made
+    # from the same hemo-step.env: kubectl create secret generic hemo-step --from-env-file=...):
+    # the pod spec holds its name only, never a value.
+    secret_env = ([k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.step_secrets))]
+                  if settings.step_secrets else None)
     return KubernetesPodOperator(
         task_id=task_id,
         name=f"hemo-{step}",
@@ -314,6 +370,7 @@ def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespa
         arguments=[f"mkdir -p {shlex.quote(container_run_dir)} && cd {shlex.quote(container_run_dir)} && exec "
                    + shlex.join(["hemo", *command(step, settings, Path(CONTAINER_PROJECT))])],
         env_vars={**step_env(inner), "HEMO_RESULT_FILE": POD_RESULT},
+        env_from=secret_env,
         container_resources=k8s.V1ResourceRequirements(limits=limits, requests=requests),
         volumes=volumes,
         volume_mounts=mounts,

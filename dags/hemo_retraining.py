@@ -8,8 +8,12 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
 * Every task is a thin call of one `hemo <step>` through a runner chosen per DAG run: param
   `runner` (local | docker | kubernetes), or the Airflow Variable `hemo_runner` when the param
   is `auto`. No step logic lives here.
-* Each DAG run works in its own folder `<runs>/<run id>`, so a retry or a second run never
-  overwrites another run's checkpoints, reports or predictions.
+* Each DAG run works in its own folder `<runs>/<folder of the run id>` (runners.safe_run_key: a
+  plain id as it is, any other a readable prefix + a hash of the id), so a retry or a second run
+  never overwrites another run's checkpoints, reports or predictions, and no run id ('..', 'a/b',
+  'a:b' next to 'a_b') reaches outside the runs folder or into another run's folder.
+* Credentials never travel as task arguments or container environment: step containers mount the
+  secrets named by HEMO_STEP_SECRETS (a Docker volume / Kubernetes Secret) and get only its path.
 * One MLflow run tree per DAG run: `start_run` creates the parent run and every step nests under
   it (HEMO_PARENT_RUN_ID); all runs carry the DAG run id as a tag; `end_run` ends it FINISHED, or
   FAILED when any task failed.
@@ -84,6 +88,7 @@ def _settings(parent_run_id: str | None = None) -> Any:
         image=Variable.get("hemo_image", default=None) or os.environ.get("HEMO_IMAGE", "ghcr.io/hemo-pipeline/hemo:0.1.0"),
         uid=int(uid) if uid else None,
         gid=int(gid) if gid else None,
+        step_secrets=os.environ.get("HEMO_STEP_SECRETS") or None,
     )
 
 

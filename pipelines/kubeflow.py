@@ -76,6 +76,12 @@ LOCAL_BASE_IMAGE = "python:3.11"
 MAX_PARALLEL_SHARDS = 8
 """At most this many scoring pods (one GPU each) at a time, whatever score_shards asks for."""
 SHM_SIZE = "16Gi"  # the DataLoader's workers share batches through /dev/shm
+STEP_SECRET = "hemo-step"
+"""The Kubernetes Secret with the pipeline writer's MLflow login (keys MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD; ``kubectl create secret generic hemo-step --from-env-file=hemo-step.env``),
+the same one the Airflow kubernetes runner uses. Every step gets them as environment from the
+Secret (secretKeyRef): the compiled pipeline and the pod spec name the Secret, never a value."""
+SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 RETRIES = 2
 """On a cluster: a lost node or a restarting MLflow server is worth two retries, and train/refine
 resume from their checkpoint (--resume auto). Kubeflow retries do not look at the exit code, so
@@ -128,6 +134,7 @@ def _configure(task: Any, step: str, image: Any, pvc: Any, containers: bool, ret
     task.set_cpu_request(requests["cpu"]).set_memory_request(requests["memory"])
     task.set_cpu_limit(limits["cpu"]).set_memory_limit(limits["memory"])
     kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=PVC_MOUNT)
+    kubernetes.use_secret_as_env(task, secret_name=STEP_SECRET, secret_key_to_env={k: k for k in SECRET_KEYS})
     if step in GPU_STEPS:
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(int(limits[GPU_RESOURCE]))
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",

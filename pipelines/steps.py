@@ -29,6 +29,7 @@ from components.runners import (
     hemo_args,
     pod_argv,
     result_name,
+    safe_run_key,
     shard_args,
     step_env,
 )
@@ -164,9 +165,13 @@ def step_command(step: str, values: Mapping[str, Any]) -> list[Any]:
     compiling = any(_is_placeholder(v) for v in values.values())
     if compiling:
         overrides = {key: str(value) for key, value in overrides.items()}
+    # The run folder's name: runners.safe_run_key, the one mapping every runner uses. Compiling, the
+    # key is Kubeflow's run-id placeholder, resolved on the cluster to a lower-case UUID, which that
+    # mapping keeps as it is (tests/security/test_run_folders.py), so both paths name one folder.
+    run_key = text(values["run_key"]) if compiling else safe_run_key(text(values["run_key"]))
     settings = StepSettings(
         project_dir=Path(text(values["project_dir"])),
-        run_dir=Path(text(values["runs_dir"])) / text(values["run_key"]),
+        run_dir=Path(text(values["runs_dir"])) / run_key,
         mlflow_uri=text(values["mlflow_uri"]),
         dag_run_id=text(values["run_key"]),
         parent_run_id=text(values.get("parent_run_id")),

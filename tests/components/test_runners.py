@@ -33,8 +33,13 @@ def settings(tmp_path: Path) -> StepSettings:
     )
 
 
-def test_run_key_is_a_safe_folder_name() -> None:
-    assert safe_run_key("scheduled__2026-01-05T03:00:00+00:00") == "scheduled__2026-01-05T03_00_00_00_00"
+def test_run_key_is_a_readable_safe_folder_name() -> None:
+    """Airflow's ids keep a readable prefix and get the hash of the raw id; plain ids (Kubeflow's
+    run UUIDs, kfp.local's numbers) stay as they are. The attacks: tests/security/test_run_folders.py."""
+    key = safe_run_key("scheduled__2026-01-05T03:00:00+00:00")
+    assert key.startswith("scheduled__2026-01-05T03_00_00_00_00.") and len(key.rsplit(".", 1)[1]) == 16
+    assert safe_run_key("scheduled__2026-01-05T03:00:00+00:00") == key  # the same id, the same folder (retries)
+    assert safe_run_key("0b7c-run") == "0b7c-run"
 
 
 def test_args_carry_overrides_as_settings_and_use_run_relative_outputs(tmp_path: Path) -> None:
@@ -59,6 +64,8 @@ def test_docker_operator(settings: StepSettings, step: str) -> None:
     assert op.environment["HEMO_PARENT_RUN_ID"] == "abc123"
     assert op.environment["HEMO_DAG_RUN_ID"] == settings.dag_run_id
     assert op.environment["HEMO_PROJECT_DIR"] == CONTAINER_PROJECT  # lineage from the mounted project
+    assert op.environment["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1"  # torch.load refuses pickled code
+    assert op.environment["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     assert op.working_dir.endswith(settings.run_dir.name)
     assert op.user == "1000:1000"
     # the step's result comes back as JSON retrieved from the container, never from a shared disk
@@ -92,10 +99,41 @@ def test_kubernetes_operator(settings: StepSettings, step: str) -> None:
     raw = op.env_vars  # a dict until the operator converts it at execute time
     env = dict(raw) if isinstance(raw, dict) else {e.name: e.value for e in raw}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["HEMO_PARENT_RUN_ID"] == "abc123"
+    assert env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1"
     assert any(m.mount_path == "/dev/shm" for m in op.volume_mounts)
     assert op.do_xcom_push and env["HEMO_RESULT_FILE"] == "/airflow/xcom/return.json"
     context = op.security_context
     assert (context.run_as_user, context.run_as_group, context.fs_group) == (1000, 1000, 1000)
+
+
+def test_docker_steps_mount_the_secrets_volume_and_get_only_its_path(settings: StepSettings) -> None:
+    settings.step_secrets = "hemo-step-secrets"
+    op = docker_operator("train_docker", "train", settings)
+    targets = {m["Target"]: m for m in op.mounts}
+    secrets = targets["/run/hemo-secrets"]
+    assert (secrets["Type"], secrets["Source"], secrets["ReadOnly"]) == ("volume", "hemo-step-secrets", True)
+    assert op.environment["HEMO_SECRETS_FILE"] == "/run/hemo-secrets/hemo-step.env"
+    settings.step_secrets = None
+    op = docker_operator("train_docker", "train", settings)
+    assert "HEMO_SECRETS_FILE" not in op.environment and "/run/hemo-secrets" not in {m["Target"] for m in op.mounts}
+
+
+def test_pods_take_the_credentials_from_a_kubernetes_secret(settings: StepSettings) -> None:
+    settings.step_secrets = "hemo-step"
+    op = kubernetes_operator("gate_pod", "gate", settings)
+    (source,) = op.env_from
+    assert source.secret_ref.name == "hemo-step"
+    raw = op.env_vars
+    env = dict(raw) if isinstance(raw, dict) else {e.name: e.value for e in raw}
+    assert not any("USERNAME" in name or "PASSWORD" in name for name in env)
+
+
+def test_safety_settings_cannot_be_overridden_by_extra_env(settings: StepSettings) -> None:
+    from components.runners import step_env
+
+    settings.extra_env = {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "0", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    env = step_env(settings)
+    assert env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1" and env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
 
 
 def test_local_runner_streams_returns_the_result_and_classifies_failures(settings: StepSettings,
