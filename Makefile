@@ -11,7 +11,7 @@ KFP_VENV ?= .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.hemo-kfp-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv kfp-venv data lock bench clean-outputs help services
+.PHONY: run test venv kfp-venv data lock bench clean-outputs help services secrets
 
 help:
 	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench - run the benchmark scripts (prints measured figures)"
 	@echo "make lock  - re-freeze requirements.lock from the current venv"
 	@echo "make pipeline.yaml - compile the Kubeflow pipeline (docs/kubeflow.md)"
+	@echo "make secrets - write docker/.env with fresh random secrets for the stack (FORCE=1 replaces it)"
 
 venv: $(STAMP)
 
@@ -73,6 +74,11 @@ services:
 bench: $(STAMP)
 	for script in validation_speed context_scoring precision_scoring training_throughput; do \
 		$(BIN)/python benchmarks/$$script.py || exit 1; done
+
+# docker/.env for docker/compose.yaml: every secret fresh and random, mode 0600, never overwritten
+# unless FORCE=1 (standard library only: no venv needed on the host that runs the stack).
+secrets:
+	python3 scripts/make_secrets.py $(if $(FORCE),--force)
 
 lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^hemo-pipeline' > requirements.lock

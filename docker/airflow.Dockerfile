@@ -6,6 +6,9 @@ FROM apache/airflow:3.3.2-python3.11
 USER root
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 USER airflow
+# The DAG's local runner and end_run load models/checkpoints in this image too: never pickled code.
+ENV MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false \
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD=1
 
 COPY --chown=airflow:root requirements.lock pyproject.toml README.md /opt/hemo-src/
 COPY --chown=airflow:root hemo_model /opt/hemo-src/hemo_model

@@ -27,8 +27,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_services_of_the_production_stack(compose: dict) -> None:
-    assert {"postgres", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "hemo-train"} <= set(compose["services"])
+    assert {"postgres", "minio", "minio-init", "mlflow", "mlflow-init", "secrets-init", "docker-proxy", "airflow-init",
+            "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "hemo-train"} <= set(compose["services"])
 
 
 def test_mlflow_uses_postgres_s3_and_allowed_hosts(compose: dict) -> None:
@@ -39,13 +39,34 @@ def test_mlflow_uses_postgres_s3_and_allowed_hosts(compose: dict) -> None:
     assert "--artifacts-destination s3://hemo-mlflow/" in command
     assert "--allowed-hosts" in command
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert "CREATE DATABASE mlflow" in (DOCKER / "postgres-init.sql").read_text()
+    init = (DOCKER / "postgres-init.sh").read_text()
+    assert 'CREATE DATABASE mlflow OWNER :"mlflow_user"' in init and 'CREATE DATABASE airflow OWNER :"airflow_user"' in init
+    mounts = compose["services"]["postgres"]["volumes"]
+    assert "./postgres-init.sh:/docker-entrypoint-initdb.d/10-hemo-databases.sh:ro" in mounts
 
 
 def test_buckets_created_at_start(compose: dict) -> None:
     init = compose["services"]["minio-init"]
-    assert "mc mb --ignore-existing hemo/hemo-mlflow hemo/hemo-dvc" in " ".join(init["entrypoint"].split())
+    assert init["entrypoint"] == ["/bin/sh", "/opt/hemo-init/minio-init.sh"]
+    assert "mc mb --ignore-existing hemo/hemo-mlflow hemo/hemo-dvc" in (DOCKER / "minio-init.sh").read_text()
     assert compose["services"]["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("script", ["postgres-init.sh", "minio-init.sh", "secrets-init.sh"])
+def test_init_scripts_are_valid_shell(script: str) -> None:
+    import subprocess
+
+    shell = "bash" if script == "postgres-init.sh" else "sh"
+    result = subprocess.run([shell, "-n", str(DOCKER / script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_bind_mounted_file_of_the_stack_exists(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.startswith("./"):
+                assert (DOCKER / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
 def test_airflow_services_share_wiring(compose: dict) -> None:
@@ -106,14 +127,16 @@ def test_every_secret_is_required_with_no_default() -> None:
     text = (DOCKER / "compose.yaml").read_text()
     variables = re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)([^}]*)\}", text)  # $${...} is the container's own shell
     secrets = {(name, rest) for name, rest in variables if SECRET.search(name)}
-    assert {name for name, _ in secrets} >= {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW_JWT_SECRET",
-                                            "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SECRET_KEY",
-                                            "AIRFLOW_ADMIN_PASSWORD"}
+    assert {name for name, _ in secrets} >= {"POSTGRES_SUPERUSER_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD",
+                                            "MINIO_ROOT_PASSWORD", "MINIO_MLFLOW_SECRET_KEY", "MINIO_DVC_SECRET_KEY",
+                                            "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD",
+                                            "MLFLOW_WRITER_PASSWORD", "MLFLOW_READER_PASSWORD",
+                                            "MLFLOW_FLASK_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"}
     loose = sorted(f"${{{name}{rest}}}" for name, rest in secrets if not rest.startswith(":?"))
     assert loose == [], "secrets with a default or silently empty"
-    assert not re.search(r"change-me|hemo-secret", text)
+    assert not re.search(r"change-me|\bhemo-secret\b", text)
     example = (DOCKER / ".env.example").read_text()
-    assert all(line.endswith("=") for line in example.splitlines() if re.match(r"[A-Z_]*(PASSWORD|SECRET)", line))
+    assert all(line.endswith("=") for line in example.splitlines() if re.match(r"[A-Z_]*(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY)=", line))
 
 
 def test_env_file_with_real_secrets_is_git_ignored() -> None:
@@ -128,13 +151,15 @@ def test_mlflow_requires_login_and_listens_on_loopback(compose: dict) -> None:
     assert "--app-name basic-auth" in " ".join(mlflow["command"].split())
     env = mlflow["environment"]
     assert env["MLFLOW_AUTH_CONFIG_PATH"] and env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
-    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_TRACKING_PASSWORD:?")
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
     assert "mlflow[auth]" in (DOCKER / "mlflow.Dockerfile").read_text()
     ini = (DOCKER / "mlflow-basic-auth.ini").read_text()
     assert "database_uri" in ini and "admin_password" not in ini
+    # the clients sign in as the pipeline's writer, read from a mounted file (tests/security/test_stack.py)
     for name in ("airflow-scheduler", "hemo-train"):
         client_env = compose["services"][name]["environment"]
-        assert client_env["MLFLOW_TRACKING_USERNAME"] and client_env["MLFLOW_TRACKING_PASSWORD"]
+        assert client_env["HEMO_SECRETS_FILE"] == "/run/hemo-secrets/hemo-step.env"
+        assert "hemo-step-secrets:/run/hemo-secrets:ro" in compose["services"][name]["volumes"]
 
 
 def test_published_ports_are_loopback_only(compose: dict) -> None:
@@ -151,16 +176,25 @@ def test_no_password_on_a_command_line(compose: dict) -> None:
         assert "--password" not in argv, name
 
 
-def test_production_auth_manager_and_no_docker_socket_in_the_api_server(compose: dict) -> None:
+def test_production_auth_manager_and_docker_only_through_the_proxy(compose: dict) -> None:
     services = compose["services"]
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-init"):
         assert services[name]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
-    assert not any("docker.sock" in v for v in services["airflow-apiserver"].get("volumes", []))
-    assert not any("docker.sock" in v for v in services["airflow-dag-processor"].get("volumes", []))
-    assert any("docker.sock" in v for v in services["airflow-scheduler"]["volumes"])  # DockerOperator runs there
+    for name in ("airflow-apiserver", "airflow-dag-processor", "airflow-scheduler"):
+        assert not any("docker.sock" in v for v in services[name].get("volumes", [])), name
+    # DockerOperator runs in the scheduler and reaches the daemon through the socket proxy only
+    assert services["airflow-scheduler"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
     assert "apache-airflow-providers-fab" in (DOCKER / "airflow.Dockerfile").read_text()
 
 
 def test_pickle_deserialisation_is_off_for_every_mlflow_user(compose: dict) -> None:
     for name in ("mlflow", "airflow-scheduler", "airflow-apiserver", "hemo-train"):
         assert compose["services"][name]["environment"]["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false", name
+
+
+def test_torch_loads_weights_only_in_every_container_and_image(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        assert service["environment"]["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1", name
+    for dockerfile in DOCKERFILES:
+        env = " ".join(args for ins, args in _instructions(dockerfile) if ins == "ENV")
+        assert re.search(r"\bTORCH_FORCE_WEIGHTS_ONLY_LOAD=1\b", env), dockerfile.name
