@@ -19,7 +19,10 @@ from pathlib import Path
 from components.errors import UserError
 from components.files import write_csv_atomic, write_json_atomic
 
-SLICE_KEY = re.compile(r"^(?P<hash>[A-Za-z0-9]+)_(?P<k>\d+)")
+SLICE_KEY = re.compile(r"(?P<hash>[A-Za-z0-9]+)_(?P<k>[0-9]+)(?:\.(?:jpg|png)|_(?P<cls>[a-z]+))")
+"""A slice id of a shard file, matched whole (``fullmatch``): ``<hash>_<k>.jpg`` (or ``.png``) in the
+DLCV and probability files, ``<hash>_<k>_<class>`` in the leaderboard. ``$`` or a prefix match
+would let ``"x_1.jpg\n"`` or ``"x_1;anything"`` through into the merged files."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +43,10 @@ def _order(slice_id: str) -> tuple[str, int, int]:
     (the leaderboard's <hash>_<k>_<class> rows)."""
     from hemo_model import CLASSES
 
-    match = SLICE_KEY.match(slice_id)
-    if match is None:
+    match = SLICE_KEY.fullmatch(slice_id)
+    if match is None or (match["cls"] is not None and match["cls"] not in CLASSES):
         raise UserError(f"unexpected slice id {slice_id!r} in a shard file")
-    rest = slice_id[match.end():].lstrip("_")
-    return match["hash"], int(match["k"]), CLASSES.index(rest) if rest in CLASSES else -1
+    return match["hash"], int(match["k"]), CLASSES.index(match["cls"]) if match["cls"] else -1
 
 
 def run(args: argparse.Namespace) -> int:

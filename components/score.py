@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "score", context=args.context, precision=args.precision, batch_size=args.batch_size)
     cfg = settings.score
     try:
-        patients = load_folder(args.data)
+        patients = load_folder(args.data, data_root=Path(settings.data.root))  # data/test linked out: refused
         for patient in patients:  # every header checked before any model work (a bad file fails fast)
             for path in patient.paths:
                 images.inspect(path)

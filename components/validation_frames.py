@@ -35,6 +35,12 @@ class Frames:
     files: pd.DataFrame
 
 
+def shown(name: str) -> str:
+    """``name`` as a report may print it: as is when printable, else quoted with escapes, so a
+    name holding a newline ("abc_0.jpg\\n") cannot split a FAIL line or forge another one."""
+    return name if name.isprintable() else repr(name)
+
+
 def read_labels(data: Path) -> tuple[pd.DataFrame, list[str]]:
     """Read ``train.csv`` as text (so '1.0' or ' 1' are caught, not silently coerced)."""
     path = data / LABELS_FILE
@@ -48,7 +54,8 @@ def read_labels(data: Path) -> tuple[pd.DataFrame, list[str]]:
     frame.insert(0, "row", range(2, len(frame) + 2))  # line number in the file, header is line 1
     dirname = frame["dirname"] if "dirname" in frame else pd.Series([""] * len(frame), dtype=str)
     ident = frame["ID"] if "ID" in frame else pd.Series([""] * len(frame), dtype=str)
-    frame["item"] = [f"row {r} ({d}/{i})" for r, d, i in zip(frame["row"], dirname.fillna(""), ident.fillna(""))]
+    frame["item"] = [f"row {r} ({shown(d)}/{shown(i)})"
+                     for r, d, i in zip(frame["row"], dirname.fillna(""), ident.fillna(""))]
     frame["safe_path"] = [
         isinstance(d, str) and isinstance(i, str) and is_safe_component(d) and is_safe_component(i)
         for d, i in zip(dirname, ident)
@@ -81,7 +88,7 @@ def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, ma
                 "dirname": dirname,
                 "n_slices": n,
                 "contiguous": not duplicates and not missing,
-                "item": f"{split}/{dirname}" + (f" ({problem})" if problem else f" ({n} slices)"),
+                "item": f"{split}/{shown(dirname)}" + (f" ({problem})" if problem else f" ({n} slices)"),
             }
         )
     frame = pd.DataFrame(rows, columns=["split", "dirname", "n_slices", "contiguous", "item"])
@@ -119,7 +126,7 @@ def image_frame(data: Path, entries: list[tuple[str, str, str]], workers: int = 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         inspected = list(pool.map(lambda e: _inspect_image(data, *e), entries))
     frame = pd.DataFrame(inspected, columns=["exists", "inside", "decodes", "mode", "width", "height", "problem"])
-    frame.insert(0, "item", [f"{split}/{d}/{name}" + (f" ({problem})" if problem else "")
+    frame.insert(0, "item", [f"{split}/{shown(d)}/{shown(name)}" + (f" ({problem})" if problem else "")
                              for (split, d, name), problem in zip(entries, frame["problem"])])
     frame["size"] = [f"{w}x{h}" for w, h in zip(frame["width"], frame["height"])]
     return frame
@@ -147,7 +154,7 @@ def build_frames(
         for name in names:
             parsed = parse_slice_name(name)
             ok = parsed is not None and patient_hash(dirname) == parsed.hash
-            file_rows.append({"split": "test", "item": f"test/{dirname}/{name}", "accounted": ok})
+            file_rows.append({"split": "test", "item": f"test/{shown(dirname)}/{shown(name)}", "accounted": ok})
             if ok:
                 test_slices.setdefault(dirname, []).append(parsed.k)
     patients = pd.concat(
@@ -162,13 +169,15 @@ def build_frames(
     for dirname, names in list_split(data, "train").items():
         for name in names:
             file_rows.append(
-                {"split": "train", "item": f"train/{dirname}/{name}", "accounted": (dirname, name) in referenced}
+                {"split": "train", "item": f"train/{shown(dirname)}/{shown(name)}",
+                 "accounted": (dirname, name) in referenced}
             )
     files = pd.DataFrame(file_rows, columns=["split", "item", "accounted"])
 
     if check_images:
         entries = [("train", d, i) for d, i in zip(usable["dirname"], usable["ID"])]
-        entries += [("test", d, name) for d, names in test_disk.items() for name in names if parse_slice_name(name)]
+        entries += [("test", d, name) for d, names in test_disk.items() if is_safe_component(d)  # else: files.labelled
+                    for name in names if parse_slice_name(name)]
         images = image_frame(data, entries)
     else:
         images = pd.DataFrame(columns=["item", "exists", "inside", "decodes", "mode", "width", "height", "size"])

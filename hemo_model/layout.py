@@ -11,6 +11,7 @@ A slice may also be ``<hash>_<k>.png``: a lossless RGB PNG whose channels are th
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,12 @@ LABELS_FILE = "train.csv"
 SPLITS = ("train", "test")
 
 SLICE_SUFFIXES = (".jpg", ".png")
-SLICE_NAME = re.compile(r"^(?P<hash>[A-Za-z0-9]+)_(?P<k>\d+)\.(?:jpg|png)$")
-PATIENT_DIR = re.compile(r"^ID_(?P<hash>[A-Za-z0-9]+)$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Matched with ``fullmatch`` only: ``$`` (and ``match``) would accept a name with a trailing
+# newline ("x_1.jpg\n"), which then reaches output CSVs and logs as a second line. ASCII digits
+# only: ``\d`` also takes "١" or "２", and int() reads those as numbers.
+SLICE_NAME = re.compile(r"(?P<hash>[A-Za-z0-9]+)_(?P<k>[0-9]+)\.(?:jpg|png)")
+PATIENT_DIR = re.compile(r"ID_(?P<hash>[A-Za-z0-9]+)")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class SliceName:
 
 def parse_slice_name(name: str) -> SliceName | None:
     """``'bab8497a5b_12.jpg'`` (or ``.png``) -> ``SliceName('bab8497a5b', 12)``; ``None`` if malformed."""
-    match = SLICE_NAME.match(name)
+    match = SLICE_NAME.fullmatch(name)
     if match is None:
         return None
     return SliceName(match["hash"], int(match["k"]))
@@ -48,7 +52,7 @@ def parse_slice_name(name: str) -> SliceName | None:
 
 def patient_hash(dirname: str) -> str | None:
     """``'ID_bab8497a5b'`` -> ``'bab8497a5b'``; ``None`` if malformed."""
-    match = PATIENT_DIR.match(dirname)
+    match = PATIENT_DIR.fullmatch(dirname)
     return match["hash"] if match else None
 
 
@@ -57,7 +61,7 @@ def is_safe_component(name: str) -> bool:
 
     Label files come from users; a row must never make us read outside the data folder.
     """
-    return bool(SAFE_NAME.match(name)) and ".." not in name
+    return bool(SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 def slice_path(root: Path, split: str, dirname: str, name: str) -> Path:
@@ -79,6 +83,29 @@ def inside(root: Path, *parts: str) -> Path:
         raise UnsafePath(f"{path} resolves to {real}, outside the data folder {real_root} (a symlink?); copy the "
                          "file into the data folder instead of linking to it")
     return path
+
+
+def confined(folder: Path, root: Path) -> Path:
+    """``folder``, refused when it lies under the data ``root`` by name but not in fact.
+
+    ``data/test`` (or any folder named under the data root) may itself be a symlink to somewhere
+    else: validation flags that, and a step reading it must not quietly score or train on what the
+    link points at. A folder outside the data root, given explicitly, is the user's choice (its
+    patient folders and slices are still held inside it by :func:`inside`). "Named under" is
+    lexical (absolute, ``..`` folded, no symlink followed); "inside" is real: the folder as the
+    OS will open it (``data/sub/../test`` through a linked ``sub`` too), and :func:`inside` for
+    each name on the way."""
+    named = Path(os.path.normpath(folder.absolute()))
+    named_root = Path(os.path.normpath(root.absolute()))
+    if not named.is_relative_to(named_root):
+        return folder
+    real, real_root = folder.resolve(), root.resolve()
+    if not real.is_relative_to(real_root):
+        raise UnsafePath(f"{folder} is under the data folder {root} but resolves to {real}, outside {real_root} "
+                         f"(a symlink?); put the patient folders into {folder} itself instead of linking, or pass "
+                         "the outside folder itself as --data")
+    inside(root, *named.relative_to(named_root).parts)
+    return folder
 
 
 def list_split(root: Path, split: str) -> dict[str, list[str]]:
