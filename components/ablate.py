@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from components.files import write_csv_atomic, write_text_atomic
+from components.files import write_csv_atomic, write_figure_atomic, write_text_atomic
 from components.model_steps import add_common_arguments, data_root, load_roles, resolve_device, settings_from
 
 VARIANTS = ("loss", "head", "conv1d", "bigru")
@@ -136,6 +136,15 @@ def markdown(results: list[dict[str, Any]], trivial: float, n_patients: int, con
     return "\n".join(lines) + "\n"
 
 
+def write_reports(reports: Path, results: list[dict[str, Any]], text: str, fig: Any) -> None:
+    """ablation.png, .md and .csv, each through a temp file renamed over the old one (an interrupted
+    or failed write leaves the previous file whole); the figure first, the slowest to render."""
+    write_figure_atomic(reports / "ablation.png", fig, dpi=90)
+    write_text_atomic(reports / "ablation.md", text)
+    header = list(results[0])
+    write_csv_atomic(reports / "ablation.csv", header, ([r[k] for k in header] for r in results))
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -191,12 +200,8 @@ def run(args: argparse.Namespace) -> int:
         labels = [p.labels for p in gate_patients]
         trivial = float(f2_from_counts(micro_counts(patient_counts(labels, [np.ones_like(y) for y in labels]).sum(0))))
         text = markdown(results, trivial, len(gate_patients), gate.confidence)
-        write_text_atomic(reports / "ablation.md", text)
-        header = list(results[0])
-        write_csv_atomic(reports / "ablation.csv", header, ([r[k] for k in header] for r in results))
         fig = figure(results, trivial, "hemo ablate")
-        reports.mkdir(parents=True, exist_ok=True)
-        fig.savefig(reports / "ablation.png", dpi=90)
+        write_reports(reports, results, text, fig)
         tracking.log_figure(fig, "ablation.png")
         mlflow.log_text(text, "ablate/ablation.md")
         mlflow.log_artifact(str(reports / "ablation.csv"), artifact_path="ablate")

@@ -3,8 +3,8 @@
 * The data folder is replaced, never edited: a staging folder beside it starts as a hard-linked
   copy of the current one (no image is copied; linked files are only ever replaced, never written
   into), receives the new series and the merged ``train.csv``, and is then renamed into place.
-  An interrupted import leaves the old data folder as it was (or, between the two renames of the
-  swap, under ``.<name>-import-*/old`` beside it), never a half-written one.
+  An interrupted import leaves the old data folder as it was, never a half-written one and never
+  none: the swap is atomic where the OS offers it, and the old folder is put back otherwise.
 * The salt that names series lives outside the data folder: ``HEMO_DICOM_SALT`` or a local file
   created on first use (mode 0600, git-ignored). Keep it: the same salt gives a re-imported series
   the same name, which is how a second import of the same series is refused.
@@ -18,12 +18,12 @@ import contextlib
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.errors import UserError
+from components.folder_swap import replacing
 
 if TYPE_CHECKING:  # numpy and PIL are imported where used: `hemo --help` imports this module
     import numpy as np
@@ -66,22 +66,16 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """A folder to build the new data set in; swapped in for ``out`` when the block succeeds."""
+    """A folder to build the new data set in, starting as a hard-linked copy of ``out``; swapped in
+    for ``out`` when the block succeeds (:mod:`components.folder_swap`: one atomic exchange where
+    the OS offers it; never both versions lost, whatever interrupts it)."""
     target = out.resolve()  # a symlinked data folder: replace what it points to, keep the link
-    target.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{target.name}-import-", dir=target.parent))
-    work = root / "new"
-    try:
-        if target.exists():
-            shutil.copytree(target, work, copy_function=_link_or_copy, symlinks=True)
-        else:
-            work.mkdir()
+    with replacing(target, prefix=f".{target.name}-import-", seed=_linked_copy) as work:
         yield work
-        if target.exists():
-            os.rename(target, root / "old")
-        os.rename(work, target)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def _linked_copy(old: Path, new: Path) -> None:
+    shutil.copytree(old, new, copy_function=_link_or_copy, symlinks=True)
 
 
 def existing_patients(out: Path) -> set[str]:

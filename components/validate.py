@@ -6,14 +6,15 @@ indices 0..n-1 without gap or duplicate) and every image (inside the data folder
 8-bit grayscale, or RGB for model.input windows3,
 expected size; no file in train/ without a label row). Each check is reported on its own line
 naming the first offending patients/files. A JSON summary and GX Data Docs (HTML) are written to
---reports. Exit 0 when all checks pass, 1 when any fails; the data folder is never modified.
+--reports, each replaced whole (a temp file or folder, then a rename or exchange), so a failed or
+interrupted run leaves the previous report. Exit 0 when all checks pass, 1 when any fails; the
+data folder is never modified.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from components.errors import UserError, ValidationFailed
 from components.files import write_json_atomic
+from components.folder_swap import replacing
 from components.model_steps import add_settings_arguments, settings_from
 from hemo_model import CLASSES, LABEL_COLUMNS
 
@@ -269,12 +271,14 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
                    accepted_sizes(frames.images, image_size, min_image_size), model_input)
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
-    docs_dir = None
-    if reports is not None:
+    if reports is None:
+        results = run_suite(frames, specs, None)
+    else:
         reports.mkdir(parents=True, exist_ok=True)
-        docs_dir = (reports / "data_docs").resolve()
-        shutil.rmtree(docs_dir, ignore_errors=True)
-    results = run_suite(frames, specs, docs_dir)
+        # built beside the old Data Docs, swapped in only once the suite has run: a failure or an
+        # interrupt leaves the previous report whole
+        with replacing((reports / "data_docs").resolve(), prefix=".data_docs-new-") as docs_dir:
+            results = run_suite(frames, specs, docs_dir)
     stats = data_stats(frames)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     if reports is not None:
