@@ -20,6 +20,12 @@ Contracts (README, "Orchestration"):
   0644 (the umask), so the Airflow side can read every report whatever uid wrote it.
 * Lineage: HEMO_PROJECT_DIR points the step at the project (data.dvc, git) whatever its working
   folder; images carry their commit as HEMO_GIT_COMMIT.
+* Run folders: ``<runs>/<safe_run_key(run id)>``, one folder per run id, always inside the runs
+  folder (:func:`safe_run_key`).
+* Credentials never travel as a container's environment or arguments (``docker inspect``, pod
+  specs and task logs show those): Docker steps mount the secrets volume read-only and get only
+  its path (HEMO_SECRETS_FILE, read by ``hemo`` at start: :mod:`components.credentials`), pods
+  take the keys of a Kubernetes Secret through ``envFrom`` (``StepSettings.step_secrets``).
 * Exit codes: 1 (data failed validation) and 2 (user error) fail the task without retries; any
   other failure (3 = transient) is retried.
 
@@ -63,7 +69,7 @@ CONTAINER_RUNS = "/opt/hemo-runs"
 CONTAINER_RESULT = "/tmp/hemo-result.json"
 POD_RESULT = "/airflow/xcom/return.json"
 CONTAINER_SECRETS = "/run/hemo-secrets"
-"""Where a step container finds its private credentials (a Docker volume or a Kubernetes Secret)."""
+"""Where a Docker step container finds its private credentials (the read-only secrets volume)."""
 STEP_SECRETS_FILE = "hemo-step.env"
 """The file in it: ``KEY=value`` lines read by ``hemo`` at start (components.credentials)."""
 RESULTS_DIR = ".hemo-results"  # the local runner's result files, inside the run folder
@@ -292,7 +298,9 @@ def exit_code_of(error: BaseException) -> int | None:
 def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url: str | None = None) -> Any:
     """DockerOperator for a step: the training image, all GPUs for GPU steps, 16 GB shm (the
     DataLoader's workers share batches through /dev/shm), project and runs folders mounted, the
-    container's uid/gid set, and the step's JSON result retrieved from the container as XCom."""
+    step secrets volume mounted read-only (its path in HEMO_SECRETS_FILE, no value in the
+    container's configuration), the container's uid/gid set, and the step's JSON result
+    retrieved from the container as XCom."""
     from airflow.providers.docker.operators.docker import DockerOperator
     from docker.types import DeviceRequest, Mount
 
@@ -336,8 +344,9 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
 def kubernetes_operator(task_id: str, step: str, settings: StepSettings, namespace: str | None = None,
                         pvc: str = "hemo-data") -> Any:
     """KubernetesPodOperator for a step: `nvidia.com/gpu: 1` limits for GPU steps only, the
-    project and runs on a shared PVC, a memory-backed /dev/shm for the DataLoader, the pod's
-    uid/gid/fsGroup set, and the step's result pushed through /airflow/xcom/return.json."""
+    project and runs on a shared PVC, a memory-backed /dev/shm for the DataLoader, the MLflow
+    login from the Kubernetes Secret ``step_secrets`` (envFrom), the pod's uid/gid/fsGroup set,
+    and the step's result pushed through /airflow/xcom/return.json."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
