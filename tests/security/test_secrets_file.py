@@ -116,3 +116,24 @@ def test_the_file_secrets_init_writes_is_accepted(tmp_path: Path) -> None:
     assert loaded["MLFLOW_TRACKING_USERNAME"] == "hemo-pipeline" and loaded["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
     dvc = (root / "airflow" / "dvc-credentials")
     assert oct(dvc.stat().st_mode & 0o777) == "0o400" and f"aws_secret_access_key = {PASSWORD}-dvc" in dvc.read_text()
+
+
+CLI_LOADS_SECRETS = "load_secrets_file" in (Path(__file__).resolve().parents[2] / "components" / "cli.py").read_text()
+
+
+@pytest.mark.skipif(not CLI_LOADS_SECRETS, reason="components/cli.py main() does not call load_secrets_file() yet")
+@pytest.mark.parametrize("mode, expected", [(0o644, "other users may read or change it"), (0o600, None)])
+def test_hemo_reads_the_file_at_start_and_refuses_a_world_readable_one(tmp_path: Path, mode: int, expected: str | None) -> None:
+    """Every `hemo` step: a world-readable secrets file stops it in one line (exit 2) naming no
+    value; a private one is taken (the step then goes on to its own work: here an empty data folder)."""
+    secrets_file = _secrets(tmp_path, mode=mode)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(HEMO_SECRETS_FILE=str(secrets_file), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = subprocess.run([sys.executable, "-m", "components.cli", "validate", "--data", str(tmp_path / "absent")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert PASSWORD not in result.stdout + result.stderr
+    if expected:
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    else:
+        assert "HEMO_SECRETS_FILE" not in result.stderr, result.stderr
