@@ -5,8 +5,9 @@ context logits are scaled differently) and stored with the model. The reported m
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
-and example slices to MLflow (and reports/plots/ for `dvc plots`), then logs the model (pt2, CPU
-weights, metadata: image size, context weights, thresholds, training-patient provenance),
+and example slices to MLflow (and reports/plots/ for `dvc plots`), then logs the model (safetensors
+weights and its JSON spec: architecture, image size, context weights, thresholds; the digests and
+training-patient provenance as parameters of this run),
 registers it as `hemorrhage-classifier`, points `@challenger` at the new version and records that
 version in --out (outputs/challenger.json) for the gate.
 """
@@ -14,13 +15,12 @@ version in --out (outputs/challenger.json) for the gate.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from components.errors import UserError
-from components.files import write_json_atomic
+from components.files import write_figure_atomic, write_json_atomic
 from components.model_steps import add_common_arguments, data_root, load_roles, resolve_device, settings_from
 
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if "://" in str(args.model) or str(args.model).startswith("models:"):
         raise UserError("evaluate takes a checkpoint written by `hemo refine` (--model PATH.pt), not a registry URI")
     loaded = registry.load_model(str(args.model))
-    seen = loaded.metadata.get("provenance")
+    seen = loaded.provenance
     if not args.no_register and not seen:
         raise UserError(f"{args.model} records no training patients (written by an older release); re-run "
                         "`hemo train` and `hemo refine` so the gate can check that no model saw its patients")
@@ -118,15 +118,13 @@ def run(args: argparse.Namespace) -> int:
             "examples.png": plots.examples_figure(*_example_slices(scores, cfg.examples),
                                                   "most confident positives and negatives (gate patients)"),
         }
-        plot_dir = args.reports / "plots"
-        plot_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
-            figure.savefig(plot_dir / name, dpi=90)
+            write_figure_atomic(args.reports / "plots" / name, figure, dpi=90)
             tracking.log_figure(figure, name)
         version = None
         if not args.no_register:
-            config = dataclasses.replace(loaded.config, thresholds=thresholds, thresholds_single=thresholds_single)
-            version = registry.log_and_register(loaded.module, config, seen, metrics)
+            spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
+            version = registry.log_and_register(loaded.module, spec, seen, metrics)
             mlflow.set_tag("hemo.registered_version", version)
         run_id = mlflow.active_run().info.run_id
 

@@ -175,12 +175,12 @@ def check_fair(version: str, gate_patients: set[str], role: str) -> dict[str, An
     seen = registry.train_patients(version)
     overlap = sorted(gate_patients & set(seen))
     if overlap:
-        tags = registry.require_version(version).tags or {}
+        split = registry.recorded_split(version)
         raise UserError(
             f"the {role} v{version} trained on {len(overlap)} of the {len(gate_patients)} gate patients "
             f"(e.g. {', '.join(overlap[:3])}): comparing on them would be unfair, so the gate refuses. It was trained "
-            f"with split salt {tags.get('hemo.split.salt')!r}, val {tags.get('hemo.split.val_fraction')}, gate "
-            f"{tags.get('hemo.split.gate_fraction')}; restore those split settings, or retrain both models under "
+            f"with split salt {split.get('salt')!r}, val {split.get('val_fraction')}, gate "
+            f"{split.get('gate_fraction')}; restore those split settings, or retrain both models under "
             "the current ones (or promote by hand: `hemo promote --version N --reason ...`)")
     return {"train_patients": len(seen), "train_patients_sha256": patients_digest(seen)}
 

@@ -138,10 +138,12 @@ def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[st
     return "last", "val role too small to choose on (" + "; ".join(why) + ")"
 
 
-def model_config(model: ModelSettings, image_size: int) -> Any:
-    from hemo_model.model import ModelConfig
+def model_spec(model: ModelSettings, image_size: int) -> Any:
+    """The spec of a network trained with these settings (stage 1: the 5-tap filter; refinement
+    records a learned context; evaluate adds the tuned thresholds)."""
+    from hemo_model.spec import ModelSpec
 
-    return ModelConfig(head=model.resolved_head(), dropout=model.dropout, image_size=image_size, input=model.input)
+    return ModelSpec(head=model.resolved_head(), dropout=model.dropout, image_size=image_size, input=model.input)
 
 
 def pretrained_path(model: ModelSettings) -> Path | None:

@@ -109,8 +109,6 @@ def refine_learned(settings: Any, slice_model: Any, config: Any, roles: dict, se
     """model.context conv1d/bigru, inside an active MLflow run: freeze the stage-1 network, embed
     every slice once, fit the context head on whole sequences of embeddings, keep the epoch the
     selection rule picks. best.pt in ``out`` is the sequence model."""
-    import dataclasses
-
     import mlflow
     import numpy as np
 
@@ -145,7 +143,7 @@ def refine_learned(settings: Any, slice_model: Any, config: Any, roles: dict, se
         select=lambda h: selected_epoch(h, rule, settings.selection.ema_alpha),
         on_epoch=epoch_logger("train_slices_per_s"))
     best_f2 = next(h.val_micro_f2 for h in history if h.epoch == chosen)
-    save_checkpoint(out / "best.pt", SequenceModel(slice_model, head), dataclasses.replace(config, context=kind),
+    save_checkpoint(out / "best.pt", SequenceModel(slice_model, head), config.replace(context=kind),
                     epoch=chosen, val_micro_f2=best_f2, provenance=seen)
     summary = {"best_epoch": chosen, "best_val_micro_f2_context": best_f2, "val_micro_f2_context_before": start_f2,
                "context": kind, "seconds": round(time.perf_counter() - started, 1), "selection": rule,

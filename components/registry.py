@@ -1,15 +1,20 @@
 """The model registry: the hand-off between training and serving.
 
-* Every model is ``pt2`` (torch.export), CPU weights, with what is needed to use it in its
-  metadata: image size, context weights, thresholds for context and single-slice scoring, and the
-  provenance of its training patients (split salt and fractions, a digest of the patient list; the
-  list itself is an artifact of the run that registered it).
+* A registered version is data, never code: ``spec.json`` (the :class:`~hemo_model.spec.ModelSpec`:
+  architecture, head, input, image size, context and its weights, thresholds, classes) and
+  ``model.safetensors`` (raw tensors), logged as an MLflow LoggedModel by `hemo evaluate`. Loading
+  downloads exactly those two files, checks their sha256 against the digests the registering run
+  recorded as parameters (write-once in MLflow), rebuilds the network with :mod:`hemo_model` and
+  fills it from the safetensors file. No pickle is read, whatever else the version's artifacts
+  hold; a version in any other format (the pt2/pickle archives of earlier releases) is refused
+  with one line that says how to register it again.
+* Provenance (the split and the training patients) is read only from the version's own run
+  (``runs:/<run_id>/provenance/...`` and its parameters); version tags are informative, never a URL
+  to follow nor a digest to trust: anyone who can tag a version could forge them.
 * Aliases: ``@challenger`` (the last version `evaluate` registered), ``@champion`` (what `score`
   serves), ``@previous`` (the champion it replaced, so rollback is one command).
 * An alias is resolved to a version once; the model is then loaded by that version, so a
   promotion in between can never pair one version's weights with another's thresholds.
-* Models are data, never code: a version loads only if its MLmodel says pytorch/pt2 with no code
-  folder, checked before anything is deserialised, with MLflow's pickle loading switched off.
 
 Run tracking (the run tree, tags, figures) lives in :mod:`components.tracking`.
 """
@@ -17,10 +22,11 @@ Run tracking (the run tree, tags, figures) lives in :mod:`components.tracking`.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,14 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
 TRAIN_PATIENTS_ARTIFACT = "provenance/train_patients.json"
+MODEL_TYPE = "hemo-safetensors"
+"""The LoggedModel type of every version this release registers."""
+PARAM_WEIGHTS = "registered.weights_sha256"
+PARAM_SPEC = "registered.spec_sha256"
+PARAM_TRAIN_DIGEST = "registered.train_patients_sha256"
+PARAM_SPLIT = "registered.split"
+"""Parameters of the registering run: MLflow refuses to change a logged parameter, so these are
+what a version's files and provenance are checked against."""
 
 
 class AliasMoved(TransientError):
@@ -40,33 +54,43 @@ class AliasMoved(TransientError):
 
 @dataclass
 class LoadedModel:
-    """A per-slice model plus what is needed to use it as served."""
+    """A network rebuilt from its spec, plus where it came from. Everything about how it is
+    served (image size, input, context and its weights, thresholds) is read from ``spec``."""
 
     module: Any
-    image_size: int
-    context_weights: list[float]
-    thresholds: list[float]
-    thresholds_single: list[float]
+    spec: Any  # hemo_model.spec.ModelSpec
     source: str
     version: str | None = None
-    config: Any = None  # the ModelConfig, for local checkpoints
-    metadata: dict[str, Any] = field(default_factory=dict)
-    context: str = "filter"
-    """``filter`` (per-slice module + the 5-tap filter) or a learned head (``conv1d``/``bigru``:
-    the module reads a whole sequence and returns per-slice and context logits)."""
-    input: str = "gray"
-    """``gray`` or ``windows3`` (three CT windows as the channels)."""
+    provenance: dict[str, Any] | None = None
+    """What it trained on (split, training patients), for local checkpoints; registered
+    versions keep theirs in their run (:func:`train_patients`)."""
+
+    @property
+    def image_size(self) -> int:
+        return int(self.spec.image_size)
+
+    @property
+    def input(self) -> str:
+        return str(self.spec.input)
+
+    @property
+    def context(self) -> str:
+        return str(self.spec.context)
+
+    @property
+    def context_weights(self) -> list[float]:
+        return list(self.spec.context_weights)
 
     @property
     def channels(self) -> int:
-        return 3 if self.input == "windows3" else 1
+        return int(self.spec.channels)
 
     def thresholds_for(self, context: int) -> list[float]:
         """The thresholds tuned for this scoring mode (context logits are scaled differently)."""
-        return list(self.thresholds if context > 1 else self.thresholds_single)
+        return self.spec.thresholds_for(context)
 
     def weights_for(self, context: int) -> list[float]:
-        return list(self.context_weights) if context > 1 else [1.0]
+        return self.spec.weights_for(context)
 
     @property
     def label(self) -> str:
@@ -123,64 +147,40 @@ def resolve(uri: str) -> tuple[str, str | None]:
         return version_uri(version), version
     if uri.startswith("models:/"):
         name, _, version = uri[len("models:/"):].partition("/")
-        if name != MODEL_NAME or not version.isdigit():
+        if name != MODEL_NAME or not (version.isascii() and version.isdigit()):
             raise UserError(f"{uri}: use models:/{MODEL_NAME}/<version> or models:/{MODEL_NAME}@<alias>")
         return uri, version
     return uri, None
 
 
-def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metrics: dict[str, float] | None = None) -> str:
-    """Log ``model`` (CPU, pt2) to the active run, register it, record its provenance and point
-    ``@challenger`` at it; return the new version."""
+def log_and_register(model: Any, spec: Any, provenance: dict[str, Any], metrics: dict[str, float] | None = None) -> str:
+    """Log ``model`` (CPU weights as safetensors, ``spec`` as JSON) as a LoggedModel of the
+    active run, record the digests and provenance as the run's (write-once) parameters and
+    artifacts, register it, and point ``@challenger`` at the new version; return the version."""
     import mlflow
-    import numpy as np
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
-    from hemo_model import CLASSES
+    from hemo_model.model import SPEC_FILE, WEIGHTS_FILE, save_model_folder
 
-    model = model.to("cpu").eval()
-    learned = config.context != "filter"
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="slices")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(CLASSES) * (2 if learned else 1)), name="logits")]),
-    )
-    # Spatial dims are dynamic (metadata says the trained size); a learned context reads one
-    # whole sequence, so its example is a short sequence rather than a batch. pt2 needs the example
-    # to trace the graph; MLflow's serving check of it is skipped (pyfunc refuses the pt2 flavour's
-    # input, a warning in every evaluate log, and it would load the model once more for nothing).
-    example = torch.zeros(8 if learned else 2, 3, 64, 64).numpy()
-    metadata = {
-        "image_size": int(config.image_size),
-        "context_weights": [float(w) for w in config.context_weights],
-        "thresholds": [float(t) for t in config.thresholds],
-        "thresholds_single": [float(t) for t in config.thresholds_single],
-        "classes": list(CLASSES),
-        "head": config.head,
-        "context": config.context,
-        "input": config.input,
-        "split": provenance["split"],
-        "train_patients_sha256": provenance["train_patients_sha256"],
-        "output": ("one sequence in: per-slice logits then context logits (S, 10); sigmoid" if learned else
-                   "per-slice logits; apply the context filter along the sequence, then sigmoid"),
-    }
-    mlflow.log_dict({"train_patients": provenance["train_patients"]}, TRAIN_PATIENTS_ARTIFACT)
-    info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pt2", signature=signature, input_example=example,
-        validate_serving_input=False, metadata=metadata, registered_model_name=MODEL_NAME, await_registration_for=60,
-        # Stated, not inferred: inference loads the model in a subprocess (seconds per version).
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-    )
-    version = str(info.registered_model_version)
     run_id = mlflow.active_run().info.run_id
-    tags = {
+    with tempfile.TemporaryDirectory(prefix="hemo-register-") as tmp:
+        folder = Path(tmp) / "model"
+        save_model_folder(folder, model.to("cpu").eval(), spec)
+        digests = {PARAM_WEIGHTS: sha256_file(folder / WEIGHTS_FILE), PARAM_SPEC: sha256_file(folder / SPEC_FILE)}
+        mlflow.log_params({**digests, PARAM_TRAIN_DIGEST: provenance["train_patients_sha256"],
+                           PARAM_SPLIT: json.dumps(provenance["split"], sort_keys=True)})
+        mlflow.log_dict({"split": provenance["split"], "train_patients": provenance["train_patients"]},
+                        TRAIN_PATIENTS_ARTIFACT)
+        logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type=MODEL_TYPE,
+                                                tags={"hemo.spec_format": spec.to_dict()["format"]})
+        client().log_model_artifacts(logged.model_id, str(folder))
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    version = str(mlflow.register_model(f"models:/{logged.model_id}", MODEL_NAME, await_registration_for=60).version)
+    tags = {  # for people browsing the registry; nothing reads these back as facts
         "hemo.split.salt": provenance["split"]["salt"],
         "hemo.split.val_fraction": str(provenance["split"]["val_fraction"]),
         "hemo.split.gate_fraction": str(provenance["split"]["gate_fraction"]),
-        "hemo.train_patients.sha256": provenance["train_patients_sha256"],
         "hemo.train_patients.count": str(len(provenance["train_patients"])),
-        "hemo.train_patients.artifact": f"runs:/{run_id}/{TRAIN_PATIENTS_ARTIFACT}",
+        "hemo.image_size": str(spec.image_size), "hemo.context": spec.context, "hemo.input": spec.input,
     }
     for key in ("micro_f2_context", "micro_f2_single"):
         if metrics and key in metrics:
@@ -190,32 +190,65 @@ def log_and_register(model: Any, config: Any, provenance: dict[str, Any], metric
     return version
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tag_version(version: str, tags: dict[str, str]) -> None:
     mlflow_client = client()
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(MODEL_NAME, str(version), key, str(value)[:5000])
 
 
+def registering_run(version: str) -> tuple[Any, dict[str, str]]:
+    """The version's record and the parameters of the run that registered it (its own run: a
+    version's run id is fixed when it is created)."""
+    info = require_version(version)
+    if not info.run_id:
+        raise UserError(f"{MODEL_NAME} v{version} has no run (registered by hand), so neither its files nor its "
+                        "training patients can be checked; register models with `hemo evaluate`")
+    return info, dict(client().get_run(info.run_id).data.params)
+
+
 def train_patients(version: str) -> list[str]:
-    """The training patients a version recorded, checked against its digest tag."""
+    """The training patients a version recorded in its own run, checked against the digest that
+    run logged as a parameter."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from hemo_model.roles import patients_digest
 
-    info = require_version(version)
-    tags = info.tags or {}
-    uri, digest = tags.get("hemo.train_patients.artifact"), tags.get("hemo.train_patients.sha256")
-    if not uri or not digest:
-        raise UserError(f"{MODEL_NAME} v{version} records no training patients (registered by hand or by an older "
-                        "release), so no fair comparison is possible; retrain it, or promote by hand with "
+    info, params = registering_run(version)
+    digest = params.get(PARAM_TRAIN_DIGEST)
+    if not digest:
+        raise UserError(f"{MODEL_NAME} v{version} records no training patients in its run (registered by hand or by "
+                        "an older release), so no fair comparison is possible; retrain it, or promote by hand with "
                         "`hemo promote --version N --reason ...`")
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        patients = list(json.loads(Path(local).read_text())["train_patients"])
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path=TRAIN_PATIENTS_ARTIFACT,
+                                                        dst_path=tmp)
+            patients = list(json.loads(Path(local).read_text())["train_patients"])
+        except (MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{MODEL_NAME} v{version}: its run's {TRAIN_PATIENTS_ARTIFACT} cannot be read "
+                            f"({type(exc).__name__}); do not promote this version") from exc
     if patients_digest(patients) != digest:
-        raise UserError(f"{MODEL_NAME} v{version}: its training-patient list does not match the digest it was "
-                        "registered with; the artifact was changed, do not promote this version")
+        raise UserError(f"{MODEL_NAME} v{version}: its training-patient list does not match the digest its run "
+                        "recorded; the artifact was changed, do not promote this version")
     return patients
+
+
+def recorded_split(version: str) -> dict[str, Any]:
+    """The split (salt, fractions) a version's run recorded when it registered the version."""
+    _, params = registering_run(version)
+    try:
+        return dict(json.loads(params.get(PARAM_SPLIT, "{}")))
+    except (TypeError, ValueError):
+        return {}
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -229,52 +262,51 @@ def load_model(uri_or_path: str) -> LoadedModel:
     if not uri_or_path.startswith("models:/"):
         raise UserError(f"{uri_or_path}: load models from the registry (models:/{MODEL_NAME}/N or @alias) or a "
                         "local .pt checkpoint")
-    uri, version = resolve(uri_or_path)
-    assert version is not None
+    _, version = resolve(uri_or_path)
+    if version is None:  # resolve() returns a version for every models:/ URI it accepts
+        raise UserError(f"{uri_or_path}: name a version (models:/{MODEL_NAME}/N) or an alias")
     return load_version(version)
 
 
 def load_version(version: str) -> LoadedModel:
-    """Download version ``version``, check that it is pt2 with no code, then load it."""
+    """Download version ``version``'s spec and weights (nothing else), check them against the
+    digests its run recorded, and rebuild the network from them."""
     import mlflow
-    import yaml
     from mlflow.exceptions import MlflowException
 
     from components import tracking
+    from hemo_model.model import SPEC_FILE, WEIGHTS_FILE, ModelFileError, read_model_folder
 
-    require_version(version)
-    uri = version_uri(version)
+    label = f"{MODEL_NAME} v{version}"
+    _, params = registering_run(version)
+    location = client().get_model_version_download_uri(MODEL_NAME, str(version)).rstrip("/")
+    try:
+        names = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=location)}
+    except MlflowException as exc:
+        raise UserError(f"cannot list {label}'s files at {tracking.tracking_uri()}: {exc.message}") from exc
+    expected = {PARAM_WEIGHTS: WEIGHTS_FILE, PARAM_SPEC: SPEC_FILE}
+    if not set(expected.values()) <= names or not all(params.get(p) for p in expected):
+        raise UserError(f"{label} is not in this release's model format (spec.json + model.safetensors registered by "
+                        "`hemo evaluate`; it looks like a pt2/pickle model of an earlier release or one registered "
+                        "by hand, and such archives can carry code): refused, nothing of it was loaded. Register its "
+                        "weights again with `hemo evaluate --model <its checkpoint, e.g. outputs/refine/best.pt>`, "
+                        "then `hemo promote --version N --reason ...` if it must serve")
     with tempfile.TemporaryDirectory(prefix="hemo-model-") as tmp:
+        folder = Path(tmp)
+        for param, name in expected.items():
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{name}", dst_path=tmp))
+            except MlflowException as exc:
+                raise UserError(f"cannot download {label}'s {name} from {tracking.tracking_uri()}: "
+                                f"{exc.message}") from exc
+            if sha256_file(local) != params[param]:
+                raise UserError(f"{label}: its {name} is not the file its run registered (sha256 differs): the "
+                                "artifact was changed after registration; refused, do not serve this version")
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except MlflowException as exc:
-            raise UserError(f"cannot download {uri} from {tracking.tracking_uri()}: {exc.message}") from exc
-        mlmodel = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
-        check_pt2(mlmodel, local, f"{MODEL_NAME} v{version}")
-        os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-        try:
-            module = mlflow.pytorch.load_model(str(local), map_location="cpu")
-        except MlflowException as exc:
-            raise UserError(f"cannot load {MODEL_NAME} v{version}: {exc.message}") from exc
-    meta = mlmodel.get("metadata") or {}
-    thresholds = list(meta.get("thresholds", [0.5] * 5))
-    return LoadedModel(module, int(meta.get("image_size", 512)), list(meta.get("context_weights", [1.0])),
-                       thresholds, list(meta.get("thresholds_single", thresholds)), uri, version, metadata=meta,
-                       context=str(meta.get("context", "filter")), input=str(meta.get("input", "gray")))
-
-
-def check_pt2(mlmodel: dict[str, Any], local: Path, label: str) -> None:
-    """Refuse anything but a pytorch flavor in pt2 format without a code folder: pickle-format
-    models and code folders run code when loaded."""
-    flavor = (mlmodel.get("flavors") or {}).get("pytorch")
-    fix = ("re-log it with mlflow.pytorch.log_model(..., serialization_format=\"pt2\") (what `hemo evaluate` does) "
-           "and register that version")
-    if not flavor:
-        raise UserError(f"{label} is not a PyTorch model (no pytorch flavor in its MLmodel); {fix}")
-    data = local / str(flavor.get("model_data", "data"))
-    if flavor.get("code") or not (data / "model.pt2").is_file() or (data / "model.pth").exists():
-        raise UserError(f"{label} is not in pt2 format (pickle or code folder: loading it would run code), "
-                        f"refused; {fix}")
+            module, spec = read_model_folder(folder)
+        except ModelFileError as exc:
+            raise UserError(f"{label} cannot be used: {exc}; register it again with `hemo evaluate`") from exc
+    return LoadedModel(module, spec, version_uri(version), str(version))
 
 
 def _load_checkpoint(path: Path) -> LoadedModel:
@@ -283,15 +315,11 @@ def _load_checkpoint(path: Path) -> LoadedModel:
     if not path.is_file():
         raise UserError(f"model checkpoint {path} does not exist; pass a models:/ URI or an existing .pt file")
     try:
-        module, config, payload = load_checkpoint(path)
+        module, spec, payload = load_checkpoint(path)
     except CheckpointError as exc:
         raise UserError(f"cannot use checkpoint {path}: {exc}; re-create it with `hemo train`/`refine` or pass "
                         "another --model") from exc
-    loaded = LoadedModel(module, config.image_size, list(config.context_weights), list(config.thresholds),
-                         list(config.thresholds_single), str(path), config=config, context=config.context,
-                         input=config.input)
-    loaded.metadata = {"provenance": payload.get("provenance")}
-    return loaded
+    return LoadedModel(module, spec, str(path), provenance=payload.get("provenance"))
 
 
 # --- aliases ---------------------------------------------------------------------------------

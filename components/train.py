@@ -12,7 +12,6 @@ learning curve and the best checkpoint. Writes reports/train.json and reports/tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from components.model_steps import (
     epoch_logger,
     load_roles,
     loss_from,
-    model_config,
+    model_spec,
     pretrained_path,
     provenance,
     fingerprint,
@@ -78,9 +77,9 @@ def train_stage1(settings: Any, roles: dict[str, list], out: Path, device: Any, 
 
     cluster = cluster or SINGLE
     cfg = settings.train
-    config = model_config(settings.model, cfg.image_size)
+    config = model_spec(settings.model, cfg.image_size)
     seed_everything(cfg.seed)  # the initial weights too: same seed, same model
-    model = build_model(dataclasses.replace(config, context="filter"), pretrained_path(settings.model))
+    model = build_model(config, pretrained_path(settings.model))
     channels = config.channels
     dataset = SliceDataset(roles["train"], cfg.image_size, channels=channels,
                            cache=slice_cache(settings, roles["train"], cfg.image_size, channels))

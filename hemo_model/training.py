@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from hemo_model.inference import autocast
-from hemo_model.model import ModelConfig, save_checkpoint
+from hemo_model.model import save_checkpoint
+from hemo_model.spec import ModelSpec
 from hemo_model.distributed import SINGLE, Cluster, all_reduce_sum
 from hemo_model.transforms import METHOD_AUGMENTATION, Augmentation, to_model_input
 
@@ -112,7 +113,7 @@ def fit(
     loss_fn: nn.Module,
     config: FitConfig,
     checkpoint_dir: Path,
-    model_config: ModelConfig,
+    model_spec: ModelSpec,
     save_model: nn.Module | None = None,
     resume: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -227,10 +228,10 @@ def fit(
         if selected_epoch(result.history, config.selection, config.ema_alpha) == epoch:
             result.best_epoch, result.best_val_micro_f2 = epoch, val_f2
             result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in save_model.state_dict().items()})
-            save_checkpoint(checkpoint_dir / BEST, save_model, model_config, epoch=epoch, val_micro_f2=val_f2,
+            save_checkpoint(checkpoint_dir / BEST, save_model, model_spec, epoch=epoch, val_micro_f2=val_f2,
                             **extra)
         save_checkpoint(
-            last_path, save_model, model_config,
+            last_path, save_model, model_spec,
             optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(), rng=_rng_state(),
             epoch=epoch, best_epoch=result.best_epoch, best_val_micro_f2=result.best_val_micro_f2,
             history=[asdict(h) for h in result.history], **extra,

@@ -4,16 +4,19 @@ The gate's decisions depend on how good a model is. Training models of known qua
 minutes; instead, each slice carries one 8x8 block per class along its top edge, white where the
 class is positive. :class:`MarkerNet` reads those blocks, so its quality per class is set exactly:
 ``"read"`` (perfect), ``"positive"`` (flags every slice), ``"negative"`` (flags none). It is a
-real ``nn.Module`` that goes through the real pt2 export, registry and scoring path.
+real ``nn.Module`` that goes through the real registry (safetensors + spec), loading and scoring
+path: :func:`marker_architecture` registers it as the spec architecture ``markers`` (the extension
+point a team uses for a network of its own), and its per-class behaviour travels in its buffers.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -64,3 +67,23 @@ class MarkerNet(nn.Module):
         cells = nn.functional.adaptive_avg_pool2d(gray, (SIZE // BLOCK, SIZE // BLOCK))  # one cell per block
         marks = cells[:, 0, 0, : len(CLASSES)]
         return (marks - 0.5) * self.gain * 2.0 + self.bias
+
+
+ARCHITECTURE = "markers"
+
+
+def marker_spec(**fields: object) -> object:
+    """A spec for a :class:`MarkerNet` (needs :func:`marker_architecture` active)."""
+    from hemo_model.spec import ModelSpec
+
+    return ModelSpec(architecture=ARCHITECTURE, image_size=SIZE, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def marker_architecture(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make ``markers`` a network the library knows for the test (spec check and builder)."""
+    from hemo_model import model, spec
+
+    monkeypatch.setitem(spec.ARCHITECTURES, ARCHITECTURE, "tests.markers.MarkerNet")
+    monkeypatch.setitem(model.BUILDERS, ARCHITECTURE, lambda _spec, _pretrained: MarkerNet())
+    yield

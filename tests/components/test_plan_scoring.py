@@ -13,9 +13,10 @@ import pytest
 from components import registry, tracking
 from components.cli import main
 from components.settings import SplitSettings
-from hemo_model.model import ModelConfig
 from hemo_model.roles import patients_digest
-from tests.markers import SIZE, MarkerNet
+from tests.markers import MarkerNet, marker_architecture, marker_spec
+
+pytestmark = pytest.mark.usefixtures(marker_architecture.__name__)
 
 
 def _register() -> str:
@@ -23,7 +24,7 @@ def _register() -> str:
     provenance = {"split": asdict(SplitSettings()), "train_patients": [], "train_patients_sha256": patients_digest(set())}
     with mlflow.start_run(run_name="evaluate"):
         return registry.log_and_register(MarkerNet(("read", "positive", "read", "negative", "read")),
-                                         ModelConfig(image_size=SIZE), provenance)
+                                         marker_spec(), provenance)
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:

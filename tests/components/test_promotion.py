@@ -2,7 +2,7 @@
 
 Models of known quality come from :mod:`tests.markers`: the labels are drawn into the slices and
 a fixed network reads them, so "perfect", "flags everything" or "collapses EDH" are exact. The
-models go through the real pt2 export, registry, loading and scoring path.
+models go through the real registry (safetensors + spec), loading and scoring path.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch
 from components import registry, tracking
 from components.cli import main
 from components.settings import SplitSettings
-from hemo_model.model import HemoNet, ModelConfig
-from tests.markers import SIZE, MarkerNet, write_marker_data
+from hemo_model.model import HemoNet, ModelSpec
+from tests.markers import SIZE, MarkerNet, marker_architecture, marker_spec, write_marker_data
+
+pytestmark = pytest.mark.usefixtures(marker_architecture.__name__)
 
 READ, POS, NEG = "read", "positive", "negative"
 PARAMS = """
@@ -55,7 +57,9 @@ def _provenance(data: Path, salt: str = "markers") -> dict:
 def register(model: torch.nn.Module, provenance_salt: str = "markers", **config: object) -> str:
     tracking.configure()
     with mlflow.start_run(run_name="evaluate"):
-        return registry.log_and_register(model, ModelConfig(image_size=SIZE, **config),
+        head = "linear" if isinstance(getattr(model, "head", None), torch.nn.Identity) else "method"
+        spec = marker_spec(**config) if isinstance(model, MarkerNet) else ModelSpec(image_size=SIZE, head=head, **config)
+        return registry.log_and_register(model, spec,
                                          _provenance(Path("data"), provenance_salt))
 
 

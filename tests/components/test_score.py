@@ -65,10 +65,10 @@ def test_unknown_params_key(workdir: Path, capsys: pytest.CaptureFixture[str]) -
 def _checkpoint(path: Path, seed: int, thresholds: list[float]) -> Path:
     import torch
 
-    from hemo_model.model import HemoNet, ModelConfig, save_checkpoint
+    from hemo_model.model import HemoNet, ModelSpec, save_checkpoint
 
     torch.manual_seed(seed)
-    save_checkpoint(path, HemoNet(head="linear"), ModelConfig(head="linear", image_size=64, thresholds=thresholds))
+    save_checkpoint(path, HemoNet(head="linear"), ModelSpec(head="linear", image_size=64, thresholds=thresholds))
     return path
 
 

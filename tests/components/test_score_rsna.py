@@ -16,11 +16,12 @@ from components import registry, tracking
 from components.cli import main
 from components.settings import SplitSettings
 from hemo_model import CLASSES
-from hemo_model.model import ModelConfig
 from hemo_model.roles import patients_digest
 from hemo_model.rsna import SUBMISSION_TYPES, TYPE_TO_CLASS
 from hemo_model.synth_dicom import generate_dicom_dataset
-from tests.markers import SIZE, MarkerNet
+from tests.markers import SIZE, MarkerNet, marker_architecture, marker_spec
+
+pytestmark = pytest.mark.usefixtures(marker_architecture.__name__)
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _register() -> str:
     provenance = {"split": asdict(SplitSettings()), "train_patients": [], "train_patients_sha256": patients_digest(seen)}
     with mlflow.start_run(run_name="evaluate"):
         return registry.log_and_register(MarkerNet(("read", "positive", "read", "negative", "read")),
-                                         ModelConfig(image_size=SIZE), provenance)
+                                         marker_spec(), provenance)
 
 
 def test_rsna_submission_names_images_by_uid_with_six_types(imported: Path) -> None:

@@ -75,16 +75,16 @@ def test_pickle_model_in_the_registry_is_refused_and_never_run(workdir: Path, tm
         capsys.readouterr()
         assert main(["score", "--data", "data/test", "--out", "pred.csv", "--device", "cpu"]) == 2
         error = _one_error_line(capsys)
-        assert f"v{version} is not in pt2 format" in error and 'serialization_format="pt2"' in error
+        assert f"v{version} is not in this release's model format" in error and "hemo evaluate --model" in error
         assert main(["gate", "--version", version, "--device", "cpu"]) == 2
-        assert f"v{version} is not in pt2 format" in _one_error_line(capsys)
+        assert f"v{version}" in _one_error_line(capsys)
     assert not marker.exists(), "the pickle payload ran"
     assert not Path("pred.csv").exists()
 
 
 def test_local_checkpoint_payload_and_truncation_are_told_apart(workdir: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from hemo_model.model import HemoNet, ModelConfig, save_checkpoint
+    from hemo_model.model import HemoNet, ModelSpec, save_checkpoint
 
     marker = tmp_path / "payload-ran"
     torch.save({"model_state": Payload(marker), "config": {}}, tmp_path / "evil.pt")
@@ -92,7 +92,7 @@ def test_local_checkpoint_payload_and_truncation_are_told_apart(workdir: Path, t
     error = _one_error_line(capsys)
     assert "not a hemo checkpoint: it references Python code" in error and "(refused)" in error
     assert "truncated" not in error and not marker.exists()
-    save_checkpoint(tmp_path / "good.pt", HemoNet(head="linear"), ModelConfig(head="linear", image_size=64))
+    save_checkpoint(tmp_path / "good.pt", HemoNet(head="linear"), ModelSpec(head="linear", image_size=64))
     whole = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
     assert main(["score", "--model", str(tmp_path / "cut.pt"), "--data", "data/test", "--device", "cpu"]) == 2

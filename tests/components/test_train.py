@@ -62,10 +62,10 @@ def test_a_bad_group_timeout_is_a_user_error(workdir: Path, monkeypatch: pytest.
 
 def _stage_one(workdir: Path) -> None:
     """A stage-1 checkpoint where refine looks for it, without training."""
-    from hemo_model.model import HemoNet, ModelConfig, save_checkpoint
+    from hemo_model.model import HemoNet, ModelSpec, save_checkpoint
 
     save_checkpoint(workdir / "outputs" / "train" / "best.pt", HemoNet(head="linear"),
-                    ModelConfig(head="linear", image_size=64))
+                    ModelSpec(head="linear", image_size=64))
 
 
 def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_tracking_uri: str,

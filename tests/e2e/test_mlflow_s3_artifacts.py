@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from components import registry, tracking
-from hemo_model.model import HemoNet, ModelConfig
+from hemo_model.model import HemoNet, ModelSpec
 from tests.conftest import S3_CREDENTIALS, running_mlflow_server
 
 
@@ -25,7 +25,7 @@ def test_model_round_trip_through_s3_artifacts(tmp_path: Path, s3_server: str, s
         monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
         torch.manual_seed(0)
         model = HemoNet().eval()
-        config = ModelConfig(image_size=64, thresholds=[0.4, 0.5, 0.5, 0.6, 0.3])
+        config = ModelSpec(image_size=64, thresholds=[0.4, 0.5, 0.5, 0.6, 0.3])
         tracking.configure()
         provenance = {"split": {"salt": "s", "val_fraction": 0.1, "gate_fraction": 0.1},
                       "train_patients": ["ID_a"], "train_patients_sha256": "0" * 64}
@@ -35,11 +35,11 @@ def test_model_round_trip_through_s3_artifacts(tmp_path: Path, s3_server: str, s
 
         loaded = registry.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHAMPION}")
         assert loaded.version == version and loaded.image_size == 64
-        assert loaded.thresholds == [0.4, 0.5, 0.5, 0.6, 0.3]
+        assert loaded.thresholds_for(5) == [0.4, 0.5, 0.5, 0.6, 0.3]
         batch = torch.randn(3, 3, 64, 64)
         with torch.no_grad():
             assert torch.equal(loaded.module(batch), model(batch))
 
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)
-    assert any(k.endswith(".pt2") for k in keys), keys
+    assert any(k.startswith("mlflow/") and k.endswith("/spec.json") for k in keys), keys
+    assert any(k.startswith("mlflow/") and k.endswith("/model.safetensors") for k in keys), keys

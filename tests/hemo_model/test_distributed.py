@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from hemo_model.distributed import SINGLE, from_environment, init
 from hemo_model.losses import build_loss
-from hemo_model.model import ModelConfig
+from hemo_model.model import ModelSpec
 from hemo_model.training import FitConfig, fit
 from tests.conftest import free_port
 
@@ -42,7 +42,7 @@ def _model() -> nn.Module:
 
 def _train(out: Path, cluster=SINGLE, loss: str = "asl") -> None:
     model = _model()
-    fit(model, _data(), lambda m: 0.0, build_loss(loss, reduction="sum"), CONFIG, out, ModelConfig(),
+    fit(model, _data(), lambda m: 0.0, build_loss(loss, reduction="sum"), CONFIG, out, ModelSpec(),
         progress=False, augmentation=None, cluster=cluster)
 
 
@@ -83,7 +83,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="not divisible by 2"):
         fit(_model(), _data(), lambda m: 0.0, build_loss("asl"), replace(CONFIG, batch_size=7), tmp_path,
-            ModelConfig(), progress=False, augmentation=None, cluster=Cluster(0, 2, 0))
+            ModelSpec(), progress=False, augmentation=None, cluster=Cluster(0, 2, 0))
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("", None), ("120", 120.0), (" 2.5 ", 2.5)])

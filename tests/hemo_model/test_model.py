@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hemo_model.model import CONTEXT_WEIGHTS, ContextModel, HemoNet, ModelConfig, load_checkpoint, save_checkpoint
+from hemo_model.model import CONTEXT_WEIGHTS, ContextModel, HemoNet, ModelSpec, load_checkpoint, save_checkpoint
 
 
 def test_output_shape_and_method_head() -> None:
@@ -39,7 +39,7 @@ def test_context_model_is_weighted_sum_of_slice_logits() -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model = HemoNet().eval()
-    config = ModelConfig(image_size=64, thresholds=[0.3, 0.4, 0.5, 0.6, 0.7])
+    config = ModelSpec(image_size=64, thresholds=[0.3, 0.4, 0.5, 0.6, 0.7])
     save_checkpoint(tmp_path / "m.pt", model, config, epoch=3)
     loaded, loaded_config, payload = load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(1, 3, 64, 64)

@@ -9,7 +9,7 @@ import torch
 
 from hemo_model.data import SliceDataset, load_split
 from hemo_model.losses import AsymmetricLoss
-from hemo_model.model import HemoNet, ModelConfig, load_checkpoint
+from hemo_model.model import HemoNet, ModelSpec, load_checkpoint
 from hemo_model.training import BEST, LAST, FitConfig, fit
 
 SIZE = 32
@@ -27,7 +27,7 @@ def _train(dataset: SliceDataset, out: Path, epochs: int, resume: bool = False, 
     config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=5, max_steps=max_steps)
     val_scores = iter([0.2, 0.5, 0.4, 0.45])
     result = fit(model, dataset, lambda m: next(val_scores), AsymmetricLoss(), config, out,
-                 ModelConfig(image_size=SIZE), resume=resume, progress=False)
+                 ModelSpec(image_size=SIZE), resume=resume, progress=False)
     return model, result
 
 

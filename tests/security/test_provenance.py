@@ -1,0 +1,113 @@
+"""Provenance is read from a version's own run, never from its tags: a tag is not a URL to follow
+(it would carry the MLflow credentials to any host) nor a digest to trust (whoever can tag a
+version could hide that it trained on gate patients)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from components import registry
+from components.cli import main
+from components.model_steps import load_roles
+from components.settings import SplitSettings
+from hemo_model.roles import patients_digest
+from tests.conftest import running_mlflow_server
+from tests.markers import write_marker_data
+from tests.security.registry_setup import PARAMS, register_hemo
+
+SECRET = "s3cr3t-tracking-password"
+
+
+@pytest.fixture(scope="module")
+def marker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_marker_data(tmp_path_factory.mktemp("markers") / "data", patients=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.fixture
+def project(marker_data: Path, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "data").symlink_to(marker_data)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HEMO_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    mlflow.set_tracking_uri(server)
+    return tmp_path
+
+
+@pytest.fixture
+def foreign_server() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A host that is not the tracking server; records every request it receives."""
+    received: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            received.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+            body = json.dumps({"train_patients": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+
+
+def _gate_patients() -> list[str]:
+    split = SplitSettings(val_fraction=0.2, gate_fraction=0.4, salt="markers")
+    return [p.dirname for p in load_roles(Path("data"), split, need=("gate",))["gate"]]
+
+
+def test_a_provenance_tag_is_never_a_url_to_follow(project: Path, foreign_server: tuple[str, list],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    url, received = foreign_server
+    version = register_hemo([])
+    # MLflow's client sends MLFLOW_TRACKING_USERNAME/PASSWORD to whatever host this names
+    foreign = url.replace("http://", "mlflow-artifacts://") + "/steal/train_patients.json"
+    registry.tag_version(version, {"hemo.train_patients.artifact": foreign,
+                                   "hemo.train_patients.sha256": patients_digest([])})
+    code = main(["gate", "--version", version, "--device", "cpu"])
+    output = capsys.readouterr()
+    assert code == 0, output.err
+    assert received == [], f"the gate contacted a host named by a tag: {received}"
+    assert SECRET not in output.out + output.err
+
+
+def test_forged_provenance_tags_cannot_hide_gate_patients(project: Path, foreign_server: tuple[str, list],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The version trained on gate patients (its run says so); tags claiming an empty training
+    list, with a matching digest and an artifact of another run, change nothing."""
+    gate = _gate_patients()
+    champion = registry.alias_version(registry.CHAMPION)
+    version = register_hemo(gate[:2] + ["ID_elsewhere"])
+    with mlflow.start_run(run_name="forger") as forger:
+        mlflow.log_dict({"train_patients": []}, registry.TRAIN_PATIENTS_ARTIFACT)
+    registry.tag_version(version, {
+        "hemo.train_patients.artifact": f"runs:/{forger.info.run_id}/{registry.TRAIN_PATIENTS_ARTIFACT}",
+        "hemo.train_patients.sha256": patients_digest([])})
+    capsys.readouterr()
+    assert main(["gate", "--version", version, "--device", "cpu"]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"v{version} trained on 2 of the {len(gate)} gate patients" in error[0], error
+    assert registry.alias_version(registry.CHAMPION) == champion
