@@ -3,19 +3,23 @@
 Subcommands are registered by module path and their modules keep heavy imports (torch, MLflow,
 GX) inside ``run`` so that ``hemo --help`` stays fast. A :class:`UserError` or
 :class:`TransientError` becomes one ``error:`` line on stderr and its exit code (1 validation, 2
-user error, 3 transient; see :mod:`components.errors`); anything else is a bug and keeps its
-traceback. Every `hemo` process refuses MLflow's pickle deserialisation: models are data.
+user error, 3 transient; the table is in :mod:`components.errors`); anything else is a bug: its
+traceback and exit 70. Every `hemo` process refuses MLflow's pickle deserialisation and forces
+``torch.load`` to ``weights_only``: models are data, and these are second walls behind a model
+format that holds no pickle at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from components.errors import TransientError, UserError
+from components.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, TransientError, UserError
 
 STEPS: dict[str, str] = {
     "synth": "components.synth",
@@ -67,9 +71,17 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+SAFE_LOADING = {
     # Models are data, never code: MLflow 3 unpickles models by default; no hemo process does.
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    # torch.load refuses pickled code even where a caller forgot weights_only=True.
+    "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.update(SAFE_LOADING)
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # would contradict the line above
     for key, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     parser = build_parser()
@@ -80,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # data errors from the library, an unreachable server, I/O
         return _classified(exc)
 
@@ -90,10 +102,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+PERSISTENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
+                               errno.ENAMETOOLONG, errno.EROFS, errno.EEXIST, errno.ENOSPC, errno.EDQUOT,
+                               errno.EFBIG, errno.EINVAL, errno.ENOTEMPTY, errno.EXDEV})
+"""I/O errors that stay until a person acts (a missing or unreadable file, a full disk): exit 2, so
+orchestrators do not retry them. Others (EIO, timeouts, a stale mount) are transient: exit 3."""
+
+
 def _classified(exc: Exception) -> int:
-    """Failures that are not bugs get one line and their exit code; anything else is re-raised
-    with its traceback. Data errors of the library (a bad file named in the message) are user
-    errors (2); an unreachable tracking server and I/O errors are transient (3, retried by the DAG)."""
+    """Failures that are not bugs get one line and their exit code; anything else is a bug: its
+    traceback and exit 70. Data errors of the library (a bad file named in the message) are user
+    errors (2); an unreachable tracking server is transient (3, retried by the DAG); an I/O error
+    is 2 when it lasts until someone fixes the file or disk, else 3."""
     from hemo_model.layout import DataError
 
     if isinstance(exc, DataError):
@@ -105,9 +125,15 @@ def _classified(exc: Exception) -> int:
         return _fail(unreachable, TransientError.exit_code)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in PERSISTENT_ERRNOS:
+            return _fail(f"{exc.strerror or exc}{where}: fix the file, its permissions or the disk, then retry",
+                         UserError.exit_code)
         return _fail(f"I/O error{where}: {exc.strerror or exc}; check the disk/mount and retry",
                      TransientError.exit_code)
-    raise exc
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: internal error in hemo ({type(exc).__name__}); this is a bug, please report it with the "
+          "traceback above", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
