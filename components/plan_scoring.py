@@ -42,7 +42,7 @@ def model_uri(model: str | None) -> str:
     if model is None or not model.strip():
         return DEFAULT_MODEL
     model = model.strip()
-    if model.isdigit():
+    if model.isascii() and model.isdigit():
         return version_uri(model)
     if not model.startswith("models:/"):
         raise UserError(f"--model {model!r}: give a version number, models:/{MODEL_NAME}/<version> or "
@@ -53,12 +53,13 @@ def model_uri(model: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from components import registry
     from components.results import publish
+    from components.settings import load_settings
     from hemo_model.data import DataError, load_folder
 
     if args.shards < 1:
         raise UserError(f"--shards {args.shards}: give at least 1")
-    try:
-        patients = load_folder(args.data)
+    try:  # the folder `hemo score` reads, under the same guard (data/test linked out is refused)
+        patients = load_folder(args.data, data_root=Path(load_settings().data.root))
     except DataError as exc:
         raise UserError(str(exc)) from exc
     if args.shards > len(patients):

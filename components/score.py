@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def shard_spec(text: str) -> tuple[int, int]:
     index, sep, count = text.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+    digits = sep and index.isascii() and index.isdigit() and count.isascii() and count.isdigit()
+    if not digits or not 0 <= int(index) < int(count):
         raise argparse.ArgumentTypeError(f"{text!r}: use I/N with 0 <= I < N, e.g. 0/4")
     return int(index), int(count)
 
