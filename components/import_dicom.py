@@ -2,7 +2,11 @@
 
 Every file under --dicom (any nesting, any names) is read up to its pixel data; axial CT images
 are grouped by series and ordered by position along the slice normal (never by file name or
-InstanceNumber); scouts, reports, other modalities and unreadable files are skipped and counted.
+InstanceNumber); scouts, reports, other modalities, images over the pixel budget
+(data.max_image_size squared, from the header, before decoding) and unreadable or corrupt files
+are skipped and counted, never named (export folders carry patient names). Series with burned-in
+annotation (BurnedInAnnotation other than NO in any of their files: text in the pixels) are left
+out and counted.
 Each series becomes a patient folder <out>/<split>/ID_<hash>/<hash>_<k>.jpg (brain window, 8-bit
 gray; with --windows brain,subdural,bone a lossless RGB PNG per slice, one window per channel), k
 in z order. <hash> is a salted hash of the SeriesInstanceUID: no header value (names, IDs, dates,
@@ -14,6 +18,9 @@ merging into an existing one is refused if a patient folder would collide.
 
 DICOMweb: --dicomweb URL --study UID [--study UID ...], or --dicomweb URL --modality CT --since
 YYYYMMDD; the series are retrieved (WADO-RS) to a private temporary folder and imported the same way.
+https only unless --allow-http; credentials from HEMO_DICOMWEB_TOKEN or HEMO_DICOMWEB_USERNAME/
+HEMO_DICOMWEB_PASSWORD; searches paged and capped (--max-series), responses capped
+(--max-response-bytes), redirects to another server refused (components/dicomweb.py).
 """
 
 from __future__ import annotations
@@ -30,16 +37,26 @@ from components.errors import UserError
 from components.model_steps import add_settings_arguments, settings_from
 
 DEFAULT_WINDOWS = "brain"
+BURNED_IN = "burned_in_annotation"
+"""Series skipped because a file of theirs declares BurnedInAnnotation (pixel PHI)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dicom", type=Path, help="folder of DICOM files (any nesting; .dcm or no extension)")
-    source.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root, e.g. http://pacs:8042/dicom-web")
+    source.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root, e.g. https://pacs:8042/dicom-web "
+                        "(credentials: HEMO_DICOMWEB_TOKEN, or HEMO_DICOMWEB_USERNAME/HEMO_DICOMWEB_PASSWORD)")
     parser.add_argument("--study", action="append", default=[], metavar="UID",
                         help="with --dicomweb: a StudyInstanceUID to import (repeatable)")
     parser.add_argument("--modality", default="CT", help="with --dicomweb: series modality to fetch (default CT)")
     parser.add_argument("--since", metavar="YYYYMMDD", help="with --dicomweb and no --study: studies from this date on")
+    parser.add_argument("--allow-http", action="store_true",
+                        help="with --dicomweb: allow a plain http:// server (unencrypted; a trusted network only)")
+    parser.add_argument("--max-series", type=int, metavar="N",
+                        help="with --dicomweb: refuse a search that finds more than N series (default 1000)")
+    parser.add_argument("--max-response-bytes", metavar="SIZE",
+                        help="with --dicomweb: byte cap of one server response, e.g. 4GiB (default 2GiB, or "
+                        "HEMO_DICOMWEB_MAX_BYTES)")
     parser.add_argument("--out", type=Path, default=Path("data"), help="data folder in DLCV layout (default data)")
     parser.add_argument("--labels", type=Path, help="RSNA label file (ID_<image>_<type>,Label); implies --split train")
     parser.add_argument("--split", choices=["train", "test"], help="where the series go (default: train with "
@@ -67,6 +84,12 @@ class Plan:
     min_slices: int
     max_slices: int
     reject_irregular: bool
+    max_pixels: int
+    """Pixel budget of one image (data.max_image_size squared), checked from the header."""
+    service: Any = None
+    """The checked DICOMweb service root (components.dicomweb.ServiceRoot), None for a folder."""
+    limits: Any = None
+    """components.dicomweb.Limits for a DICOMweb import."""
 
 
 @dataclass
@@ -101,6 +124,7 @@ def _plan(args: argparse.Namespace, settings: Any) -> Plan:
         raise UserError("--dicomweb needs --study UID (repeatable) or a query: --modality CT --since YYYYMMDD")
     if args.dicom and (args.study or args.since):
         raise UserError("--study/--since select series on a DICOMweb server; use them with --dicomweb, not --dicom")
+    service, limits = _dicomweb_plan(args)
     if args.dicom is not None and not args.dicom.is_dir():
         raise UserError(f"--dicom {args.dicom} is not a folder; pass the folder that holds the DICOM files")
     if args.out.exists() and not args.out.is_dir():
@@ -111,7 +135,21 @@ def _plan(args: argparse.Namespace, settings: Any) -> Plan:
                 raise UserError(f"--mapping {args.mapping} is inside the {what} folder {folder}: the mapping holds "
                                 "DICOM UIDs and must stay outside the pipeline's folders; write it elsewhere")
     cfg = settings.validate
-    return Plan(split, windows, cfg.min_slices, cfg.max_slices, args.reject_irregular)
+    return Plan(split, windows, cfg.min_slices, cfg.max_slices, args.reject_irregular,
+                settings.data.max_image_size ** 2, service, limits)
+
+
+def _dicomweb_plan(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The service root and limits checked before anything is read or requested (a malformed URL
+    is a user error, exit 2, with the URL redacted)."""
+    if not args.dicomweb:
+        return None, None
+    from components.dicomweb import check_study_uids, limits_from, parse_service_root
+
+    limits = limits_from(args.max_series, args.max_response_bytes, args.allow_http)
+    service = parse_service_root(args.dicomweb, limits.allow_http)
+    check_study_uids(args.study)
+    return service, limits
 
 
 def _select(series_list: list, plan: Plan, labels: Any, outcome: Outcome) -> list[tuple[Any, list | None]]:
@@ -120,6 +158,9 @@ def _select(series_list: list, plan: Plan, labels: Any, outcome: Outcome) -> lis
 
     chosen = []
     for series in series_list:
+        if series.burned_in:  # text in the pixels (names, dates): no header rule can remove it
+            outcome.series_skipped[BURNED_IN] += 1
+            continue
         outcome.duplicates_dropped += series.duplicates_dropped
         outcome.series_issues.update(series.issues)
         blocking = [i for i in SERIES_ISSUES if i in series.issues and (plan.reject_irregular or i in ALWAYS_REJECTED)]
@@ -186,14 +227,13 @@ def _merge_labels(work: Path, rows: list) -> None:
 
 
 def _write_mapping(path: Path, rows: list) -> None:
-    import os
-
+    """UIDs: readable by the owner only, from the first byte (the temp file is 0600 before it is
+    written and renamed; there is no moment at which others could read it)."""
     from components.files import write_csv_atomic
     from hemo_model.rsna import MAPPING_COLUMNS, mapping_rows, read_mapping
 
     old = list(mapping_rows(read_mapping(path))) if path.is_file() else []
-    write_csv_atomic(path, list(MAPPING_COLUMNS), old + rows)
-    os.chmod(path, 0o600)  # UIDs: readable by the owner only
+    write_csv_atomic(path, list(MAPPING_COLUMNS), old + rows, mode=0o600)
 
 
 def report_payload(outcome: Outcome, plan: Plan, source: str, seconds: float, fetch: Any) -> dict[str, Any]:
@@ -214,6 +254,7 @@ def report_payload(outcome: Outcome, plan: Plan, source: str, seconds: float, fe
         "slices_written": outcome.slices,
         "labels_any_mismatch": outcome.labels_any_mismatch,
         "dicomweb": None if fetch is None else {"series": fetch.series, "instances": fetch.instances,
+                                                "searches": fetch.searches, "bytes": fetch.bytes,
                                                 "seconds": round(fetch.seconds, 3)},
         "seconds": round(seconds, 3),
         "slices_per_second": round(outcome.slices / seconds, 1) if seconds > 0 else None,
@@ -233,7 +274,8 @@ def summary_lines(report: dict[str, Any], out: Path, salt_source: str, mapping: 
     if report["dicomweb"]:
         web = report["dicomweb"]
         lines.append(f"  dicomweb: {web['series']} series / {web['instances']} instances retrieved in "
-                     f"{web['seconds']:.2f} s (included above)")
+                     f"{web['seconds']:.2f} s (included above; {web['searches']} search pages, "
+                     f"{web['bytes'] / 2**20:.1f} MiB)")
     used = report["files"] - sum(report["files_skipped"].values())
     lines.append(f"  files: {report['files']} read, {used} used; skipped: {_counts(Counter(report['files_skipped']))}")
     lines.append(f"  series: {report['series_found']} found, {report['series_kept']} kept; skipped: "
@@ -270,16 +312,16 @@ def run(args: argparse.Namespace) -> int:
             from components.dicomweb import fetch
 
             download = Path(tempfile.mkdtemp(prefix="hemo-dicomweb-"))  # 0700, outside every project folder
-            fetched = fetch(args.dicomweb, download, args.study, args.modality, args.since)
+            fetched = fetch(plan.service, download, args.study, args.modality, args.since, plan.limits)
             folder = download
         else:
             folder = args.dicom
         try:
-            scan = scan_folder(folder)
+            scan = scan_folder(folder, plan.max_pixels)
         except DataError as exc:
             raise UserError(str(exc)) from exc
         outcome.files, outcome.files_skipped = scan.files, scan.skipped
-        series_list = group_series(scan.slices, plan.min_slices, plan.max_slices)
+        series_list = group_series(scan.slices, plan.min_slices, plan.max_slices, scan.burned_in_series)
         outcome.series_found = len(series_list)
         chosen = _select(series_list, plan, labels, outcome)
         with staged(args.out) as work:

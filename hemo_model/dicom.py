@@ -6,7 +6,14 @@ pipeline trains on, deciding only from the headers what is a usable slice:
 
 * every file is read once up to the pixel data (never decoded at this stage); anything that is not
   an axial CT image is skipped with a counted reason (:data:`FILE_REASONS`), never with its name:
-  PACS exports name folders after patients;
+  PACS exports name folders after patients. A file or folder that cannot be read at all (no
+  permission, an I/O error) is counted as ``unreadable`` the same way: one bad file never stops an
+  import of thousands, and its path never reaches a message;
+* the pixel budget (Rows x Columns x frames against ``max_pixels``, ``data.max_image_size``
+  squared) is checked from the header, so a header that claims 60000 x 60000 is skipped before a
+  byte of its pixels is decoded;
+* pixels can carry PHI too: a series any of whose files declares ``BurnedInAnnotation`` (anything
+  but NO; missing is fine) is marked :attr:`Series.burned_in` for the caller to leave out;
 * slices are grouped by SeriesInstanceUID and ordered by ImagePositionPatient projected on the
   slice normal (the cross product of the ImageOrientationPatient vectors, turned to point to the
   head, so k = 0 is the lowest slice as in the phantom). File names and InstanceNumber are never
@@ -29,7 +36,7 @@ import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +55,16 @@ WINDOWS: dict[str, tuple[float, float]] = {
 HU_AIR = -1000.0
 """What PixelPaddingValue pixels (outside the scanned field of view) become."""
 
-FILE_REASONS = ("not_dicom", "unreadable", "non_image", "not_ct", "localizer", "multi_frame", "not_grayscale",
-                "no_geometry", "not_axial")
+FILE_REASONS = ("not_dicom", "unreadable", "non_image", "not_ct", "localizer", "over_pixel_budget", "multi_frame",
+                "not_grayscale", "no_geometry", "not_axial")
 """Why a file is not used, in the order they are tested."""
+
+DEFAULT_MAX_PIXELS = 1024 * 1024
+"""Pixel budget of one image when the caller gives none (``data.max_image_size`` = 1024, squared)."""
+
+_BYTES_PER_PIXEL_MAX = 8
+"""The widest native pixel (64-bit float): a PixelData element longer than budget x this is a
+bloated file, refused like an oversized header."""
 
 UNDECODABLE = "undecodable_pixels"
 """A series left out because a slice's pixels could not be decoded (truncated, or a compression
@@ -83,6 +97,8 @@ class SliceHeader:
     orientation: tuple[float, float, float, float, float, float]
     rows: int
     columns: int
+    burned_in: bool = False
+    """BurnedInAnnotation says the pixels may show identifying text (anything but NO)."""
 
     @property
     def normal(self) -> np.ndarray:
@@ -100,6 +116,8 @@ class Scan:
     slices: list[SliceHeader] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     files: int = 0
+    burned_in_series: set[str] = field(default_factory=set)
+    """SeriesInstanceUIDs any file of which (used or not) declares burned-in annotation."""
 
 
 @dataclass
@@ -113,6 +131,8 @@ class Series:
     """Each slice's position along the normal, in mm."""
     duplicates_dropped: int = 0
     issues: list[str] = field(default_factory=list)
+    burned_in: bool = False
+    """A file of the series declares burned-in annotation: its pixels may show PHI."""
 
 
 @contextlib.contextmanager
@@ -132,57 +152,103 @@ def quiet() -> Iterator[None]:
         logger.propagate = propagate
 
 
-def iter_files(folder: Path) -> Iterator[Path]:
+def iter_files(folder: Path, on_error: Callable[[OSError], None] | None = None) -> Iterator[Path]:
     """Every regular file under ``folder``, any nesting, any name, in a stable order (symlinked
-    folders are not followed, so a link loop cannot trap the walk)."""
-    for root, dirs, files in os.walk(folder):
+    folders are not followed, so a link loop cannot trap the walk). A folder that cannot be listed
+    or a file that cannot even be looked at goes to ``on_error`` (never raised: the error names
+    the path, and export paths carry patient names)."""
+    for root, dirs, files in os.walk(folder, onerror=on_error):
         dirs.sort()
         for name in sorted(files):
             path = Path(root, name)
-            if path.is_file():
+            try:
+                regular = path.is_file()  # a FIFO or socket would block the reader
+            except OSError as exc:  # no permission to stat it, a name too long, I/O
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            if regular:
                 yield path
 
 
-def _header(path: Path) -> tuple[object, bool]:
-    """(dataset up to the pixel data, whether pixel data follows). ``read_partial`` is dcmread's
-    own reader; with our stop condition we learn that pixels exist without reading them."""
+def _header(path: Path) -> tuple[object, int | None]:
+    """(dataset up to the pixel data, the pixel data element's length or None when there is
+    none). ``read_partial`` is dcmread's own reader; with our stop condition we learn that pixels
+    exist, and how many bytes they claim, without reading them."""
     from pydicom.filereader import read_partial
 
     seen: list[int] = []
 
     def at_pixels(tag: int, vr: object, length: int) -> bool:
         if tag in _PIXEL_TAGS:
-            seen.append(tag)
+            seen.append(length)
             return True
         return False
 
     with path.open("rb") as handle:
         ds = read_partial(handle, stop_when=at_pixels)  # type: ignore[arg-type]
-    return ds, bool(seen)
+    return ds, (seen[0] if seen else None)
 
 
-def read_header(path: Path) -> SliceHeader | str:
+def read_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> SliceHeader | str:
     """The slice header of ``path``, or the reason (one of :data:`FILE_REASONS`) it is not used."""
+    return inspect_file(path, max_pixels)[0]
+
+
+def inspect_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[SliceHeader | str, str | None]:
+    """(:func:`read_header`'s answer, the SeriesInstanceUID when the file declares burned-in
+    annotation, used or not). Any failure is a counted reason, never an exception: the exception
+    would name the path, and one corrupt file must not stop an import of thousands."""
     from pydicom.errors import InvalidDicomError
 
     try:
         with quiet():
-            ds, has_pixels = _header(path)
-            return _classify(path, ds, has_pixels)
+            ds, pixel_length = _header(path)
     except InvalidDicomError:
-        return "not_dicom"
-    except Exception:  # a truncated or corrupt file must not stop an import of thousands
-        return "unreadable"
+        return "not_dicom", None
+    except Exception:  # truncated or corrupt, no permission, I/O
+        return "unreadable", None
+    burned_series = None
+    try:
+        with quiet():
+            if _burned_in(ds):
+                burned_series = str(ds.get("SeriesInstanceUID", "")) or None  # type: ignore[attr-defined]
+            return _classify(path, ds, pixel_length, max_pixels, burned_series is not None), burned_series
+    except Exception:  # a header value that does not parse (values are converted when first read)
+        return "unreadable", burned_series
 
 
-def _classify(path: Path, ds: object, has_pixels: bool) -> SliceHeader | str:
+def _burned_in(ds: object) -> bool:
+    """BurnedInAnnotation (0028,0301) is YES or NO; missing or NO is fine, any other value is
+    treated as YES (pixels with text in them cannot be cleaned by header rules)."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get("BurnedInAnnotation")  # type: ignore[attr-defined]
+    if value is None:
+        return False
+    values = [str(v).strip().upper() for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value])]
+    return any(v and v != "NO" for v in values)
+
+
+def _over_budget(get: Callable, pixel_length: int, max_pixels: int) -> bool:
+    """Rows x Columns x frames from the header (and the PixelData length, when defined) against
+    the budget, before anything is decoded."""
+    pixels = int(get("Rows", 0) or 0) * int(get("Columns", 0) or 0) * max(int(get("NumberOfFrames", 1) or 1), 1)
+    undefined = pixel_length == 0xFFFFFFFF  # encapsulated (compressed): its frames are checked through the header
+    return pixels > max_pixels or (not undefined and pixel_length > max_pixels * _BYTES_PER_PIXEL_MAX)
+
+
+def _classify(path: Path, ds: object, pixel_length: int | None, max_pixels: int,
+              burned_in: bool) -> SliceHeader | str:
     get = ds.get  # type: ignore[attr-defined]
-    if not has_pixels:  # a complete object without pixels (SR, KO, PR...), or a file cut short
+    if pixel_length is None:  # a complete object without pixels (SR, KO, PR...), or a file cut short
         return "non_image" if "SOPClassUID" in ds else "unreadable"  # type: ignore[operator]
     if str(get("Modality", "")).upper() != "CT":
         return "not_ct"
     if "LOCALIZER" in [str(v).upper() for v in (get("ImageType") or [])]:
         return "localizer"
+    if _over_budget(get, pixel_length, max_pixels):
+        return "over_pixel_budget"
     if int(get("NumberOfFrames", 1) or 1) > 1:
         return "multi_frame"
     if int(get("SamplesPerPixel", 1) or 1) != 1:
@@ -199,6 +265,7 @@ def _classify(path: Path, ds: object, has_pixels: bool) -> SliceHeader | str:
         orientation=tuple(float(v) for v in orientation),  # type: ignore[arg-type]
         rows=int(get("Rows", 0)),
         columns=int(get("Columns", 0)),
+        burned_in=burned_in,
     )
     if not header.series_uid or not header.sop_uid or not header.rows or not header.columns:
         return "no_geometry"
@@ -207,14 +274,22 @@ def _classify(path: Path, ds: object, has_pixels: bool) -> SliceHeader | str:
     return header
 
 
-def scan_folder(folder: Path) -> Scan:
-    """Headers of every usable CT slice under ``folder`` and counts of what was skipped."""
+def scan_folder(folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+    """Headers of every usable CT slice under ``folder`` and counts of what was skipped; images
+    over ``max_pixels`` (Rows x Columns x frames) are counted, never decoded."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; pass the folder that holds the DICOM files (--dicom)")
     scan = Scan()
-    for path in iter_files(folder):
+
+    def unreadable(_: OSError) -> None:  # the error names the path: only counted
         scan.files += 1
-        found = read_header(path)
+        scan.skipped["unreadable"] += 1
+
+    for path in iter_files(folder, unreadable):
+        scan.files += 1
+        found, burned_series = inspect_file(path, max_pixels)
+        if burned_series:
+            scan.burned_in_series.add(burned_series)
         if isinstance(found, str):
             scan.skipped[found] += 1
         else:
@@ -222,13 +297,19 @@ def scan_folder(folder: Path) -> Scan:
     return scan
 
 
-def group_series(slices: Sequence[SliceHeader], min_slices: int, max_slices: int) -> list[Series]:
+def group_series(slices: Sequence[SliceHeader], min_slices: int, max_slices: int,
+                 burned_in_series: Collection[str] = ()) -> list[Series]:
     """Slices grouped by SeriesInstanceUID, each series in z order and checked; sorted by UID so
-    that the output does not depend on the order files were found in."""
+    that the output does not depend on the order files were found in. A series is
+    :attr:`~Series.burned_in` when one of its slices, or a file of it named in
+    ``burned_in_series`` (:attr:`Scan.burned_in_series`: files not used count too), says so."""
     by_uid: dict[str, list[SliceHeader]] = {}
     for header in slices:
         by_uid.setdefault(header.series_uid, []).append(header)
-    return [order_series(uid, members, min_slices, max_slices) for uid, members in sorted(by_uid.items())]
+    found = [order_series(uid, members, min_slices, max_slices) for uid, members in sorted(by_uid.items())]
+    for series in found:
+        series.burned_in = series.burned_in or series.uid in burned_in_series
+    return found
 
 
 def order_series(uid: str, members: Sequence[SliceHeader], min_slices: int, max_slices: int) -> Series:
@@ -247,7 +328,8 @@ def order_series(uid: str, members: Sequence[SliceHeader], min_slices: int, max_
             continue
         kept.append((z, header))
     series = Series(uid=uid, study_uid=members[0].study_uid, slices=[h for _, h in kept],
-                    positions=[z for z, _ in kept], duplicates_dropped=len(members) - len(kept), issues=issues)
+                    positions=[z for z, _ in kept], duplicates_dropped=len(members) - len(kept), issues=issues,
+                    burned_in=any(m.burned_in for m in members))  # a dropped duplicate's flag counts too
     n = len(series.slices)
     if n < min_slices:
         issues.append("too_few_slices")

@@ -206,3 +206,31 @@ def test_missing_input_folder_is_one_line_and_makes_no_salt(project: Path, monke
     assert _import("--dicom", "nowhere", "--out", "data") == 2
     assert "--dicom nowhere is not a folder" in _error(capsys)
     assert not Path(".hemo-dicom-salt").exists() and not Path("data").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-series", "0"], "--max-series 0: give at least 1"),
+    (["--max-response-bytes", "lots"], "--max-response-bytes 'lots': give a size in bytes, or with KiB/MiB/GiB"),
+    (["--study", "1.2.3/../../x"], "--study #1 is not a DICOM UID"),
+    (["--study", "1.2.3", "--study", "1.2.3?x=1"], "--study #2 is not a DICOM UID"),
+])
+def test_bad_dicomweb_limits_give_one_line_before_any_request(project: Path, args: list[str], message: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert _import("--dicomweb", "https://pacs.invalid/dicom-web", "--out", "data", *args,
+                   *([] if "--study" in args else ["--since", "20240101"])) == 2
+    error = _error(capsys)
+    assert message in error and "1.2.3" not in error.replace("--study #", "")
+    assert not Path("data").exists()
+
+
+def test_max_response_bytes_falls_back_on_the_environment(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from components.dicomweb import DEFAULT_MAX_BYTES, limits_from
+
+    assert limits_from(None, None, False).max_response_bytes == DEFAULT_MAX_BYTES == 2 << 30
+    monkeypatch.setenv("HEMO_DICOMWEB_MAX_BYTES", "512MiB")
+    assert limits_from(None, None, False).max_response_bytes == 512 << 20
+    assert limits_from(None, "3G", True).max_response_bytes == 3 << 30  # the flag wins
+    monkeypatch.setenv("HEMO_DICOMWEB_MAX_BYTES", "-1")
+    assert _import("--dicomweb", "https://pacs.invalid/dw", "--since", "20240101", "--out", "data") == 2
+    assert "HEMO_DICOMWEB_MAX_BYTES '-1': give a size" in _error(capsys)

@@ -88,8 +88,11 @@ def test_dicomweb_import_equals_the_import_from_disk(orthanc: str, phantom_in_pa
     common = ["import-dicom", "--no-mlflow", "--labels", labels]
     assert main([*common, "--dicom", str(root / "train"), "--out", "disk", "--mapping", "disk.csv"]) == 0
     study_args = [a for s in studies for a in ("--study", s)]
-    assert main([*common, "--dicomweb", orthanc, *study_args, "--out", "web", "--mapping", "web.csv"]) == 0
-    out = capsys.readouterr().out
+    assert main([*common, "--dicomweb", orthanc, "--allow-http", *study_args, "--out", "web", "--mapping",
+                 "web.csv"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err.startswith("warning: --allow-http: traffic with http://127.0.0.1:")
     assert "dicomweb: 4 series / " in out  # 2 axial series + 2 localizers (CT too) and "import-dicom: 2 series -> web/train" in out
     assert json.loads(Path("reports/import.json").read_text())["source"] == "dicomweb"
     assert _tree(Path("web")) == _tree(Path("disk")) and len(_tree(Path("disk"))) > 40
@@ -98,8 +101,8 @@ def test_dicomweb_import_equals_the_import_from_disk(orthanc: str, phantom_in_pa
     # by query: every CT series of studies from 2023 on (train and test patients) into the test split
     assert main(["import-dicom", "--no-mlflow", "--dicom", str(root / "train"), "--out", "disk-all"]) == 0
     assert main(["import-dicom", "--no-mlflow", "--dicom", str(root / "test"), "--out", "disk-all"]) == 0
-    assert main(["import-dicom", "--no-mlflow", "--dicomweb", orthanc, "--modality", "CT", "--since", "20230101",
-                 "--out", "web-all"]) == 0
+    assert main(["import-dicom", "--no-mlflow", "--dicomweb", orthanc, "--allow-http", "--modality", "CT", "--since",
+                 "20230101", "--out", "web-all"]) == 0
     assert _tree(Path("web-all")) == _tree(Path("disk-all")) and len(os.listdir("web-all/test")) == 3
     assert list(Path(tempfile.gettempdir()).glob("hemo-dicomweb-*")) == []  # the download folder is removed
 
@@ -110,11 +113,13 @@ def test_dicomweb_failures_are_one_line(orthanc: str, phantom_in_pacs: tuple[Pat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HEMO_DICOM_SALT", "orthanc-test")
     unknown = "1.2.3.4.5.6.7.8.9"
-    assert main(["import-dicom", "--no-mlflow", "--dicomweb", orthanc, "--study", unknown, "--out", "d"]) == 2
-    error = capsys.readouterr().err.strip()
+    assert main(["import-dicom", "--no-mlflow", "--dicomweb", orthanc, "--allow-http", "--study", unknown,
+                 "--out", "d"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: --study #1: the server has no CT series") and unknown not in error
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"
-    monkeypatch.setenv("HEMO_DICOMWEB_ATTEMPTS", "1")  # the default retries for ~30 s
-    assert main(["import-dicom", "--no-mlflow", "--dicomweb", dead, "--since", "20230101", "--out", "d"]) == 3
+    monkeypatch.setenv("HEMO_DICOMWEB_ATTEMPTS", "1")  # the default retries for ~15 s
+    assert main(["import-dicom", "--no-mlflow", "--dicomweb", dead, "--allow-http", "--since", "20230101",
+                 "--out", "d"]) == 3
     assert "did not answer the search (QIDO-RS)" in capsys.readouterr().err
     assert not Path("d").exists()

@@ -161,3 +161,60 @@ def test_series_key_is_salted_stable_and_dlcv_shaped() -> None:
     assert key != series_key("1.2.3.4", "salt-b") and key != series_key("1.2.3.5", "salt-a")
     with pytest.raises(ValueError):
         series_key("1.2.3.4", "")
+
+
+def test_pixel_budget_is_checked_from_the_header_before_decoding(tmp_path: Path) -> None:
+    (ds,) = series_datasets(hu_volume(1), name="budget")  # 32 x 32
+    write([ds], tmp_path / "fits")
+    path = next((tmp_path / "fits").iterdir())
+    assert read_header(path, max_pixels=32 * 32).rows == 32
+    assert read_header(path, max_pixels=32 * 32 - 1) == "over_pixel_budget"
+    ds.NumberOfFrames = 2  # frames count against the budget too (and it is tested before multi_frame)
+    write([ds], tmp_path / "frames")
+    assert read_header(next((tmp_path / "frames").iterdir()), max_pixels=32 * 32 + 1) == "over_pixel_budget"
+    (bloated,) = series_datasets(hu_volume(1, size=64), name="bloated")
+    bloated.Rows = bloated.Columns = 8  # a small header on 64 x 64 x 2 bytes of pixel data
+    write([bloated], tmp_path / "bloated")
+    assert read_header(next((tmp_path / "bloated").iterdir()), max_pixels=8 * 8) == "over_pixel_budget"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # 'yes ' and MAYBE, as careless exports write them
+@pytest.mark.parametrize("value, burned", [(None, False), ("NO", False), ("YES", True), ("yes ", True),
+                                           ("MAYBE", True)])
+def test_burned_in_annotation_marks_the_whole_series(tmp_path: Path, value: str | None, burned: bool) -> None:
+    datasets = series_datasets(hu_volume(4), name=f"burned-{value}")
+    if value is not None:
+        datasets[2].BurnedInAnnotation = value  # one slice of four
+    write(datasets, tmp_path)
+    scan = scan_folder(tmp_path)
+    (series,) = group_series(scan.slices, 1, 40, scan.burned_in_series)
+    assert series.burned_in is burned and len(series.slices) == 4
+
+
+def test_a_burned_in_file_that_is_not_a_slice_still_marks_its_series(tmp_path: Path) -> None:
+    datasets = series_datasets(hu_volume(4), name="scout-burned")
+    datasets[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    datasets[0].BurnedInAnnotation = "YES"
+    write(datasets, tmp_path)
+    scan = scan_folder(tmp_path)
+    assert scan.skipped == {"localizer": 1}
+    assert group_series(scan.slices, 1, 40)[0].burned_in is False  # the slices alone do not say it ...
+    assert group_series(scan.slices, 1, 40, scan.burned_in_series)[0].burned_in is True  # ... the scan does
+
+
+def test_files_that_cannot_be_looked_at_are_counted_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    write(series_datasets(hu_volume(3), name="ok"), tmp_path / "ok")
+    write(series_datasets(hu_volume(2), name="denied"), tmp_path / "Doe^John")
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if "Doe^John" in os.fspath(path):  # type: ignore[arg-type]
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    scan = scan_folder(tmp_path)
+    assert scan.files == 5 and scan.skipped == {"unreadable": 2} and len(scan.slices) == 3
