@@ -27,6 +27,7 @@ import mlflow
 import pytest
 import yaml
 
+from components.runners import safe_run_key
 from tests.conftest import S3_CREDENTIALS, TINY_PARAMS, running_mlflow_server, version_data_on_s3
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +138,7 @@ def test_dag_run_pulls_trains_promotes_and_scores(airflow_env: dict) -> None:
     run_dirs = list(airflow_env["runs"].iterdir())
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
+    assert run_dir.name == safe_run_key(run_id)  # the one run-id -> folder mapping (tests/security/test_run_folders.py)
     with (run_dir / "outputs" / "predictions.csv").open() as handle:  # merged from 2 mapped shards
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for _ in (project / "data" / "test").rglob("*.jpg"))
