@@ -165,9 +165,10 @@ class OneOriginSession(requests.Session):
     """A session bound to one origin, with byte caps, timeouts and retries (module docstring).
 
     ``name`` says who the server is in messages (a redacted URL), ``cap_hint`` how to raise the
-    cap, ``redirect_hint`` what to do about a refused redirect. JSON requests (by their Accept header) are capped at ``json_max_bytes``, others at
-    ``max_bytes``. ``received`` counts the body bytes read; ``last_warning`` keeps the Warning
-    header of the last response (QIDO-RS: more results than the server returns at once)."""
+    cap, ``redirect_hint`` what to do about a refused redirect. JSON requests (by their Accept
+    header) are capped at ``json_max_bytes``, others at ``max_bytes``. ``received`` counts the body
+    bytes read; ``last_warning`` keeps the Warning header of the last response (QIDO-RS: more
+    results than the server returns at once)."""
 
     def __init__(self, origin: Origin, name: str, *, max_bytes: int, json_max_bytes: int, attempts: int = 1,
                  timeout: float | tuple[float, float] = 20.0, cap_hint: str = "", redirect_hint: str = "",

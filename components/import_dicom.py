@@ -274,8 +274,8 @@ def summary_lines(report: dict[str, Any], out: Path, salt_source: str, mapping: 
     if report["dicomweb"]:
         web = report["dicomweb"]
         lines.append(f"  dicomweb: {web['series']} series / {web['instances']} instances retrieved in "
-                     f"{web['seconds']:.2f} s (included above; {web['searches']} search pages, "
-                     f"{web['bytes'] / 2**20:.1f} MiB)")
+                     f"{web['seconds']:.2f} s (included above; {web['searches']} search "
+                     f"page{'' if web['searches'] == 1 else 's'}, {web['bytes'] / 2**20:.1f} MiB received)")
     used = report["files"] - sum(report["files_skipped"].values())
     lines.append(f"  files: {report['files']} read, {used} used; skipped: {_counts(Counter(report['files_skipped']))}")
     lines.append(f"  series: {report['series_found']} found, {report['series_kept']} kept; skipped: "

@@ -5,6 +5,7 @@ the import of the same files from disk writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,13 +24,12 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running Orthanc; yields its DICOMweb root URL."""
+@contextlib.contextmanager
+def _running_orthanc(work: Path, **config: object) -> Iterator[str]:
+    """An Orthanc in ``work`` (extra ``config`` keys on top of the test's); yields its DICOMweb root URL."""
     if not ORTHANC.exists() or not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc with the DICOMweb plugin is not installed (`make test` installs the Debian packages "
                     "orthanc and orthanc-dicomweb when it runs as root with apt; or install them by hand)")
-    work = tmp_path_factory.mktemp("orthanc")
     http_port = free_port()
     config = {
         "Name": "HEMO_TEST", "HttpPort": http_port, "DicomPort": free_port(), "DicomAet": "HEMOTEST",
@@ -37,7 +37,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # Orthanc 1.10 cannot bind to loopback only; this refuses every non-loopback client.
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "StorageCompression": False,
+        "StorageCompression": False, **config,
     }
     (work / "orthanc.json").write_text(json.dumps(config))
     log = (work / "orthanc.log").open("wb")
@@ -55,6 +55,13 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running Orthanc; yields its DICOMweb root URL."""
+    with _running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,8 @@ def test_dicomweb_import_equals_the_import_from_disk(orthanc: str, phantom_in_pa
     captured = capsys.readouterr()
     out = captured.out
     assert captured.err.startswith("warning: --allow-http: traffic with http://127.0.0.1:")
-    assert "dicomweb: 4 series / " in out  # 2 axial series + 2 localizers (CT too) and "import-dicom: 2 series -> web/train" in out
+    assert "dicomweb: 4 series / " in out  # 2 axial series + 2 localizers (CT too)
+    assert "import-dicom: 2 series -> web/train" in out
     assert json.loads(Path("reports/import.json").read_text())["source"] == "dicomweb"
     assert _tree(Path("web")) == _tree(Path("disk")) and len(_tree(Path("disk"))) > 40
     assert Path("web.csv").read_bytes() == Path("disk.csv").read_bytes()
@@ -123,3 +131,40 @@ def test_dicomweb_failures_are_one_line(orthanc: str, phantom_in_pacs: tuple[Pat
                  "--out", "d"]) == 3
     assert "did not answer the search (QIDO-RS)" in capsys.readouterr().err
     assert not Path("d").exists()
+
+
+@pytest.mark.slow
+def test_dicomweb_credentials_come_from_the_environment_and_are_never_printed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Orthanc with basic auth: refused without credentials (exit 2), imported with them from the
+    environment, and from the URL (with a warning); the password is in no output line."""
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    user, password = "hemo-reader", "orthanc-S3cret"
+    (tmp_path / "pacs").mkdir()
+    with _running_orthanc(tmp_path / "pacs", AuthenticationEnabled=True, RegisteredUsers={user: password}) as url:
+        session = requests.Session()
+        session.auth = (user, password)
+        (tmp_path / "pacs-phantom").mkdir()
+        generate_dicom_dataset(tmp_path / "pacs-phantom", train_patients=0, test_patients=1, image_size=32, seed=3,
+                               shuffle_names=True)
+        datasets = [pydicom.dcmread(p) for p in sorted((tmp_path / "pacs-phantom" / "test").iterdir())]
+        DICOMwebClient(url=url, session=session).store_instances(datasets=datasets)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HEMO_DICOM_SALT", "orthanc-test")
+        query = ["import-dicom", "--no-mlflow", "--allow-http", "--since", "20230101"]
+
+        assert main([*query, "--dicomweb", url, "--out", "none"]) == 2
+        assert "refused the search (QIDO-RS) (HTTP 401): it needs credentials" in capsys.readouterr().err
+        monkeypatch.setenv("HEMO_DICOMWEB_USERNAME", user)
+        monkeypatch.setenv("HEMO_DICOMWEB_PASSWORD", password)
+        assert main([*query, "--dicomweb", url, "--out", "from-env"]) == 0
+        monkeypatch.delenv("HEMO_DICOMWEB_USERNAME")
+        monkeypatch.delenv("HEMO_DICOMWEB_PASSWORD")
+        in_url = url.replace("http://", f"http://{user}:{password}@")
+        assert main([*query, "--dicomweb", in_url, "--out", "from-url"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --dicomweb carries credentials" in captured.err and "http://***@127.0.0.1:" in captured.err
+    assert password not in captured.out + captured.err
+    assert _tree(Path("from-env")) == _tree(Path("from-url")) and len(_tree(Path("from-env"))) > 20
