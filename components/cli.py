@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from components.credentials import load_secrets_file
 from components.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, TransientError, UserError
 
 STEPS: dict[str, str] = {
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        load_secrets_file()  # HEMO_SECRETS_FILE: credentials a container gets as a private file, not as env
         return int(args._module.run(args) or 0)
     except (UserError, TransientError) as exc:
         return _fail(str(exc), exc.exit_code)

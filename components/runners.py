@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.errors import NO_RETRY_EXIT_CODES  # standard library only, like this module
+
 RUNNERS = ("local", "docker", "kubernetes")
 GPU_STEPS = frozenset({"train", "refine", "score"})
 DATA_PARALLEL_STEPS = frozenset({"train", "refine"})
@@ -73,8 +75,9 @@ CONTAINER_SECRETS = "/run/hemo-secrets"
 STEP_SECRETS_FILE = "hemo-step.env"
 """The file in it: ``KEY=value`` lines read by ``hemo`` at start (components.credentials)."""
 RESULTS_DIR = ".hemo-results"  # the local runner's result files, inside the run folder
-USER_ERROR_CODES = frozenset({1, 2})
-"""`hemo` exit codes for bad input (1: validation failed, 2: user error): retrying cannot help."""
+USER_ERROR_CODES = NO_RETRY_EXIT_CODES
+"""`hemo` exit codes a retry cannot fix (1: validation failed, 2: user error, 70: a bug); the
+table is components/errors.py's."""
 
 OVERRIDE_KEYS = {"epochs": "train.epochs", "image_size": "train.image_size",
                  "min_improvement": "gate.min_improvement"}
