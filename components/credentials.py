@@ -31,6 +31,7 @@ SECRETS_FILE_ENV = "HEMO_SECRETS_FILE"
 KNOWN_KEYS = frozenset({
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL",
+    "HEMO_DICOMWEB_TOKEN", "HEMO_DICOMWEB_USERNAME", "HEMO_DICOMWEB_PASSWORD",
 })
 """What a secrets file may set: credentials and the S3 endpoint that goes with them. Nothing else,
 so a file cannot switch off a safety setting (MLFLOW_ALLOW_PICKLE_DESERIALIZATION, ...)."""
