@@ -11,11 +11,12 @@ KFP_VENV ?= .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.hemo-kfp-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv kfp-venv data lock bench clean-outputs help services secrets
+.PHONY: run test lint venv kfp-venv data lock bench clean-outputs help services secrets
 
 help:
 	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
-	@echo "make test  - install, run the whole test suite"
+	@echo "make test  - install, check the code (make lint), run the whole test suite"
+	@echo "make lint  - ruff, mypy and the layer contracts (import-linter)"
 	@echo "make bench - run the benchmark scripts (prints measured figures)"
 	@echo "make lock  - re-freeze requirements.lock from the current venv"
 	@echo "make pipeline.yaml - compile the Kubeflow pipeline (docs/kubeflow.md)"
@@ -37,7 +38,7 @@ $(KFP_STAMP): pipelines/requirements-kfp.txt
 	touch $(KFP_STAMP)
 
 # The committed Kubeflow pipeline (IR YAML); tests/pipelines checks that it is current.
-pipeline.yaml: pipelines/kubeflow.py pipelines/steps.py components/runners.py components/results.py $(KFP_STAMP)
+pipeline.yaml: pipelines/kubeflow.py pipelines/steps.py hemo_pipeline/orchestration/runners.py hemo_pipeline/services/results.py $(KFP_STAMP)
 	$(KFP_VENV)/bin/python -m pipelines.kubeflow compile --out $@
 
 data: $(STAMP)
@@ -54,8 +55,15 @@ run: data
 # workers, one thread each (tests/conftest.py), run it in about half the time on two cores.
 # Whole files go to one worker, so a module's fixtures (servers, trained models) are built once.
 TEST_WORKERS ?= 2
-test: $(STAMP) $(KFP_STAMP) services
+test: $(STAMP) $(KFP_STAMP) services lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The code's own checks, clean on every commit: style and errors (ruff), types (mypy), and the
+# architecture as a contract (import-linter: layers, a plain ML library, a light orchestration layer).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Servers the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) is a Debian
 # package, not a pip one: installed here when it is missing and we are root with apt; otherwise

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
 from hemo_model import CLASSES  # noqa: E402
-from hemo_model.metrics import micro_f2  # noqa: E402
-from hemo_model.synth import ANSWER_KEY_NAME, generate_dataset  # noqa: E402
+from hemo_model.data.synth import ANSWER_KEY_NAME, generate_dataset
+from hemo_model.metrics.classification import micro_f2
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 

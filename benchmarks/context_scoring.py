@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from hemo_model.data import load_folder  # noqa: E402
-from hemo_model.inference import score_sequences, score_windows_naive  # noqa: E402
-from hemo_model.model import CONTEXT_WEIGHTS, HemoNet  # noqa: E402
+from hemo_model.data.patients import load_folder
+from hemo_model.inference.scoring import score_sequences, score_windows_naive
+from hemo_model.model.networks import HemoNet
+from hemo_model.model.spec import CONTEXT_WEIGHTS
 
 
 def main() -> None:

@@ -44,9 +44,9 @@ def main() -> None:
     os.chdir(args.work)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("HEMO_PARENT_RUN_ID", None)
-    from components import registry
-    from components.cli import main as hemo
-    from hemo_model.synth import generate_dataset
+    from hemo_model.data.synth import generate_dataset
+    from hemo_pipeline.cli import main as hemo
+    from hemo_pipeline.services import registry
 
     if not Path("data").is_dir():
         generate_dataset(Path("data"), args.patients, 0, args.size, args.data_seed)

@@ -31,11 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from hemo_model.data import PatientSequence, SliceCache, SliceDataset, WindowDataset  # noqa: E402
-from hemo_model.inference import autocast, prepare_for_inference, score_sequences  # noqa: E402
-from hemo_model.losses import AsymmetricLoss  # noqa: E402
-from hemo_model.model import CONTEXT_WEIGHTS, ContextModel, HemoNet, ModelConfig  # noqa: E402
-from hemo_model.training import FitConfig, fit  # noqa: E402
+from hemo_model.data.cache import SliceCache
+from hemo_model.data.datasets import SliceDataset, WindowDataset
+from hemo_model.data.patients import PatientSequence
+from hemo_model.inference.precision import autocast, prepare_for_inference
+from hemo_model.inference.scoring import score_sequences
+from hemo_model.model.losses import AsymmetricLoss
+from hemo_model.model.networks import ContextModel, HemoNet
+from hemo_model.model.spec import CONTEXT_WEIGHTS, ModelSpec
+from hemo_model.training.checkpointer import Checkpointer
+from hemo_model.training.config import FitConfig
+from hemo_model.training.loop import fit
 
 ORIGINAL_TEST_SLICES = 25053
 
@@ -158,8 +164,8 @@ def main() -> None:
         config = FitConfig(epochs=2, batch_size=args.train_batch, precision=args.precision, workers=workers,
                            max_steps=steps)
         out = Path(tmp) / "fit"
-        result = fit(HemoNet(head="linear"), dataset, lambda m: 0.0, AsymmetricLoss(), config, out,
-                     ModelConfig(head="linear", image_size=args.size), device=device, progress=False)
+        result = fit(HemoNet(head="linear"), dataset, lambda m: 0.0, AsymmetricLoss(), config,
+                     Checkpointer(out, ModelSpec(head="linear", image_size=args.size)), device=device, progress=False)
         ours = result.history[-1].samples_per_s  # the second epoch: workers warm
         print(f"training (fit: cached uint8, workers, device-side augmentation): {ours:,.0f} img/s vs bare loop on "
               f"device tensors {bare:,.0f} img/s = {ours / bare:.2f}x (batch {args.train_batch}, {args.precision})")
@@ -171,9 +177,9 @@ def main() -> None:
                                    refine_batch, args.size, args.precision, max(4, args.train_steps // 4), window=5)
         config = FitConfig(epochs=2, batch_size=refine_batch, lr=1e-6, precision=args.precision, workers=workers,
                            max_steps=min(max(4, args.train_steps // 4), len(windows) // refine_batch))
-        result = fit(context, windows, lambda m: 0.0, AsymmetricLoss(), config, Path(tmp) / "refine",
-                     ModelConfig(head="linear", image_size=args.size), save_model=context.slice_model, device=device,
-                     progress=False)
+        result = fit(context, windows, lambda m: 0.0, AsymmetricLoss(), config,
+                     Checkpointer(Path(tmp) / "refine", ModelSpec(head="linear", image_size=args.size)),
+                     save_model=context.slice_model, device=device, progress=False)
         rate = result.history[-1].samples_per_s
         print(f"refinement (5-slice windows): {rate:,.1f} windows/s vs bare {bare_windows:,.1f} = "
               f"{rate / bare_windows:.2f}x")

@@ -17,11 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from components.model_steps import load_roles  # noqa: E402
-from components.settings import load_settings  # noqa: E402
-from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores  # noqa: E402
-from hemo_model.metrics import micro_f2  # noqa: E402
-from hemo_model.model import load_checkpoint  # noqa: E402
+from hemo_model.inference.precision import prepare_for_inference
+from hemo_model.inference.scoring import score_sequences, stack_scores
+from hemo_model.metrics.classification import micro_f2
+from hemo_model.model.storage import load_checkpoint
+from hemo_pipeline.services.patient_roles import load_roles
+from hemo_pipeline.services.settings import load_settings
 
 
 def main() -> None:

@@ -35,13 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
 from hemo_model import CLASSES  # noqa: E402
-from hemo_model.data import load_folder, load_split, patients_by_role  # noqa: E402
-from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores  # noqa: E402
-from hemo_model.losses import AsymmetricLoss  # noqa: E402
-from hemo_model.metrics import classification_report  # noqa: E402
-from hemo_model.model import CONTEXT_WEIGHTS, load_checkpoint  # noqa: E402
-from hemo_model.synth import ANSWER_KEY_NAME, generate_dataset  # noqa: E402
-from hemo_model.transforms import reference_augmentation  # noqa: E402
+from hemo_model.data.patients import load_folder, load_split, patients_by_role
+from hemo_model.data.synth import ANSWER_KEY_NAME, generate_dataset
+from hemo_model.data.transforms import reference_augmentation
+from hemo_model.inference.precision import prepare_for_inference
+from hemo_model.inference.scoring import score_sequences, stack_scores
+from hemo_model.metrics.classification import classification_report
+from hemo_model.model.losses import AsymmetricLoss
+from hemo_model.model.spec import CONTEXT_WEIGHTS
+from hemo_model.model.storage import load_checkpoint
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 
@@ -155,8 +157,8 @@ def main() -> None:
     if not data.is_dir():
         generate_dataset(data, args.train, args.test, args.size, args.data_seed)
     patients, labels = test_set(data)
-    from components.model_steps import role_spec
-    from components.settings import Settings, load_settings
+    from hemo_pipeline.services.patient_roles import role_spec
+    from hemo_pipeline.services.settings import Settings, load_settings
 
     split = (load_settings(args.params) if args.params else Settings()).split
     roles = patients_by_role(load_split(data, "train"), role_spec(split))

@@ -23,17 +23,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from hemo_model.data import SliceDataset, load_split  # noqa: E402
-from hemo_model.inference import autocast  # noqa: E402
-from hemo_model.losses import AsymmetricLoss  # noqa: E402
-from hemo_model.model import HemoNet  # noqa: E402
+from hemo_model.data.datasets import SliceDataset
+from hemo_model.data.patients import load_split
+from hemo_model.inference.precision import autocast
+from hemo_model.model.losses import AsymmetricLoss
+from hemo_model.model.networks import HemoNet
 
 
 def bare_loop(data: Path, image_size: int, batch: int, steps: int, precision: str) -> float:
     patients = load_split(data, "train")
     dataset = SliceDataset(patients, image_size)
     count = batch * (steps + 2)
-    from hemo_model.transforms import to_model_input
+    from hemo_model.data.transforms import to_model_input
 
     images = to_model_input(torch.stack([dataset[i][0] for i in range(count)]), torch.device("cpu"))
     targets = torch.stack([dataset[i][1] for i in range(count)])

@@ -21,8 +21,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_line  # noqa: E402
 
-from components.validate import validate  # noqa: E402
 from hemo_model import LABEL_COLUMNS  # noqa: E402
+from hemo_pipeline.steps.validate import validate
 
 PATIENTS, SLICES, SIZE = 1535, 50492, 16
 

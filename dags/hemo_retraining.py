@@ -17,9 +17,12 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
 * One MLflow run tree per DAG run: `start_run` creates the parent run and every step nests under
   it (HEMO_PARENT_RUN_ID); all runs carry the DAG run id as a tag; `end_run` ends it FINISHED, or
   FAILED when any task failed.
-* Values cross tasks through XCom only (the parent run id, the gate's decision): each runner hands
+* Values cross tasks as TaskFlow return values (XCom): start_run's result (the parent run id) is
+  every step's argument, the gate's result the branch's and the scoring plan's. Each runner hands
   back the step's JSON result, so nothing is read from a disk only a container or pod could see.
-* Bad input (validation failed, user errors: exit 1/2) fails the task without retries; other
+* `sync_data` is `hemo sync-data` (dvc pull data.dvc) on the worker, where the project lives.
+* Every task has its own timeout (STEP_TIMEOUTS).
+* Bad input (validation failed, user errors: exit 1/2) and bugs (70) fail the task without retries; other
   failures are retried with exponential back-off, and train/refine resume from their checkpoint.
 
 Parse time imports only the Airflow SDK and the standard library (no torch, MLflow or GX).
@@ -47,8 +50,14 @@ STEP_TIMEOUTS = {
     "refine": timedelta(hours=12),
     "evaluate": timedelta(hours=2),
     "gate": timedelta(hours=2),
-    "score": timedelta(hours=6),
+    "promoted": timedelta(minutes=5),
+    "score": timedelta(minutes=10),  # the plan: one registry call
+    "score_shard": timedelta(hours=6),
+    "merge_scores": timedelta(minutes=30),
+    "not_promoted": timedelta(minutes=5),
+    "end_run": timedelta(minutes=10),
 }
+"""One limit per task, sized to what it does (a 24-hour train, a one-call plan)."""
 
 default_args = {
     "owner": "hemo",
@@ -63,7 +72,7 @@ def _settings(parent_run_id: str | None = None) -> Any:
     """Runner settings for the current task, from the DAG run's params and Airflow Variables."""
     from airflow.sdk import Variable
 
-    from components.runners import StepSettings, safe_run_key
+    from hemo_pipeline.orchestration.runners import StepSettings, safe_run_key
 
     context = get_current_context()
     params = context["params"]
@@ -101,16 +110,17 @@ def _runner() -> str:
     return chosen
 
 
-def run_step(step: str, runner: str | None = None, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """Run one `hemo` step with the chosen runner and return its result (pushed as XCom); user
-    errors (exit 1/2) fail without retry. The parent MLflow run id comes from start_run's XCom."""
+def run_step(step: str, pipeline: dict[str, Any] | None, runner: str | None = None,
+             extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Run one `hemo` step with the chosen runner and return its result (the task's return value,
+    so its XCom); user errors and bugs (exit 1/2/70) fail without retry. ``pipeline`` is
+    start_run's result: the parent MLflow run every step nests under."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from components import runners
+    from hemo_pipeline.orchestration import runners
 
     context = get_current_context()
-    parent = None if step == "start-run" else (context["ti"].xcom_pull(task_ids="start_run") or {})
-    settings = _settings(parent.get("run_id") if parent else None)
+    settings = _settings((pipeline or {}).get("run_id"))
     if extra:
         settings.extra_args = tuple(extra)
     runner = runner or _runner()
@@ -160,133 +170,113 @@ def run_step(step: str, runner: str | None = None, extra: list[str] | tuple[str,
     doc_md=__doc__,
 )
 def hemo_retraining() -> None:
+    # Task arguments are typed Any: at parse time they are XComArgs, at run time the upstream task's
+    # return value (start_run's dict with the parent run id; the gate's decision).
     @task(execution_timeout=STEP_TIMEOUTS["start_run"])
     def start_run() -> dict[str, Any]:
-        """Create the parent MLflow run of this DAG run; its id travels to every step by XCom."""
-        result = run_step("start-run")
+        """Create the parent MLflow run of this DAG run; its result (the run id) is the argument
+        of every later task."""
+        result = run_step("start-run", None)
         if not result or not result.get("run_id"):
             raise RuntimeError("hemo start-run returned no run id")
         return result
 
     @task(execution_timeout=STEP_TIMEOUTS["sync_data"])
-    def sync_data() -> str:
-        """`dvc pull data.dvc`: exactly the versioned data, not the pipeline's own outputs. Skipped
-        when disabled or no DVC remote is configured; a remote that lacks the data fails at once
-        (no retry loop for a configuration error), a network error is retried."""
-        import subprocess
-        import sys
-
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    def sync_data(pipeline: Any) -> dict[str, Any] | None:
+        """`hemo sync-data` (dvc pull data.dvc) on this worker, where the project lives; skipped
+        when the run turns it off or no DVC remote is configured."""
+        from airflow.sdk.exceptions import AirflowSkipException
 
         if not get_current_context()["params"]["sync_data"]:
             raise AirflowSkipException("sync_data is off for this run")
-        dvc = str(Path(sys.executable).with_name("dvc"))
-        remotes = subprocess.run([dvc, "remote", "list"], cwd=PROJECT_DIR, capture_output=True, text=True)
-        if remotes.returncode != 0 or not remotes.stdout.strip():
-            raise AirflowSkipException("no DVC remote configured: using the data already in the project")
-        default = subprocess.run([dvc, "remote", "default"], cwd=PROJECT_DIR, capture_output=True, text=True)
-        remote = default.stdout.strip() or remotes.stdout.split()[0]
-        pulled = subprocess.run([dvc, "pull", "data.dvc"], cwd=PROJECT_DIR, capture_output=True, text=True)
-        print(pulled.stdout[-4000:], pulled.stderr[-4000:], sep="\n")
-        if pulled.returncode != 0:
-            error = next((line for line in pulled.stderr.splitlines() if line.startswith("ERROR")), pulled.stderr[-300:])
-            missing = "missing" in pulled.stderr or "Checkout failed" in pulled.stderr
-            message = (f"dvc pull data.dvc from remote '{remote}' failed: {error.strip()} -> "
-                       + ("the remote does not hold this version of the data: run `dvc push data.dvc` where the "
-                          "data was added, or point the default remote at the right storage" if missing
-                          else "check the remote's address and credentials"))
-            if missing:
-                raise AirflowFailException(message)
-            raise RuntimeError(message)
-        return remote
+        result = run_step("sync-data", pipeline, runner="local")
+        if result and result.get("skipped"):
+            raise AirflowSkipException(result.get("reason", "nothing to pull"))
+        return result
 
     def step_task(step: str, **kwargs: Any):
         @task(task_id=step, execution_timeout=STEP_TIMEOUTS[step], **kwargs)
-        def _run() -> dict[str, Any] | None:
-            return run_step(step)
+        def _run(pipeline: Any) -> dict[str, Any] | None:
+            return run_step(step, pipeline)
 
         _run.__doc__ = f"`hemo {step}` through the selected runner."
         return _run
 
-    @task.branch(task_id="promoted")
-    def promoted() -> str:
-        """Score only when the gate moved @champion; otherwise stop. The decision comes from the
-        gate task's XCom (the step's result), wherever the gate ran."""
-        decision = get_current_context()["ti"].xcom_pull(task_ids="gate") or {}
-        if "promoted" not in decision:
+    @task.branch(task_id="promoted", execution_timeout=STEP_TIMEOUTS["promoted"])
+    def promoted(decision: Any) -> str:
+        """Score only when the gate moved @champion; otherwise stop. The decision is the gate
+        task's result, wherever the gate ran."""
+        if not decision or "promoted" not in decision:
             raise RuntimeError("the gate task returned no decision")
         print(f"gate decision: {decision.get('reason')}")
         return "score" if decision["promoted"] else "not_promoted"
 
-    @task(task_id="score", execution_timeout=STEP_TIMEOUTS["start_run"])
-    def plan_scoring() -> list[list[str]]:
+    @task(task_id="score", execution_timeout=STEP_TIMEOUTS["score"])
+    def plan_scoring(decision: Any) -> list[list[str]]:
         """Scoring shards (param score_shards), each pinned to the champion version the gate left,
         so every shard scores with the same model whatever happens to the alias meanwhile."""
-        context = get_current_context()
-        shards = int(context["params"]["score_shards"])
-        decision = context["ti"].xcom_pull(task_ids="gate") or {}
-        version = decision.get("champion_version_after")
-        if not version:
+        from hemo_pipeline.orchestration import runners
+
+        model = decision.get("champion_model_after")
+        if not model:
             raise RuntimeError("the gate reported no champion version to score with")
-        from components import runners
-        from components.registry import version_uri
+        shards = int(get_current_context()["params"]["score_shards"])
+        return [runners.shard_args(index, shards, model) for index in range(shards)]
 
-        return [runners.shard_args(index, shards, version_uri(version)) for index in range(shards)]
-
-    @task(task_id="score_shard", execution_timeout=STEP_TIMEOUTS["score"])
-    def score_shard(args: list[str]) -> dict[str, Any] | None:
+    @task(task_id="score_shard", execution_timeout=STEP_TIMEOUTS["score_shard"])
+    def score_shard(pipeline: Any, args: list[str]) -> dict[str, Any] | None:
         """`hemo score --shard I/N` (dynamic task mapping: one task instance per shard)."""
-        return run_step("score", extra=args)
+        return run_step("score", pipeline, extra=args)
 
-    @task(task_id="merge_scores", execution_timeout=STEP_TIMEOUTS["start_run"])
-    def merge_scores() -> dict[str, Any] | None:
+    @task(task_id="merge_scores", execution_timeout=STEP_TIMEOUTS["merge_scores"])
+    def merge_scores(pipeline: Any) -> dict[str, Any] | None:
         """`hemo merge-scores`: the shards joined into the files one unsharded run writes."""
-        return run_step("merge-scores", extra=["--shards", str(int(get_current_context()["params"]["score_shards"]))])
+        shards = str(int(get_current_context()["params"]["score_shards"]))
+        return run_step("merge-scores", pipeline, extra=["--shards", shards])
 
-    @task(task_id="not_promoted")
+    @task(task_id="not_promoted", execution_timeout=STEP_TIMEOUTS["not_promoted"])
     def not_promoted() -> None:
         """The champion is unchanged; nothing to score."""
 
-    @task(task_id="end_run", trigger_rule="all_done", retries=3, execution_timeout=STEP_TIMEOUTS["start_run"])
-    def end_run() -> None:
-        """End the parent MLflow run: FAILED if any task of this DAG run failed, else FINISHED."""
-        from components import runners
+    @task(task_id="end_run", trigger_rule="all_done", retries=3, execution_timeout=STEP_TIMEOUTS["end_run"])
+    def end_run(pipeline: Any) -> None:
+        """End the parent MLflow run: FAILED if any task of this DAG run failed, else FINISHED.
+        ``pipeline`` is None when start_run itself failed: there is no run to end."""
+        from hemo_pipeline.orchestration import runners
 
-        context = get_current_context()
-        ti = context["ti"]
+        ti = get_current_context()["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])
         states = states.get(ti.run_id, states)  # {run_id: {task_id: state}}
         failed = [task_id for task_id, state in states.items()
                   if str(state) in ("failed", "upstream_failed") and task_id != "end_run"]
-        parent = context["ti"].xcom_pull(task_ids="start_run") or {}
-        if not parent.get("run_id"):
+        if not (pipeline or {}).get("run_id"):
             print("no parent run was created; nothing to end")
             return
         status = "FAILED" if failed else "FINISHED"
-        args = ["--status", status, "--run-id", parent["run_id"]]
+        args = ["--status", status, "--run-id", pipeline["run_id"]]
         if failed:
             args += ["--reason", "failed tasks: " + ", ".join(sorted(failed))]
         # An MLflow API call: the worker's own `hemo` does it, whichever runner ran the steps.
-        runners.run_local("end-run", _settings(parent["run_id"]), extra_args=args)
+        runners.run_local("end-run", _settings(pipeline["run_id"]), extra_args=args)
 
-    parent = start_run()
-    ended = end_run()
-    synced = sync_data()
+    pipeline = start_run()
+    ended = end_run(pipeline)
+    synced = sync_data(pipeline)
     # validate also runs when sync_data was skipped (no remote), never after it failed.
-    validated = step_task("validate", trigger_rule="none_failed", retries=0)()
-    trained = step_task("train")()
-    refined = step_task("refine")()
-    evaluated = step_task("evaluate")()
-    gated = step_task("gate")()
-    branch = promoted()
-    parent >> synced >> validated >> trained >> refined >> evaluated >> gated >> branch
-    plan = plan_scoring()
-    shards = score_shard.expand(args=plan)
-    merged = merge_scores()
+    validated = step_task("validate", trigger_rule="none_failed", retries=0)(pipeline)
+    trained = step_task("train")(pipeline)
+    refined = step_task("refine")(pipeline)
+    evaluated = step_task("evaluate")(pipeline)
+    decision = step_task("gate")(pipeline)
+    branch = promoted(decision)
+    synced >> validated >> trained >> refined >> evaluated >> decision
+    plan = plan_scoring(decision)
+    shards = score_shard.partial(pipeline=pipeline).expand(args=plan)
+    merged = merge_scores(pipeline)
     declined = not_promoted()
     branch >> [plan, declined]
-    plan >> shards >> merged
-    [parent, synced, validated, trained, refined, evaluated, gated, branch, plan, shards, merged, declined] >> ended
+    shards >> merged
+    [synced, validated, trained, refined, evaluated, decision, branch, plan, shards, merged, declined] >> ended
 
 
 hemo_retraining()

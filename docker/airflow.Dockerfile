@@ -12,7 +12,7 @@ ENV MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false \
 
 COPY --chown=airflow:root requirements.lock pyproject.toml README.md /opt/hemo-src/
 COPY --chown=airflow:root hemo_model /opt/hemo-src/hemo_model
-COPY --chown=airflow:root components /opt/hemo-src/components
+COPY --chown=airflow:root hemo_pipeline /opt/hemo-src/hemo_pipeline
 # The lock pins Airflow itself to 3.3.2, the same as the base image. The FAB provider is the
 # production auth manager (compose.yaml selects it).
 RUN pip install --no-cache-dir -c /opt/hemo-src/requirements.lock "/opt/hemo-src" apache-airflow-providers-fab

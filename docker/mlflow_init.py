@@ -27,9 +27,9 @@ import time
 from collections.abc import Mapping
 
 EXPERIMENT = os.environ.get("HEMO_MLFLOW_EXPERIMENT", "hemorrhage-classifier")
-"""components.tracking.DEFAULT_EXPERIMENT (a test keeps the two equal)."""
+"""hemo_pipeline.services.tracking.DEFAULT_EXPERIMENT (a test keeps the two equal)."""
 MODEL = os.environ.get("HEMO_MLFLOW_MODEL", "hemorrhage-classifier")
-"""components.registry.MODEL_NAME (a test keeps the two equal)."""
+"""hemo_pipeline.services.registry.MODEL_NAME (a test keeps the two equal)."""
 WRITER_PERMISSION = "EDIT"
 READER_PERMISSION = "READ"
 

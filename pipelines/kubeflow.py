@@ -17,7 +17,7 @@ outputs, optional overrides). From it come
 
 * the *container component* compiled into pipeline.yaml: the training image runs
   :func:`step_command`, i.e. ``sh -c <fixed launcher> <run folder> NAME=value... hemo <step> ...``
-  (:func:`components.runners.pod_argv` around :func:`components.runners.hemo_args`, the argument
+  (:func:`hemo_pipeline.orchestration.runners.pod_argv` around :func:`hemo_pipeline.orchestration.runners.hemo_args`, the argument
   lists the Airflow runners use too);
 * a *lightweight Python component* for ``kfp.local``, whose body runs that same
   :func:`step_command` with the values kfp.local resolved, in a subprocess.
@@ -31,7 +31,7 @@ Kubernetes side (image, PVC, GPU scheduling); tests check that in the compiled I
 
 **How values pass.** Files (checkpoints, reports) stay in one run folder on the shared PVC,
 ``<runs_dir>/<Kubeflow run id>``, exactly as the Airflow runners use ``runs/<dag run id>``; small
-values are component outputs: a step publishes its result (:mod:`components.results`) and the
+values are component outputs: a step publishes its result (:mod:`hemo_pipeline.services.results`) and the
 launcher asks for single fields with ``HEMO_RESULT_FIELD_<KEY>=<output file>``. start-run's
 ``run_id`` becomes every step's HEMO_PARENT_RUN_ID, gate's ``promoted`` drives ``dsl.If``, its
 ``champion_version_after`` goes to plan-scoring, whose ``shards`` list (one work order per shard:
@@ -58,11 +58,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
-from components.runners import DEFAULT_IMAGE, GPU_RESOURCE, GPU_STEPS, OVERRIDE_KEYS, pod_resources
+from hemo_pipeline.orchestration.runners import DEFAULT_IMAGE, GPU_RESOURCE, GPU_STEPS, OVERRIDE_KEYS, pod_resources
 from pipelines.steps import STEP_FUNCTIONS, step_command
 
 PIPELINE_NAME = "hemo-retraining"
@@ -159,9 +159,9 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
         pvc: str = DEFAULT_PVC,
         project_dir: str = f"{PVC_MOUNT}/project",
         runs_dir: str = f"{PVC_MOUNT}/runs",
-        epochs: Optional[int] = None,
-        image_size: Optional[int] = None,
-        min_improvement: Optional[float] = None,
+        epochs: int | None = None,
+        image_size: int | None = None,
+        min_improvement: float | None = None,
         score_shards: int = 1,
     ) -> None:
         where = {"project_dir": project_dir, "runs_dir": runs_dir, "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -271,11 +271,11 @@ def run_local(arguments: Mapping[str, Any], pipeline_root: Path) -> float:
 
     kfp.local 2.17.3 cannot leave an optional pipeline input out (it fails on the missing default,
     "Unknown value type") nor pass None, so every override gets a value here: one not given takes
-    the project's own setting (params.yaml through components.settings), which is what the step
+    the project's own setting (params.yaml through hemo_pipeline.services.settings), which is what the step
     would use without the override. On a cluster the inputs stay optional (IfPresent)."""
     from kfp import local
 
-    from components.settings import load_settings
+    from hemo_pipeline.services.settings import load_settings
 
     settings = load_settings(Path(arguments["project_dir"]) / "params.yaml")
     given = dict(arguments)

@@ -17,12 +17,11 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from kfp.dsl import OutputPath, PipelineTaskFinalStatus
 
-from components.results import RESULT_ENV, field_env
-from components.runners import (
+from hemo_pipeline.orchestration.runners import (
     OVERRIDE_KEYS,
     RESULTS_DIR,
     StepSettings,
@@ -33,14 +32,15 @@ from components.runners import (
     shard_args,
     step_env,
 )
+from hemo_pipeline.services.results import RESULT_ENV, field_env
 
 # The body runs the local twin; the container component is built from the same signature.
 # `values = dict(locals())` must stay the first statement: it captures exactly the parameters.
 
 
 def start_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, run_id: OutputPath(str),
-              epochs: Optional[int] = None, image_size: Optional[int] = None,
-              min_improvement: Optional[float] = None):
+              epochs: int | None = None, image_size: int | None = None,
+              min_improvement: float | None = None):
     """`hemo start-run`: the parent MLflow run; its id is every later step's parent."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -48,8 +48,8 @@ def start_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, ru
 
 
 def validate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-             epochs: Optional[int] = None, image_size: Optional[int] = None,
-             min_improvement: Optional[float] = None):
+             epochs: int | None = None, image_size: int | None = None,
+             min_improvement: float | None = None):
     """`hemo validate`: Great Expectations checks; bad data fails here (exit 1) before any training."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -57,7 +57,7 @@ def validate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, par
 
 
 def train(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-          epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+          epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
     """`hemo train`: stage 1 on single slices (GPU), resuming from its checkpoint on a retry."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -65,7 +65,7 @@ def train(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent
 
 
 def refine(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-           epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+           epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
     """`hemo refine`: stage 2 with 5-slice context (GPU)."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -73,8 +73,8 @@ def refine(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, paren
 
 
 def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-             version: OutputPath(str), epochs: Optional[int] = None, image_size: Optional[int] = None,
-             min_improvement: Optional[float] = None):
+             version: OutputPath(str), epochs: int | None = None, image_size: int | None = None,
+             min_improvement: float | None = None):
     """`hemo evaluate`: metrics and plots; registers the model as @challenger (output: its version)."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -83,7 +83,7 @@ def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, par
 
 def gate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
          promoted: OutputPath(bool), reason: OutputPath(str), champion_version_after: OutputPath(str),
-         epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+         epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
     """`hemo gate`: @challenger against @champion as served; moves @champion or not (outputs: the
     decision and the champion version it left, which scoring is pinned to)."""
     values = dict(locals())
@@ -101,8 +101,8 @@ def plan_scoring(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
 
 
 def score(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str, shard: int,
-          shard_count: int, model: str, model_version: OutputPath(str), epochs: Optional[int] = None,
-          image_size: Optional[int] = None, min_improvement: Optional[float] = None):
+          shard_count: int, model: str, model_version: OutputPath(str), epochs: int | None = None,
+          image_size: int | None = None, min_improvement: float | None = None):
     """`hemo score --shard I/N --model <version URI>`: one shard's predictions (GPU; output: the
     version that scored)."""
     values = dict(locals())
@@ -204,7 +204,7 @@ def _final_status_text(status: Any) -> str:
     return str(status)
 
 
-def _optional_overrides(argv: list[Any], placeholders: Mapping[str, str]) -> list[Any]:
+def _optional_overrides(argv: list[Any], placeholders: Mapping[str, Any]) -> list[Any]:
     """Wrap each ``--set section.key=<placeholder>`` pair in an IfPresentPlaceholder on its input."""
     from kfp.dsl.placeholders import IfPresentPlaceholder
 

@@ -102,7 +102,7 @@ CHECKS = {("kubeflow.org/v1", "PyTorchJob"): check_pytorchjob,
 
 
 def check(manifest: dict[str, Any]) -> list[str]:
-    checker = CHECKS.get((manifest.get("apiVersion"), manifest.get("kind")))
+    checker = CHECKS.get((str(manifest.get("apiVersion")), str(manifest.get("kind"))))
     if checker is None:
         return [f"no model for {manifest.get('apiVersion')}/{manifest.get('kind')}; known: {sorted(CHECKS)}"]
     return checker(manifest)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hemo_model import CLASSES  # noqa: E402
-from hemo_model.synth import render_slice, sample_patient  # noqa: E402
+from hemo_model.data.synth import render_slice, sample_patient
 
 NAMES = {"ich": "ICH (intracerebral)", "ivh": "IVH (intraventricular)", "sah": "SAH (subarachnoid)",
          "sdh": "SDH (subdural)", "edh": "EDH (epidural)"}

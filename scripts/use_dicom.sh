@@ -20,12 +20,12 @@ if [ -f data.dvc ]; then
 fi
 dvc add "$RAW"
 dvc stage add --force -n import-train \
-  -d "$RAW/train" -d "$RAW/train_labels.csv" -d hemo_model -d components -p validate \
+  -d "$RAW/train" -d "$RAW/train_labels.csv" -d hemo_model -d hemo_pipeline -p validate \
   -o data/train -o data/train.csv \
   "hemo import-dicom --dicom $RAW/train --labels $RAW/train_labels.csv --split train --out data --reports reports"
 if [ -d "$RAW/test" ]; then
   dvc stage add --force -n import-test \
-    -d "$RAW/test" -d hemo_model -d components -p validate \
+    -d "$RAW/test" -d hemo_model -d hemo_pipeline -p validate \
     -o data/test \
     "hemo import-dicom --dicom $RAW/test --split test --out data --reports reports/import-test"
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # step they start (subprocesses inherit it), or torch oversubscribes the cores badly.
     os.environ["OMP_NUM_THREADS"] = os.environ.get("HEMO_TEST_THREADS", "1")
 
-from hemo_model.synth import generate_dataset  # noqa: E402
+from hemo_model.data.synth import generate_dataset
 
 TINY = {"train_patients": 4, "test_patients": 2, "image_size": 64, "seed": 7}
 _SESSION_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -65,7 +66,7 @@ def step_env(**extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_ok(args: list[str], cwd: Path, timeout: float = 900, **extra_env: str) -> "subprocess.CompletedProcess[str]":
+def run_ok(args: list[str], cwd: Path, timeout: float = 900, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in ``cwd`` with :func:`step_env`; fail the test with the output's tail unless it exits 0."""
     import subprocess
 
@@ -74,7 +75,7 @@ def run_ok(args: list[str], cwd: Path, timeout: float = 900, **extra_env: str) -
     return result
 
 
-def read_until(process: "subprocess.Popen[str]", marker: str, timeout: float) -> list[str]:
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
     """The lines ``process`` prints up to and including the first one that contains ``marker``.
 
     A plain ``for line in process.stdout`` blocks for ever when the step hangs before it prints
@@ -239,7 +240,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
 # Hash buckets are lumpy on 6 patients: the salt is one under which the pipeline_data patients fall
 # 2 train / 2 val / 2 gate. A 1-epoch model cannot beat the all-positive model, so these tests of the
-# machinery waive that margin; the rule itself is tested in tests/components/test_gate.py.
+# machinery waive that margin; the rule itself is tested in tests/hemo_pipeline/steps/test_gate.py.
 TINY_PARAMS = """
 split: {val_fraction: 0.3, gate_fraction: 0.3, salt: tiny-1}
 train: {image_size: 64, epochs: 1, batch_size: 16, cache_images: true}
@@ -254,7 +255,7 @@ def dvc_params(overrides: str) -> str:
     ones), each empty (the method's defaults) unless ``overrides`` (YAML) sets keys in it."""
     import yaml
 
-    from components.settings import SECTIONS
+    from hemo_pipeline.services.settings import SECTIONS
 
     values = {name: {} for name in SECTIONS}
     for name, section in (yaml.safe_load(overrides) or {}).items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemo_model.synth_dicom import Storage, ct_slice
+from hemo_model.data.synth_dicom import Storage, ct_slice
 
 PHI = {"PatientName": "Testfake^Casimir", "PatientID": "TST-000123", "PatientBirthDate": "19500101"}
 

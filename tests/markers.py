@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from hemo_model import CLASSES, LABEL_COLUMNS
-from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hemo_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 48
 BLOCK = 8
@@ -32,7 +32,7 @@ def write_marker_data(root: Path, patients: int, slices: int = 22, seed: int = 0
     """A DLCV folder (train.csv + train/) of ``patients`` with random labels drawn as markers."""
     rng = np.random.default_rng(seed)
     rows = []
-    for p in range(patients):
+    for _ in range(patients):
         key = f"{rng.integers(16**10):010x}"
         folder = root / "train" / f"ID_{key}"
         folder.mkdir(parents=True)
@@ -74,7 +74,7 @@ ARCHITECTURE = "markers"
 
 def marker_spec(**fields: object) -> object:
     """A spec for a :class:`MarkerNet` (needs :func:`marker_architecture` active)."""
-    from hemo_model.spec import ModelSpec
+    from hemo_model.model.spec import ModelSpec
 
     return ModelSpec(architecture=ARCHITECTURE, image_size=SIZE, **fields)  # type: ignore[arg-type]
 
@@ -82,8 +82,8 @@ def marker_spec(**fields: object) -> object:
 @pytest.fixture
 def marker_architecture(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Make ``markers`` a network the library knows for the test (spec check and builder)."""
-    from hemo_model import model, spec
+    from hemo_model.model import networks, spec
 
     monkeypatch.setitem(spec.ARCHITECTURES, ARCHITECTURE, "tests.markers.MarkerNet")
-    monkeypatch.setitem(model.BUILDERS, ARCHITECTURE, lambda _spec, _pretrained: MarkerNet())
+    monkeypatch.setitem(networks.BUILDERS, ARCHITECTURE, lambda _spec, _pretrained: MarkerNet())
     yield

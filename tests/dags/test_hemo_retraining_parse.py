@@ -30,7 +30,8 @@ print(json.dumps({
     "catchup": dag.catchup if dag else None,
     "params": sorted(dag.params.keys()) if dag else [],
     "retries": {t.task_id: t.retries for t in dag.tasks} if dag else {},
-    "timeouts": {t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout else None for t in dag.tasks} if dag else {},
+    "timeouts": {t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout else None
+                 for t in dag.tasks} if dag else {},
 }))
 """
 
@@ -52,14 +53,17 @@ def test_no_import_errors_and_nothing_heavy(parsed: dict) -> None:
 
 
 def test_task_graph(parsed: dict) -> None:
+    """The pipeline's order, plus the edges of the values tasks hand each other (TaskFlow return
+    values): start_run's result (the parent run) goes to every step, the gate's to the plan."""
+    steps = ["end_run", "evaluate", "gate", "merge_scores", "refine", "score_shard", "sync_data", "train", "validate"]
     assert parsed["tasks"] == {
-        "start_run": ["end_run", "sync_data"],
+        "start_run": steps,
         "sync_data": ["end_run", "validate"],
         "validate": ["end_run", "train"],
         "train": ["end_run", "refine"],
         "refine": ["end_run", "evaluate"],
         "evaluate": ["end_run", "gate"],
-        "gate": ["end_run", "promoted"],
+        "gate": ["end_run", "promoted", "score"],
         "promoted": ["end_run", "not_promoted", "score"],
         "score": ["end_run", "score_shard"],
         "score_shard": ["end_run", "merge_scores"],
@@ -74,5 +78,6 @@ def test_scheduling_and_safety_settings(parsed: dict) -> None:
     assert parsed["max_active_runs"] == 1 and parsed["catchup"] is False
     assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "score_shards", "set", "sync_data"]
     assert parsed["retries"]["train"] == 2 and parsed["retries"]["validate"] == 0
-    assert all(parsed["timeouts"][t] for t in ("validate", "train", "refine", "evaluate", "gate", "score_shard"))
+    assert all(parsed["timeouts"].values()), parsed["timeouts"]  # every task has a limit of its own
+    assert parsed["timeouts"]["score"] < parsed["timeouts"]["score_shard"]  # the plan is one registry call
     assert parsed["timeouts"]["train"] > parsed["timeouts"]["validate"]

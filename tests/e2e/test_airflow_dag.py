@@ -27,7 +27,7 @@ import mlflow
 import pytest
 import yaml
 
-from components.runners import safe_run_key
+from hemo_pipeline.orchestration.runners import safe_run_key
 from tests.conftest import S3_CREDENTIALS, TINY_PARAMS, running_mlflow_server, version_data_on_s3
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from hemo_model.synth_dicom import fake_phi, generate_dicom_dataset
+from hemo_model.data.synth_dicom import fake_phi, generate_dicom_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 5
@@ -40,7 +40,7 @@ def _needles(dicom: Path) -> set[str]:
 def _hemo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEMO_"))}
     env.update(PYTHONPATH=str(REPO), HEMO_DICOM_SALT="phi-test-salt", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=workdir, env=env,
+    return subprocess.run([sys.executable, "-m", "hemo_pipeline.cli", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

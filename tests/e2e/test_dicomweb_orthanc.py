@@ -16,8 +16,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from components.cli import main
-from hemo_model.synth_dicom import generate_dicom_dataset
+from hemo_model.data.synth_dicom import generate_dicom_dataset
+from hemo_pipeline.cli import main
 from tests.conftest import free_port, wait_for_http
 
 ORTHANC = Path("/usr/sbin/Orthanc")

@@ -9,7 +9,7 @@ group timeout; once in CI, once in a CI-like run here), while a relaunch starts 
 store. This test follows the path the product uses.
 
 That data-parallel training takes the same steps as one process is checked exactly, and fast, in
-tests/hemo_model/test_distributed.py; here BatchNorm's per-process statistics and per-rank
+tests/hemo_model/training/test_distributed.py; here BatchNorm's per-process statistics and per-rank
 augmentation make the curves agree only in trend, so this test checks the launch, the resume and
 that it learns.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.runners import torchrun_entrypoint
+from hemo_pipeline.orchestration.runners import torchrun_entrypoint
 from tests.conftest import read_until, step_env
 
 HEMO = str(Path(sys.executable).with_name("hemo"))

@@ -33,7 +33,7 @@ def test_dvc_repro_from_dicom_to_predictions(tmp_path: Path) -> None:
     project.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "data.dvc"):
         shutil.copy(REPO / name, project / name)
-    for folder in ("hemo_model", "components", "scripts"):
+    for folder in ("hemo_model", "hemo_pipeline", "scripts"):
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (project / "params.yaml").write_text(dvc_params(PARAMS))
     _run(["hemo", "synth", "--format", "dicom", "--out", "dicom", "--train-patients", "8", "--test-patients", "2",

@@ -34,7 +34,7 @@ def test_repro_is_complete_and_never_stale(pipeline_data: Path, tmp_path: Path) 
     project.mkdir()
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
-    for package in ("hemo_model", "components"):
+    for package in ("hemo_model", "hemo_pipeline"):
         shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(pipeline_data, project / "data")
     (project / "params.yaml").write_text(dvc_params(TINY_PARAMS))

@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.cli import main
 from hemo_model import CLASSES
-from hemo_model.data import load_folder
-from hemo_model.inference import prepare_for_inference, score_sequences, stack_scores
-from hemo_model.metrics import micro_f2
-from hemo_model.model import CONTEXT_WEIGHTS, load_checkpoint
-from hemo_model.synth import ANSWER_KEY_NAME, generate_dataset
+from hemo_model.data.patients import load_folder
+from hemo_model.data.synth import ANSWER_KEY_NAME, generate_dataset
+from hemo_model.inference.precision import prepare_for_inference
+from hemo_model.inference.scoring import score_sequences, stack_scores
+from hemo_model.metrics.classification import micro_f2
+from hemo_model.model.spec import CONTEXT_WEIGHTS
+from hemo_model.model.storage import load_checkpoint
+from hemo_pipeline.cli import main
 
 SIZE = 96
 TRAIN_PATIENTS, TEST_PATIENTS = 40, 16
@@ -95,11 +97,11 @@ def test_recipe_learns_beyond_trivial_and_shuffled_labels(trained: dict) -> None
 
 def _test_slices(data: Path) -> tuple[torch.Tensor, np.ndarray]:
     """All test slices as the model sees them, (N, 3, H, W), and their labels."""
-    from hemo_model.data import SliceDataset
+    from hemo_model.data.datasets import SliceDataset
 
     with (data / ANSWER_KEY_NAME).open() as handle:
         answers = {row["ID"]: [float(row[c]) for c in CLASSES] for row in csv.DictReader(handle)}
-    from hemo_model.transforms import to_model_input
+    from hemo_model.data.transforms import to_model_input
 
     patients = load_folder(data / "test")
     dataset = SliceDataset(patients, SIZE)
@@ -129,8 +131,8 @@ def test_horizontal_flip_changes_little(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_blood_density_blob_in_the_parenchyma_raises_ich(trained: dict) -> None:
-    from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from hemo_model.synth import window
+    from hemo_model.data.synth import window
+    from hemo_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     images, labels = _test_slices(trained["data"])
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -155,7 +157,7 @@ def test_blood_density_blob_in_the_parenchyma_raises_ich(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_minimum_functionality(trained: dict) -> None:
-    from hemo_model.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from hemo_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     empty = ((torch.zeros(1, 3, SIZE, SIZE) - mean) / std)  # air only: nothing to flag

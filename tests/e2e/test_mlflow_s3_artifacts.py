@@ -11,8 +11,9 @@ import mlflow
 import pytest
 import torch
 
-from components import registry, tracking
-from hemo_model.model import HemoNet, ModelSpec
+from hemo_model.model.networks import HemoNet
+from hemo_model.model.spec import ModelSpec
+from hemo_pipeline.services import registry, tracking
 from tests.conftest import S3_CREDENTIALS, running_mlflow_server
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.runners import StepSettings, run_local
+from hemo_pipeline.orchestration.runners import StepSettings, run_local
 from tests.conftest import TINY_PARAMS
 
 STEP_UID, WORKER_UID = 1000, 1001

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import torch
 
-from hemo_model.model import load_checkpoint, save_checkpoint
+from hemo_model.model.storage import load_checkpoint, save_checkpoint
 
 HEMO = str(Path(sys.executable).with_name("hemo"))
 
@@ -52,7 +52,7 @@ def test_pipeline_promotes_first_model_and_rejects_a_worse_one(workdir: Path, ml
     roles = json.loads((workdir / "reports/split.json").read_text())["roles"]
     train_ids = sorted(k for k, v in roles.items() if v == "train")
     assert version.tags["hemo.split.salt"] == "tiny-1" and version.tags["hemo.train_patients.count"] == "2"
-    recorded = json.loads(mlflow.artifacts.load_text(version.tags["hemo.train_patients.artifact"]))
+    recorded = json.loads(mlflow.artifacts.load_text(f"runs:/{version.run_id}/provenance/train_patients.json"))
     assert recorded["train_patients"] == train_ids
     gate_json = json.loads((workdir / "reports/gate.json").read_text())
     assert gate_json["gate_patients"] == 2 and gate_json["challenger_version"] == "1"

@@ -44,7 +44,7 @@ def kfp_python() -> str:
 
 
 def run_kfp(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
-    """``python <args>`` in the kfp venv from the repository root (so `components`, `pipelines` import)."""
+    """``python <args>`` in the kfp venv from the repository root (so `hemo_pipeline`, `pipelines` import)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **kwargs.pop("env", {})}
     return subprocess.run([kfp_python(), *args], cwd=kwargs.pop("cwd", REPO), env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)

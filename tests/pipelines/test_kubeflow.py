@@ -26,7 +26,7 @@ import mlflow
 import pytest
 import yaml
 
-from components.runners import DEFAULT_IMAGE, GPU_RESOURCE, GPU_STEPS
+from hemo_pipeline.orchestration.runners import DEFAULT_IMAGE, GPU_RESOURCE, GPU_STEPS
 from tests.conftest import TINY_PARAMS, running_mlflow_server
 from tests.pipelines.kfp_venv import REPO, run_kfp
 
@@ -51,7 +51,7 @@ def _tasks(spec: dict[str, Any], component: str | None = None) -> dict[str, Any]
 
 def _all_tasks(spec: dict[str, Any]) -> dict[str, Any]:
     tasks = dict(_tasks(spec))
-    for name, component in spec["components"].items():
+    for component in spec["components"].values():
         if "dag" in component:
             tasks.update(component["dag"]["tasks"])
     return tasks
@@ -250,7 +250,7 @@ def _hemo_on_path(folder: Path) -> str:
     """A `hemo` that runs this checkout's CLI in the main venv (whatever `hemo` the venv installed)."""
     folder.mkdir(parents=True, exist_ok=True)
     wrapper = folder / "hemo"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m components.cli "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m hemo_pipeline.cli "$@"\n')
     wrapper.chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 

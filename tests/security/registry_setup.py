@@ -17,8 +17,8 @@ from typing import Any
 import mlflow
 import torch
 
-from components import registry, tracking
-from hemo_model.model import HemoNet
+from hemo_model.model.networks import HemoNet
+from hemo_pipeline.services import registry, tracking
 from tests.markers import SIZE
 
 PARAMS = """
@@ -44,7 +44,7 @@ def tiny_model() -> torch.nn.Module:
 
 
 def provenance(train_patients: list[str]) -> dict[str, Any]:
-    from hemo_model.roles import patients_digest
+    from hemo_model.data.roles import patients_digest
 
     return {"split": {"salt": "markers", "val_fraction": 0.2, "gate_fraction": 0.4},
             "train_patients": sorted(train_patients), "train_patients_sha256": patients_digest(train_patients)}
@@ -52,7 +52,7 @@ def provenance(train_patients: list[str]) -> dict[str, Any]:
 
 def register_hemo(train_patients: list[str]) -> str:
     """An honest version, registered the way `hemo evaluate` does."""
-    from hemo_model.spec import ModelSpec
+    from hemo_model.model.spec import ModelSpec
 
     tracking.configure()
     with mlflow.start_run(run_name="evaluate"):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
-from components.dicom_output import staged
+from hemo_pipeline.cli import main
+from hemo_pipeline.services.dicom_output import staged
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -88,8 +88,8 @@ def cheap_ablate(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`hemo ablate` with training and scoring replaced by the gate patients' own labels (perfect
     predictions): only the reporting runs for real. Returns the reports folder, holding the files
     of an earlier run."""
-    from components import ablate
-    from hemo_model.metrics import patient_counts
+    from hemo_model.metrics.bootstrap import patient_counts
+    from hemo_pipeline.steps import ablate
 
     monkeypatch.setattr(ablate, "_stage1", lambda name, *args: workdir / name)
     monkeypatch.setattr(ablate, "_score", lambda checkpoint, patients, *args: patients)
@@ -162,7 +162,7 @@ def _two_renames_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the path of a system without an atomic exchange: two renames (the only path the code
     before the fix had, hence the import guard)."""
     try:
-        from components import folder_swap
+        from hemo_pipeline.services import folder_swap
     except ImportError:
         return
     monkeypatch.setattr(folder_swap, "exchange", lambda first, second: False)
@@ -225,7 +225,7 @@ def test_no_interrupt_at_any_rename_or_exchange_loses_both_versions(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupt the n-th rename/exchange for every n, with and without the atomic exchange:
     afterwards the data folder is whole, old or new."""
-    from components import folder_swap
+    from hemo_pipeline.services import folder_swap
 
     for atomic in (True, False):
         for when in range(1, 6):
@@ -245,7 +245,7 @@ def test_no_interrupt_at_any_rename_or_exchange_loses_both_versions(tmp_path: Pa
 
 
 def test_exchange_swaps_two_folders_atomically_on_linux(tmp_path: Path) -> None:
-    from components.folder_swap import exchange
+    from hemo_pipeline.services.folder_swap import exchange
 
     first, second = tmp_path / "first", tmp_path / "second"
     _make(first, {"a": b"1"})

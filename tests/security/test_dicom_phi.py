@@ -1,7 +1,7 @@
 """Patient data and hostile files in a DICOM import (issue 16, part 7, and the pixel budget of part 3).
 
 Each test is one attack on ``hemo import-dicom`` from a folder, run in-process through
-``components.cli.main``. On the code before the fix: a file that could not be read stopped the
+``hemo_pipeline.cli.main``. On the code before the fix: a file that could not be read stopped the
 import with its path (and so the patient's name of the export folder) in the message, with exit 3;
 series marked BurnedInAnnotation YES were imported; the UID mapping existed with the umask's mode
 until a ``chmod`` after the rename; a header claiming 60000 x 60000 pixels went on to be decoded.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
+from hemo_pipeline.cli import main
 from tests.dicom_files import hu_volume, series_datasets, write
 
 PATIENT = "Doe^Jane_19500101"
@@ -166,7 +166,7 @@ def test_the_mapping_file_is_private_from_its_first_byte(project: Path, monkeypa
 def test_a_header_claiming_60000_by_60000_is_skipped_without_decoding(
         project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Before: the huge slice went on to be decoded (3.6 gigapixels of int16 asked of pydicom)."""
-    from hemo_model import dicom
+    from hemo_model.data import dicom
 
     write(series_datasets(hu_volume(24), name="normal"), project / "dicom" / "normal")
     huge = series_datasets(hu_volume(1), name="huge")[0]

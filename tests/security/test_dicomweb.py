@@ -3,7 +3,7 @@
 Each test is one attack, played by a small server in a thread on 127.0.0.1 (https with a
 throwaway certificate that the client trusts through REQUESTS_CA_BUNDLE, as a hospital's own CA
 would be, or plain http where that is the point). ``hemo import-dicom`` runs in-process through
-``components.cli.main`` and must end in its exit code and one ``error:`` line. On the code before
+``hemo_pipeline.cli.main`` and must end in its exit code and one ``error:`` line. On the code before
 the fix: the credentials of the URL were printed, a server that ignores ``offset`` was paged
 until it gave up, a response was read whole whatever its size, http and cross-host redirects
 were followed, a malformed URL was a traceback, and a corrupt instance stopped the import.
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from components.cli import main
+from hemo_pipeline.cli import main
 from tests.conftest import free_port
 from tests.dicom_files import hu_volume, series_datasets
 
@@ -59,7 +59,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hemo test PACS")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))

@@ -1,4 +1,4 @@
-"""Every row of the exit-code table (components/errors.py, README "Exit codes"): the code an
+"""Every row of the exit-code table (hemo_pipeline/exit_codes.py, README "Exit codes"): the code an
 orchestrator sees is the one that tells it whether a retry can help, with one `error:` line.
 
 Rows not exercised here are exercised where the failure lives: a malformed DICOMweb URL
@@ -8,13 +8,12 @@ Rows not exercised here are exercised where the failure lives: a malformed DICOM
 from __future__ import annotations
 
 import errno
-import sys
 from pathlib import Path
 
 import pytest
 
-from components import errors
-from components.cli import main
+from hemo_pipeline import exit_codes as errors
+from hemo_pipeline.cli import main
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -43,7 +42,7 @@ def test_a_file_that_stays_unreadable_is_2_not_transient(workdir: Path, capsys: 
                                                 (errno.ENOSPC, errors.EXIT_USER), (errno.EACCES, errors.EXIT_USER)])
 def test_io_errors_are_sorted_by_whether_they_pass(workdir: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str], code: int, expected: int) -> None:
-    from components import split
+    from hemo_pipeline.steps import split
 
     def fail(args: object) -> int:
         raise OSError(code, "simulated", "data/train.csv")
@@ -68,7 +67,7 @@ def test_an_unreachable_tracking_server_is_3(workdir: Path, monkeypatch: pytest.
 def test_a_bug_is_70_with_its_traceback_never_1(workdir: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 1 means "the data failed validation": a bug must not look like that to an orchestrator."""
-    from components import split
+    from hemo_pipeline.steps import split
 
     def bug(args: object) -> int:
         return {}["missing"]  # type: ignore[return-value]
@@ -80,7 +79,7 @@ def test_a_bug_is_70_with_its_traceback_never_1(workdir: Path, monkeypatch: pyte
 
 
 def test_an_interrupt_is_130(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from components import split
+    from hemo_pipeline.steps import split
 
     def interrupted(args: object) -> int:
         raise KeyboardInterrupt
@@ -91,10 +90,9 @@ def test_an_interrupt_is_130(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_orchestrators_retry_exactly_the_transient_codes() -> None:
     """The runners (Airflow, Kubeflow) read the same table: 1, 2 and 70 fail at once, 3 retries."""
-    from components import runners
+    from hemo_pipeline.orchestration import runners
 
     assert errors.NO_RETRY_EXIT_CODES == {1, 2, 70}
     for code in (1, 2, 70):
         assert runners.StepFailed("x", code, "").user_error
     assert not runners.StepFailed("x", 3, "").user_error
-    assert "components.errors" in sys.modules

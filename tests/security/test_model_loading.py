@@ -13,8 +13,8 @@ import mlflow
 import pytest
 import torch
 
-from components import registry
-from components.cli import main
+from hemo_pipeline.cli import main
+from hemo_pipeline.services import registry
 from tests.markers import write_marker_data
 from tests.security.registry_setup import PARAMS, Touch, craft_pt2, register_hemo, register_pt2, version_files
 

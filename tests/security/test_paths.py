@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.cli import main
-from hemo_model.data import SliceCache, load_folder, load_split, read_pixels
-from hemo_model.layout import DataError, is_safe_component, parse_slice_name, patient_hash
+from hemo_model.data.cache import SliceCache
+from hemo_model.data.images import read_pixels
+from hemo_model.data.layout import DataError, is_safe_component, parse_slice_name, patient_hash
+from hemo_model.data.patients import load_folder, load_split
+from hemo_pipeline.cli import main
 
 NEWLINE_NAMES = ["x_1.jpg\n", "abc_0.png\n", "ID_abc\n", "abc\n", "abc\r", "abc\n\n", "x_1.jpg\nID_evil"]
 
@@ -77,8 +79,8 @@ def test_the_plain_names_still_parse() -> None:
 @pytest.mark.parametrize("slice_id", ["abc_1.jpg\n", "abc_1_ich\n", "abc_1", "abc_1.jpgx", "abc_1_ichx", "abc_1_any"])
 def test_merge_scores_refuses_slice_ids_that_only_start_well(slice_id: str) -> None:
     """Before: SLICE_KEY matched a prefix, so any tail after <hash>_<k> was merged as is."""
-    from components.errors import UserError
-    from components.merge_scores import _order
+    from hemo_pipeline.services.errors import UserError
+    from hemo_pipeline.steps.merge_scores import _order
 
     with pytest.raises(UserError, match="unexpected slice id"):
         _order(slice_id)
@@ -289,10 +291,10 @@ def test_an_untrusted_cache_file_is_rebuilt_and_the_reason_logged_once(
     else:
         target.unlink()
         os.mkfifo(target)  # opening it for reading must not hang
-    caplog.set_level(logging.WARNING, logger="hemo_model.data")
+    caplog.set_level(logging.WARNING, logger="hemo_model.data.cache")
     cache = SliceCache.build(slices, 32, folder=folder)
     assert np.array_equal(np.asarray(cache.array)[:, 0], _fresh(slices))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hemo_model.data"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hemo_model.data.cache"]
     assert len(warnings) == (2 if tamper == "directory" else 1), warnings  # a folder also cannot be replaced
     assert "not reused" in warnings[0] and target.name in warnings[0]
     assert not any(str(p.parent) in w for w in warnings for p in slices)  # no slice path in the log
@@ -301,12 +303,12 @@ def test_an_untrusted_cache_file_is_rebuilt_and_the_reason_logged_once(
 
 def test_an_interrupted_cache_build_leaves_no_partial_file(slices: list[Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import hemo_model.data as data
+    from hemo_model.data import cache
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "read_pixels", interrupted)
+    monkeypatch.setattr(cache, "read_pixels", interrupted)
     with pytest.raises(KeyboardInterrupt):
         SliceCache.build(slices, 32, folder=tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []

@@ -13,11 +13,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components import registry
-from components.cli import main
-from components.model_steps import load_roles
-from components.settings import SplitSettings
-from hemo_model.roles import patients_digest
+from hemo_model.data.roles import patients_digest
+from hemo_pipeline.cli import main
+from hemo_pipeline.services import registry
+from hemo_pipeline.services.patient_roles import load_roles
+from hemo_pipeline.services.settings import SplitSettings
 from tests.conftest import running_mlflow_server
 from tests.markers import write_marker_data
 from tests.security.registry_setup import PARAMS, register_hemo

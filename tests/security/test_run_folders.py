@@ -3,7 +3,7 @@
 Airflow's default run-id pattern accepts '..', '.', 'a/b'; the old mapping kept '.' (so '..'
 made the run folder the runs folder's parent) and mapped 'a:b' and 'a_b' to one folder, where
 `--resume auto` would continue the other run's checkpoint. Every orchestrator derives the folder
-with components.runners.safe_run_key (the DAG, the runners, the Kubeflow twin)."""
+with hemo_pipeline.orchestration.runners.safe_run_key (the DAG, the runners, the Kubeflow twin)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.runners import StepSettings, prepare_run_dir, safe_run_key
+from hemo_pipeline.orchestration.runners import StepSettings, prepare_run_dir, safe_run_key
 
 REPO = Path(__file__).resolve().parents[2]
 NASTY = ["..", ".", "", "/", "a/b", "../a", "a/../../b", "/etc/passwd", "a\\b", "..\\..", "a\x00b", "~", "-rf",
@@ -93,6 +93,6 @@ def test_every_orchestrator_derives_the_folder_with_the_one_function() -> None:
     assert re.search(r"run_dir=RUNS_DIR / safe_run_key\(run_id\)", dag)
     steps = (REPO / "pipelines" / "steps.py").read_text()
     assert "safe_run_key(text(values[\"run_key\"]))" in steps
-    sanitising = {path.name: len(re.findall(r"re\.sub\([^)]*run_id", path.read_text())) for path in
-                  [*(REPO / "components").glob("*.py"), *(REPO / "pipelines").glob("*.py"), REPO / "dags" / "hemo_retraining.py"]}
+    sources = [*(REPO / "hemo_pipeline").rglob("*.py"), *(REPO / "pipelines").glob("*.py"), REPO / "dags" / "hemo_retraining.py"]
+    sanitising = {path.name: len(re.findall(r"re\.sub\([^)]*run_id", path.read_text())) for path in sources}
     assert {name: n for name, n in sanitising.items() if n} == {"runners.py": 1}, "a second run-id sanitiser"

@@ -1,5 +1,5 @@
 """Attack: credentials for a step read from a file other users can read (or plant), or leaked by
-the loader itself. components.credentials.load_secrets_file takes only a private file (no access
+the loader itself. hemo_pipeline.services.credentials.load_secrets_file takes only a private file (no access
 for others, no group write), only known keys, and never names a value in what it says."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components.credentials import KNOWN_KEYS, SECRETS_FILE_ENV, load_secrets_file
-from components.errors import UserError
+from hemo_pipeline.services.credentials import KNOWN_KEYS, SECRETS_FILE_ENV, load_secrets_file
+from hemo_pipeline.services.errors import UserError
 
 PASSWORD = "s3cr3t-Pa55-do-not-print"
 GOOD = f"MLFLOW_TRACKING_USERNAME=hemo-pipeline\nMLFLOW_TRACKING_PASSWORD={PASSWORD}\n"
@@ -80,7 +80,8 @@ def test_unreadable_for_the_step_user_is_a_user_error(tmp_path: Path) -> None:
         pytest.skip("setpriv not installed")
     tmp_path.chmod(0o755)
     path = _secrets(tmp_path, mode=0o600)  # root's, private: uid 1000 cannot read it
-    probe = ("import sys\nfrom components.credentials import load_secrets_file\nfrom components.errors import UserError\n"
+    probe = ("import sys\nfrom hemo_pipeline.services.credentials import load_secrets_file\n"
+             "from hemo_pipeline.services.errors import UserError\n"
              f"try:\n    load_secrets_file({{'HEMO_SECRETS_FILE': {str(path)!r}}})\nexcept UserError as e:\n"
              "    print(e); sys.exit(2)\n")
     result = subprocess.run(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", sys.executable, "-c", probe],
@@ -92,7 +93,8 @@ def test_unreadable_for_the_step_user_is_a_user_error(tmp_path: Path) -> None:
 
 def test_only_credentials_and_their_endpoint_may_be_set() -> None:
     assert KNOWN_KEYS == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"}
+                          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL",
+                          "HEMO_DICOMWEB_TOKEN", "HEMO_DICOMWEB_USERNAME", "HEMO_DICOMWEB_PASSWORD"}
 
 
 def test_the_file_secrets_init_writes_is_accepted(tmp_path: Path) -> None:
@@ -118,10 +120,10 @@ def test_the_file_secrets_init_writes_is_accepted(tmp_path: Path) -> None:
     assert oct(dvc.stat().st_mode & 0o777) == "0o400" and f"aws_secret_access_key = {PASSWORD}-dvc" in dvc.read_text()
 
 
-CLI_LOADS_SECRETS = "load_secrets_file" in (Path(__file__).resolve().parents[2] / "components" / "cli.py").read_text()
+CLI_LOADS_SECRETS = "load_secrets_file" in (Path(__file__).resolve().parents[2] / "hemo_pipeline" / "cli.py").read_text()
 
 
-@pytest.mark.skipif(not CLI_LOADS_SECRETS, reason="components/cli.py main() does not call load_secrets_file() yet")
+@pytest.mark.skipif(not CLI_LOADS_SECRETS, reason="hemo_pipeline/cli.py main() does not call load_secrets_file() yet")
 @pytest.mark.parametrize("mode, expected", [(0o644, "other users may read or change it"), (0o600, None)])
 def test_hemo_reads_the_file_at_start_and_refuses_a_world_readable_one(tmp_path: Path, mode: int, expected: str | None) -> None:
     """Every `hemo` step: a world-readable secrets file stops it in one line (exit 2) naming no
@@ -130,7 +132,7 @@ def test_hemo_reads_the_file_at_start_and_refuses_a_world_readable_one(tmp_path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     env.update(HEMO_SECRETS_FILE=str(secrets_file), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    result = subprocess.run([sys.executable, "-m", "components.cli", "validate", "--data", str(tmp_path / "absent")],
+    result = subprocess.run([sys.executable, "-m", "hemo_pipeline.cli", "validate", "--data", str(tmp_path / "absent")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert PASSWORD not in result.stdout + result.stderr
     if expected:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.runners import StepSettings, docker_operator, kubernetes_operator
+from hemo_pipeline.orchestration.runners import StepSettings, docker_operator, kubernetes_operator
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -284,8 +284,8 @@ def _mlflow_init():
 
 
 def test_the_init_code_manages_the_pipelines_experiment_and_model() -> None:
-    from components.registry import MODEL_NAME
-    from components.tracking import DEFAULT_EXPERIMENT
+    from hemo_pipeline.services.registry import MODEL_NAME
+    from hemo_pipeline.services.tracking import DEFAULT_EXPERIMENT
 
     init = _mlflow_init()
     assert (init.EXPERIMENT, init.MODEL) == (DEFAULT_EXPERIMENT, MODEL_NAME)

@@ -1,0 +1,61 @@
+"""The patient roles of a data set as every step sees them (train / val / gate by salted hash), and
+what a model trained on them has seen (its provenance).
+
+Kept in one place so that every step sees the same patients in the same role for the same
+settings, which is what makes the gate's challenger-vs-champion comparison fair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hemo_model.data.layout import DataError
+from hemo_model.data.patients import load_split, patients_by_role
+from hemo_model.data.roles import RoleSpec, assign_roles, patients_digest, role_counts
+from hemo_pipeline.services.errors import UserError
+from hemo_pipeline.services.files import write_json_atomic
+from hemo_pipeline.services.settings import (
+    SplitSettings,
+)
+
+
+def role_spec(split: SplitSettings) -> Any:
+    return RoleSpec(salt=split.salt, val_fraction=split.val_fraction, gate_fraction=split.gate_fraction)
+
+
+def load_roles(root: Path, split: SplitSettings, need: tuple[str, ...] = ("train", "val", "gate")) -> dict[str, list]:
+    """Labelled patients of ``root`` by role; a role this step needs must not be empty."""
+    try:
+        patients = load_split(root, "train")
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+    roles = patients_by_role(patients, role_spec(split))
+    for role in need:
+        if not roles[role]:
+            fix = ("lower split.val_fraction + split.gate_fraction" if role == "train"
+                   else f"raise split.{role}_fraction")
+            raise UserError(f"no patient of the {len(patients)} in {root / 'train.csv'} falls in role '{role}' "
+                            f"(salt {split.salt!r}); add patients or {fix} in params.yaml "
+                            "(`hemo split` shows the assignment)")
+    return roles
+
+
+def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a model trained on the ``train`` role has seen: the split and the patient list (with
+    ``earlier``'s patients when it continues another model, e.g. refinement)."""
+    seen = {p.dirname for p in roles["train"]} | set((earlier or {}).get("train_patients", []))
+    return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen)}
+
+
+def assignment(dirnames: list[str], split: SplitSettings) -> dict[str, Any]:
+    roles = assign_roles(dirnames, role_spec(split))
+    return {"split": asdict(split), "counts": role_counts(roles), "roles": roles}
+
+
+def write_split_report(path: Path, roles: dict[str, list], split: SplitSettings) -> dict[str, Any]:
+    """The assignment of the patients in ``roles`` (as grouped by a step) to ``path``."""
+    report = assignment([p.dirname for group in roles.values() for p in group], split)
+    write_json_atomic(path, report)
+    return report

@@ -1,0 +1,353 @@
+"""The model registry: the hand-off between training and serving.
+
+* A registered version is data, never code: ``spec.json`` (the :class:`~hemo_model.model.spec.ModelSpec`:
+  architecture, head, input, image size, context and its weights, thresholds, classes) and
+  ``model.safetensors`` (raw tensors), logged as an MLflow LoggedModel by `hemo evaluate`. Loading
+  downloads exactly those two files, checks their sha256 against the digests the registering run
+  recorded as parameters (write-once in MLflow), rebuilds the network with :mod:`hemo_model` and
+  fills it from the safetensors file. No pickle is read, whatever else the version's artifacts
+  hold; a version in any other format (the pt2/pickle archives of earlier releases) is refused
+  with one line that says how to register it again.
+* Provenance (the split and the training patients) is read only from the version's own run
+  (``runs:/<run_id>/provenance/...`` and its parameters); version tags are informative, never a URL
+  to follow nor a digest to trust: anyone who can tag a version could forge them.
+* Aliases: ``@challenger`` (the last version `evaluate` registered), ``@champion`` (what `score`
+  serves), ``@previous`` (the champion it replaced, so rollback is one command).
+* An alias is resolved to a version once; the model is then loaded by that version, so a
+  promotion in between can never pair one version's weights with another's thresholds.
+
+Run tracking (the run tree, tags, figures) lives in :mod:`hemo_pipeline.services.tracking`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from hemo_model.data.roles import patients_digest
+from hemo_model.model.storage import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    ModelFileError,
+    load_checkpoint,
+    read_model_folder,
+    save_model_folder,
+)
+from hemo_pipeline.services import tracking
+from hemo_pipeline.services.errors import TransientError, UserError
+
+MODEL_NAME = "hemorrhage-classifier"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+TRAIN_PATIENTS_ARTIFACT = "provenance/train_patients.json"
+MODEL_TYPE = "hemo-safetensors"
+"""The LoggedModel type of every version this release registers."""
+PARAM_WEIGHTS = "registered.weights_sha256"
+PARAM_SPEC = "registered.spec_sha256"
+PARAM_TRAIN_DIGEST = "registered.train_patients_sha256"
+PARAM_SPLIT = "registered.split"
+"""Parameters of the registering run: MLflow refuses to change a logged parameter, so these are
+what a version's files and provenance are checked against."""
+
+
+class AliasMoved(TransientError):
+    """The alias changed between our read and our write: someone else promoted meanwhile."""
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from its spec, plus where it came from. Everything about how it is
+    served (image size, input, context and its weights, thresholds) is read from ``spec``."""
+
+    module: Any
+    spec: Any  # hemo_model.model.spec.ModelSpec
+    source: str
+    version: str | None = None
+    provenance: dict[str, Any] | None = None
+    """What it trained on (split, training patients), for local checkpoints; registered
+    versions keep theirs in their run (:func:`train_patients`)."""
+
+    @property
+    def image_size(self) -> int:
+        return int(self.spec.image_size)
+
+    @property
+    def input(self) -> str:
+        return str(self.spec.input)
+
+    @property
+    def context(self) -> str:
+        return str(self.spec.context)
+
+    @property
+    def context_weights(self) -> list[float]:
+        return list(self.spec.context_weights)
+
+    @property
+    def channels(self) -> int:
+        return int(self.spec.channels)
+
+    def thresholds_for(self, context: int) -> list[float]:
+        """The thresholds tuned for this scoring mode (context logits are scaled differently)."""
+        return self.spec.thresholds_for(context)
+
+    def weights_for(self, context: int) -> list[float]:
+        return self.spec.weights_for(context)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}" if self.version else self.source
+
+
+def version_uri(version: str) -> str:
+    return f"models:/{MODEL_NAME}/{version}"
+
+
+def client() -> Any:
+
+    tracking.configure()
+    return mlflow.MlflowClient()
+
+
+def alias_version(alias: str) -> str | None:
+    """Version number behind ``alias``, or None when the alias (or the model) does not exist."""
+    try:
+        return str(client().get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+def require_version(version: str) -> Any:
+
+    try:
+        return client().get_model_version(MODEL_NAME, str(version))
+    except MlflowException as exc:
+        raise UserError(f"{MODEL_NAME} has no version {version} at {tracking.tracking_uri()}; "
+                        "list versions in the MLflow UI (Models)") from exc
+
+
+def resolve(uri: str) -> tuple[str, str | None]:
+    """``models:/name@alias`` -> (``models:/name/N``, N), resolved once; version URIs pass through."""
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri[len("models:/"):].rsplit("@", 1)
+        if name != MODEL_NAME:
+            raise UserError(f"{uri}: this project registers '{MODEL_NAME}'; use models:/{MODEL_NAME}@{alias}")
+        version = alias_version(alias)
+        if version is None:
+            raise UserError(f"no model version has alias '{alias}' in registry '{MODEL_NAME}' at "
+                            f"{tracking.tracking_uri()}; run the pipeline (make run) or `hemo promote --version N`")
+        return version_uri(version), version
+    if uri.startswith("models:/"):
+        name, _, version = uri[len("models:/"):].partition("/")
+        if name != MODEL_NAME or not (version.isascii() and version.isdigit()):
+            raise UserError(f"{uri}: use models:/{MODEL_NAME}/<version> or models:/{MODEL_NAME}@<alias>")
+        return uri, version
+    return uri, None
+
+
+def log_and_register(model: Any, spec: Any, provenance: dict[str, Any], metrics: dict[str, float] | None = None) -> str:
+    """Log ``model`` (CPU weights as safetensors, ``spec`` as JSON) as a LoggedModel of the
+    active run, record the digests and provenance as the run's (write-once) parameters and
+    artifacts, register it, and point ``@challenger`` at the new version; return the version."""
+
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_and_register needs an active MLflow run (the evaluate step's)")
+    run_id = active.info.run_id
+    with tempfile.TemporaryDirectory(prefix="hemo-register-") as tmp:
+        folder = Path(tmp) / "model"
+        save_model_folder(folder, model.to("cpu").eval(), spec)
+        digests = {PARAM_WEIGHTS: sha256_file(folder / WEIGHTS_FILE), PARAM_SPEC: sha256_file(folder / SPEC_FILE)}
+        mlflow.log_params({**digests, PARAM_TRAIN_DIGEST: provenance["train_patients_sha256"],
+                           PARAM_SPLIT: json.dumps(provenance["split"], sort_keys=True)})
+        mlflow.log_dict({"split": provenance["split"], "train_patients": provenance["train_patients"]},
+                        TRAIN_PATIENTS_ARTIFACT)
+        logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type=MODEL_TYPE,
+                                                tags={"hemo.spec_format": spec.to_dict()["format"]})
+        client().log_model_artifacts(logged.model_id, str(folder))
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    version = str(mlflow.register_model(f"models:/{logged.model_id}", MODEL_NAME, await_registration_for=60).version)
+    tags = {  # for people browsing the registry; nothing reads these back as facts
+        "hemo.split.salt": provenance["split"]["salt"],
+        "hemo.split.val_fraction": str(provenance["split"]["val_fraction"]),
+        "hemo.split.gate_fraction": str(provenance["split"]["gate_fraction"]),
+        "hemo.train_patients.count": str(len(provenance["train_patients"])),
+        "hemo.image_size": str(spec.image_size), "hemo.context": spec.context, "hemo.input": spec.input,
+    }
+    for key in ("micro_f2_context", "micro_f2_single"):
+        if metrics and key in metrics:
+            tags[key] = f"{metrics[key]:.4f}"
+    tag_version(version, tags)
+    client().set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return version
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tag_version(version: str, tags: dict[str, str]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(MODEL_NAME, str(version), key, str(value)[:5000])
+
+
+def registering_run(version: str) -> tuple[Any, dict[str, str]]:
+    """The version's record and the parameters of the run that registered it (its own run: a
+    version's run id is fixed when it is created)."""
+    info = require_version(version)
+    if not info.run_id:
+        raise UserError(f"{MODEL_NAME} v{version} has no run (registered by hand), so neither its files nor its "
+                        "training patients can be checked; register models with `hemo evaluate`")
+    return info, dict(client().get_run(info.run_id).data.params)
+
+
+def train_patients(version: str) -> list[str]:
+    """The training patients a version recorded in its own run, checked against the digest that
+    run logged as a parameter."""
+
+    info, params = registering_run(version)
+    digest = params.get(PARAM_TRAIN_DIGEST)
+    if not digest:
+        raise UserError(f"{MODEL_NAME} v{version} records no training patients in its run (registered by hand or by "
+                        "an older release), so no fair comparison is possible; retrain it, or promote by hand with "
+                        "`hemo promote --version N --reason ...`")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path=TRAIN_PATIENTS_ARTIFACT,
+                                                        dst_path=tmp)
+            patients = list(json.loads(Path(local).read_text())["train_patients"])
+        except (MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{MODEL_NAME} v{version}: its run's {TRAIN_PATIENTS_ARTIFACT} cannot be read "
+                            f"({type(exc).__name__}); do not promote this version") from exc
+    if patients_digest(patients) != digest:
+        raise UserError(f"{MODEL_NAME} v{version}: its training-patient list does not match the digest its run "
+                        "recorded; the artifact was changed, do not promote this version")
+    return patients
+
+
+def recorded_split(version: str) -> dict[str, Any]:
+    """The split (salt, fractions) a version's run recorded when it registered the version."""
+    _, params = registering_run(version)
+    try:
+        return dict(json.loads(params.get(PARAM_SPLIT, "{}")))
+    except (TypeError, ValueError):
+        return {}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_model(uri_or_path: str) -> LoadedModel:
+    """A registry URI (``models:/name@alias`` or ``models:/name/N``, resolved to a version once)
+    or a local checkpoint of `hemo train`/`refine`."""
+    if "://" not in uri_or_path and not uri_or_path.startswith("models:"):
+        return _load_checkpoint(Path(uri_or_path))
+    if not uri_or_path.startswith("models:/"):
+        raise UserError(f"{uri_or_path}: load models from the registry (models:/{MODEL_NAME}/N or @alias) or a "
+                        "local .pt checkpoint")
+    _, version = resolve(uri_or_path)
+    if version is None:  # resolve() returns a version for every models:/ URI it accepts
+        raise UserError(f"{uri_or_path}: name a version (models:/{MODEL_NAME}/N) or an alias")
+    return load_version(version)
+
+
+def load_version(version: str) -> LoadedModel:
+    """Download version ``version``'s spec and weights (nothing else), check them against the
+    digests its run recorded, and rebuild the network from them."""
+
+    label = f"{MODEL_NAME} v{version}"
+    _, params = registering_run(version)
+    location = client().get_model_version_download_uri(MODEL_NAME, str(version)).rstrip("/")
+    try:
+        names = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=location)}
+    except MlflowException as exc:
+        raise UserError(f"cannot list {label}'s files at {tracking.tracking_uri()}: {exc.message}") from exc
+    expected = {PARAM_WEIGHTS: WEIGHTS_FILE, PARAM_SPEC: SPEC_FILE}
+    if not set(expected.values()) <= names or not all(params.get(p) for p in expected):
+        raise UserError(f"{label} is not in this release's model format (spec.json + model.safetensors registered by "
+                        "`hemo evaluate`; it looks like a pt2/pickle model of an earlier release or one registered "
+                        "by hand, and such archives can carry code): refused, nothing of it was loaded. Register its "
+                        "weights again with `hemo evaluate --model <its checkpoint, e.g. outputs/refine/best.pt>`, "
+                        "then `hemo promote --version N --reason ...` if it must serve")
+    with tempfile.TemporaryDirectory(prefix="hemo-model-") as tmp:
+        folder = Path(tmp)
+        for param, name in expected.items():
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{name}", dst_path=tmp))
+            except MlflowException as exc:
+                raise UserError(f"cannot download {label}'s {name} from {tracking.tracking_uri()}: "
+                                f"{exc.message}") from exc
+            if sha256_file(local) != params[param]:
+                raise UserError(f"{label}: its {name} is not the file its run registered (sha256 differs): the "
+                                "artifact was changed after registration; refused, do not serve this version")
+        try:
+            module, spec = read_model_folder(folder)
+        except ModelFileError as exc:
+            raise UserError(f"{label} cannot be used: {exc}; register it again with `hemo evaluate`") from exc
+    return LoadedModel(module, spec, version_uri(version), str(version))
+
+
+def _load_checkpoint(path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise UserError(f"model checkpoint {path} does not exist; pass a models:/ URI or an existing .pt file")
+    try:
+        module, spec, payload = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UserError(f"cannot use checkpoint {path}: {exc}; re-create it with `hemo train`/`refine` or pass "
+                        "another --model") from exc
+    return LoadedModel(module, spec, str(path), provenance=payload.get("provenance"))
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+def who() -> str:
+    """The person (or service account) behind a manual registry change: HEMO_USER, else the login."""
+    try:
+        return os.environ.get("HEMO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def move_champion(version: str, expected: str | None, how: str, reason: str) -> str | None:
+    """Point ``@champion`` at ``version`` if it still points at ``expected`` (compare-and-set:
+    re-read just before writing), keep the replaced one as ``@previous``, and tag both versions
+    with who/when/why. Returns the replaced version. Raises :class:`AliasMoved` if the champion
+    changed meanwhile; then nothing is changed."""
+    current = alias_version(CHAMPION)
+    if current != expected:
+        raise AliasMoved(f"@{CHAMPION} moved from {_v(expected)} to {_v(current)} while this step ran; nothing was "
+                         "changed: run the gate again to compare against the new champion")
+    mlflow_client = client()
+    if current is not None and current != version:
+        mlflow_client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
+        tag_version(current, {"champion.replaced_by": version, "champion.replaced_at": now()})
+    mlflow_client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    tag_version(version, {"champion.how": how, "champion.by": who(), "champion.at": now(),
+                          "champion.reason": reason, "champion.replaced": current or "none"})
+    return current
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"

@@ -1,0 +1,139 @@
+"""The synthetic CT generator: layout, determinism, label/lesion consistency, realism, rates."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hemo_model import CLASSES, LABEL_COLUMNS
+from hemo_model.data.layout import parse_slice_name
+from hemo_model.data.synth import (
+    ANSWER_KEY_NAME,
+    BRAIN_WINDOW,
+    HU_BONE,
+    MIN_VISIBLE_AREA,
+    generate_dataset,
+    render_slice,
+    sample_patient,
+    window,
+)
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_layout_matches_dlcv(tiny_data: Path) -> None:
+    with (tiny_data / "train.csv").open() as handle:
+        reader = csv.reader(handle)
+        assert next(reader) == list(LABEL_COLUMNS)
+        rows = list(reader)
+    patients = {r[0] for r in rows}
+    assert len(patients) == 4
+    for dirname, ident, *labels in rows:
+        parsed = parse_slice_name(ident)
+        assert parsed is not None and dirname == f"ID_{parsed.hash}"
+        assert set(labels) <= {"0", "1"}
+        image = Image.open(tiny_data / "train" / dirname / ident)
+        assert image.mode == "L" and image.size == (64, 64)
+    for dirname in patients:
+        n = len(list((tiny_data / "train" / dirname).iterdir()))
+        assert 22 <= n <= 40
+    assert len(list((tiny_data / "test").iterdir())) == 2
+    assert (tiny_data / ANSWER_KEY_NAME).is_file()
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_dataset(a, 2, 1, image_size=48, seed=1)
+    generate_dataset(b, 2, 1, image_size=48, seed=1)
+    generate_dataset(c, 2, 1, image_size=48, seed=2)
+    assert _tree_digest(a) == _tree_digest(b)
+    assert _tree_digest(a) != _tree_digest(c)
+
+
+def test_patient_does_not_depend_on_how_many_are_generated() -> None:
+    assert sample_patient(5, "train", 3) == sample_patient(5, "train", 3)
+    assert sample_patient(5, "train", 3).hash != sample_patient(5, "test", 3).hash
+
+
+def test_window_maps_brain_window_to_8_bit() -> None:
+    centre, width = BRAIN_WINDOW
+    hu = np.array([-1000.0, centre - width / 2, centre, centre + width / 2, HU_BONE])
+    assert window(hu).tolist() == [0, 0, 128, 255, 255]
+
+
+def _patient_with(kind: str):
+    for index in range(200):
+        patient = sample_patient(11, "train", index)
+        if any(lesion.kind == kind for lesion in patient.lesions):
+            return patient
+    pytest.fail(f"no patient with {kind} in 200 draws")
+
+
+@pytest.mark.parametrize("kind", CLASSES)
+def test_labels_follow_drawn_lesions(kind: str) -> None:
+    """A slice is positive exactly where the lesion's visible area reaches the threshold, the
+    blood is at blood intensity, and a lesion spans contiguous slices."""
+    patient = _patient_with(kind)
+    size = 128
+    positive = []
+    for k in range(patient.n_slices):
+        render = render_slice(patient, k, size)
+        area = render.masks[kind].sum() * (2.0 / size) ** 2
+        assert render.labels[kind] == int(area >= MIN_VISIBLE_AREA)
+        if render.labels[kind]:
+            positive.append(k)
+            blood = render.hu[render.masks[kind]]
+            assert 40.0 < float(np.median(blood)) < 95.0  # fresh blood ~50-90 HU (+ noise)
+    assert positive, f"{kind} lesion never visible"
+    assert positive == list(range(positive[0], positive[-1] + 1)), "lesion must span contiguous slices"
+
+
+def test_lesion_grows_then_shrinks() -> None:
+    patient = _patient_with("ich")
+    lesion = next(lesion for lesion in patient.lesions if lesion.kind == "ich")
+    areas = [render_slice(patient, k, 96).masks["ich"].sum() for k in range(patient.n_slices)]
+    peak = int(np.argmax(areas))
+    assert abs(peak - lesion.centre) <= 1
+    assert all(areas[k] <= areas[k + 1] for k in range(0, peak) if areas[k] > 0)
+
+
+def test_anatomy_is_ct_like() -> None:
+    """Bone in the skull, CSF in the ventricles of middle slices, head smaller at the ends."""
+    patient = sample_patient(3, "train", 0)
+    middle = render_slice(patient, patient.n_slices // 2 + 1, 128)
+    top = render_slice(patient, patient.n_slices - 1, 128)
+    head_mid = (middle.hu > -200).sum()
+    head_top = (top.hu > -200).sum()
+    assert head_top < 0.6 * head_mid
+    assert (middle.hu > 500).sum() > 0  # skull
+    brain = (middle.hu > 15) & (middle.hu < 50)
+    assert brain.sum() > 0.2 * head_mid
+    assert ((middle.hu > -20) & (middle.hu < 15)).sum() > 50  # CSF: ventricles and sulci
+
+
+def test_class_rates_close_to_the_original() -> None:
+    """Pooled over 3 seeds x 80 patients, per-slice positive rates are near the original data."""
+    target = {"ich": 0.117, "ivh": 0.082, "sah": 0.116, "sdh": 0.165, "edh": 0.040}
+    counts = dict.fromkeys(CLASSES, 0)
+    total = 0
+    for seed, index in ((seed, index) for seed in (1, 2, 3) for index in range(80)):
+        patient = sample_patient(seed, "train", index)
+        for k in range(patient.n_slices):
+            labels = render_slice(patient, k, 48).labels
+            for c in CLASSES:
+                counts[c] += labels[c]
+            total += 1
+    for c in CLASSES:
+        assert abs(counts[c] / total - target[c]) < 0.03, (c, counts[c] / total)
+    assert counts["edh"] < min(counts[c] for c in ("ich", "ivh", "sah", "sdh"))  # EDH is the rare one

@@ -1,0 +1,39 @@
+"""`hemo split`: the role of every labelled patient, written for people to read."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from hemo_pipeline.cli import main
+
+
+def test_split_writes_roles_and_counts_and_ignores_row_order(data_copy: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the code's default salt
+    args = ["--set", "split.val_fraction=0.3", "--set", "split.gate_fraction=0.3"]
+    assert main(["split", "--data", str(data_copy), "--out", str(tmp_path / "a.json"), *args]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert set(first["roles"].values()) <= {"train", "val", "gate"} and len(first["roles"]) == 4
+    assert sum(first["counts"].values()) == 4 and first["split"]["salt"] == "hemo-roles-v1"
+    assert "split of 4 patients" in capsys.readouterr().out
+
+    # Same patients in another row order, one patient withdrawn: nobody else changes role.
+    with (data_copy / "train.csv").open() as handle:
+        header, *rows = list(csv.reader(handle))
+    dropped = rows[0][0]
+    kept = [r for r in reversed(rows) if r[0] != dropped]
+    with (data_copy / "train.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *kept])
+    assert main(["split", "--data", str(data_copy), "--out", str(tmp_path / "b.json"), *args]) == 0
+    second = json.loads((tmp_path / "b.json").read_text())
+    assert second["roles"] == {k: v for k, v in first["roles"].items() if k != dropped}
+
+
+def test_split_without_labels_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", "--data", str(tmp_path)]) == 2
+    assert "train.csv not found" in capsys.readouterr().err

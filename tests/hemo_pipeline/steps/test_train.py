@@ -1,0 +1,102 @@
+"""`hemo train` with the default embedded MLflow store (sqlite:///mlflow.db): outputs, the
+run tree and its tags, and --resume continuing a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from hemo_pipeline.cli import main
+
+
+def test_train_logs_to_embedded_store_and_resumes(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--max-steps", "2"]) == 0
+    assert (workdir / "mlflow.db").is_file()
+    assert (workdir / "outputs/train/best.pt").is_file() and (workdir / "outputs/train/last.pt").is_file()
+    summary = json.loads((workdir / "reports/train.json").read_text())
+    assert summary["best_epoch"] == 1 and 0.0 <= summary["best_val_micro_f2_single"] <= 1.0
+    roles = json.loads((workdir / "reports/split.json").read_text())
+    assert roles["counts"] == {"train": 2, "val": 2, "gate": 2} and len(roles["roles"]) == 6
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list")
+    train_run = next(r for r in runs if r.data.tags.get("hemo.step") == "train")
+    parent = json.loads((workdir / "outputs/pipeline_run.json").read_text())["run_id"]
+    assert train_run.data.tags["mlflow.parentRunId"] == parent
+    for tag in ("mlflow.source.git.commit", "hemo.data_md5", "hemo.params_hash"):
+        assert train_run.data.tags[tag]
+    assert train_run.data.params["train.image_size"] == "64"  # from params.yaml
+    assert "val_micro_f2" in train_run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "plots")}
+    assert "plots/train_curve.png" in artifacts
+
+    # An "interrupted" 1-epoch run continues to epoch 2 instead of starting over.
+    assert main(["train", "--max-steps", "2", "--epochs", "2", "--resume"]) == 0
+    with (workdir / "reports/train_history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume"]) == 2
+    assert "--resume given but" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step", ["train", "refine"])
+def test_a_bad_group_timeout_is_a_user_error(workdir: Path, monkeypatch: pytest.MonkeyPatch, step: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun (RANK/WORLD_SIZE set) the step reads HEMO_DIST_TIMEOUT_S before it joins the group."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("HEMO_DIST_TIMEOUT_S", "soon")
+    if step == "refine":
+        monkeypatch.setenv("HEMO_DIST_TIMEOUT_S", "0")
+        _stage_one(workdir)
+    assert main([step, "--device", "cpu"]) == 2
+    assert "error: HEMO_DIST_TIMEOUT_S=" in capsys.readouterr().err
+
+
+def _stage_one(workdir: Path) -> None:
+    """A stage-1 checkpoint where refine looks for it, without training."""
+    from hemo_model.model.networks import HemoNet
+    from hemo_model.model.spec import ModelSpec
+    from hemo_model.model.storage import save_checkpoint
+
+    save_checkpoint(workdir / "outputs" / "train" / "best.pt", HemoNet(head="linear"),
+                    ModelSpec(head="linear", image_size=64))
+
+
+def test_stale_pipeline_run_from_another_store_is_ignored(workdir: Path, sqlite_tracking_uri: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching MLFLOW_TRACKING_URI must not break steps that find an old pipeline_run.json."""
+    from hemo_pipeline.services import tracking
+    from hemo_pipeline.services.settings import Settings
+
+    (workdir / "outputs").mkdir()
+    (workdir / "outputs/pipeline_run.json").write_text('{"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///elsewhere.db"}')
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_tracking_uri)
+    assert tracking.parent_run_id() is None
+    monkeypatch.setenv("HEMO_PARENT_RUN_ID", "0123456789abcdef")  # given but does not exist there
+    with tracking.step_run("validate", Settings()) as run:
+        pass
+    assert "mlflow.parentRunId" not in mlflow.get_run(run.info.run_id).data.tags
+
+
+def test_same_seed_same_model_across_processes(workdir: Path) -> None:
+    """Two `hemo train` runs with the same params give identical weights (initialisation included)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    hemo = str(Path(sys.executable).with_name("hemo"))
+    for out in ("a", "b"):
+        subprocess.run([hemo, "train", "--max-steps", "1", "--out", f"outputs/{out}"], check=True, capture_output=True,
+                       timeout=300)
+    a = torch.load(workdir / "outputs/a/best.pt", weights_only=True)["model_state"]
+    b = torch.load(workdir / "outputs/b/best.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
