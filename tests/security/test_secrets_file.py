@@ -92,7 +92,8 @@ def test_unreadable_for_the_step_user_is_a_user_error(tmp_path: Path) -> None:
 
 def test_only_credentials_and_their_endpoint_may_be_set() -> None:
     assert KNOWN_KEYS == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"}
+                          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL",
+                          "HEMO_DICOMWEB_TOKEN", "HEMO_DICOMWEB_USERNAME", "HEMO_DICOMWEB_PASSWORD"}
 
 
 def test_the_file_secrets_init_writes_is_accepted(tmp_path: Path) -> None:
