@@ -367,3 +367,12 @@ def test_alpha_spending_tightens_later_decisions_on_one_gate_set() -> None:
     smallest_p = 1 / (late.figures["champion"]["swaps"] + 1)
     assert smallest_p < gs.alpha_for_decision(gs.ALPHA, 52) / 10  # enough swaps that p can get that small
     assert first.promote and late.promote  # a clear gain survives even the 52nd decision's level
+
+
+def test_decide_refuses_counts_that_are_not_paired_by_patient() -> None:
+    champion, trivial = gate(patients=60, seed=5)
+    shuffled = champion[np.random.default_rng(0).permutation(60)]  # the champion's rows in another patient order
+    with pytest.raises(ValueError, match="not paired by patient"):
+        gs.decide(champion, trivial, champion=shuffled)
+    with pytest.raises(ValueError, match="negative"):
+        gs.decide(champion - 1, trivial)
