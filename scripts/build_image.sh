@@ -30,7 +30,8 @@ esac
 # A fixed port: the index URL is a build argument, and Docker keys its layer cache on the values a
 # RUN sees, so a URL that changed between builds would rebuild the dependency layer (~10 min).
 port="${HEMO_WHEELHOUSE_PORT:-3141}"
-if ! "$PYTHON" -c "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
+# (SO_REUSEADDR as http.server sets it: the last build's socket may linger in TIME_WAIT)
+if ! "$PYTHON" -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
     port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     echo "image: port ${HEMO_WHEELHOUSE_PORT:-3141} is taken; serving the wheels on $port (the dependency layer will be rebuilt)"
 fi
