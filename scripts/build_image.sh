@@ -43,7 +43,7 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 
-commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+commit="${HEMO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 # The legacy builder unless buildx is installed: Debian bookworm's docker.io has no buildx plugin,
 # and a CLI without it refuses BuildKit builds.
 if docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=1; else export DOCKER_BUILDKIT=0; fi
