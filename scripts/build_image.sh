@@ -55,7 +55,7 @@ docker build --network host -f docker/Dockerfile \
     --build-arg PIP_INDEX_URL="http://127.0.0.1:$port/simple/" \
     --build-arg HEMO_GIT_COMMIT="$commit" \
     --label org.opencontainers.image.base.name="$BASE_IMAGE" \
-    -t "$IMAGE" . 2>&1 | { grep -v "^DEPRECATED\|legacy builder is deprecated\|BuildKit is currently disabled\|Install the buildx component\|docs.docker.com/go/buildx" || true; }
+    -t "$IMAGE" . 2>&1 | { grep -v "^DEPRECATED\|legacy builder is deprecated\|BuildKit is currently disabled\|Install the buildx component\|docs.docker.com/go/buildx\\|^ *environment-variable\.$" || true; }
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" = 0 ] || { echo "image: docker build failed (exit $status)" >&2; exit "$status"; }
