@@ -47,6 +47,7 @@ commit="${HEMO_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 # The legacy builder unless buildx is installed: Debian bookworm's docker.io has no buildx plugin,
 # and a CLI without it refuses BuildKit builds.
 if docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=1; else export DOCKER_BUILDKIT=0; fi
+previous="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 started=$(date +%s)
 echo "image: docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$BASE_IMAGE -t $IMAGE . (pinned wheels from 127.0.0.1:$port)"
 set +e
@@ -59,5 +60,9 @@ docker build --network host -f docker/Dockerfile \
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" = 0 ] || { echo "image: docker build failed (exit $status)" >&2; exit "$status"; }
+# The image this build replaced goes (a 7 GB dependency layer each time the lock changes); Docker
+# keeps any layer another image or a container still uses.
+current="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then docker rmi "$previous" >/dev/null 2>&1 || true; fi
 size="$(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
 echo "image: $IMAGE built in $(( $(date +%s) - started )) s, $size (base $BASE_IMAGE, commit ${commit:0:12})"
