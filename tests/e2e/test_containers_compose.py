@@ -83,11 +83,13 @@ def test_the_training_image_is_the_one_built_here_and_the_rest_are_pulled(compos
     config = json.loads(_config(compose, "--env-file", str(env_file), "--profile", "manual").stdout)
     services = config["services"]
     built = {name: s["image"] for name, s in services.items() if "build" in s}
-    assert built["hemo-train"] == svc.IMAGE and services["hemo-train"]["build"]["dockerfile"].endswith("docker/Dockerfile")
+    assert built["hemo-train"] == svc.IMAGE
+    assert services["hemo-train"]["build"]["dockerfile"].endswith("docker/Dockerfile")
     assert services["airflow-scheduler"]["environment"]["AIRFLOW_VAR_HEMO_IMAGE"] == svc.IMAGE
     pulled = {s["image"] for s in services.values() if "build" not in s}
     bases = set()
-    for dockerfile in {Path(s["build"]["context"]) / s["build"]["dockerfile"] for s in services.values() if "build" in s}:
+    dockerfiles = {Path(s["build"]["context"]) / s["build"]["dockerfile"] for s in services.values() if "build" in s}
+    for dockerfile in dockerfiles:
         if dockerfile.name != "Dockerfile":  # the training image's base is a build argument (make image)
             bases |= {line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")}
     assert pulled | bases == PULLED_IN_PRODUCTION

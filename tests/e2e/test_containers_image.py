@@ -75,7 +75,8 @@ def test_a_build_with_nothing_changed_is_the_cache_throughout(image: dict) -> No
     tree = _tree_state()
     again, seconds = _build(commit)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    print(f"cached build: {seconds:.1f} s\n" + "\n".join(l for l in again.stdout.splitlines() if l.startswith("image:")))
+    summary = [line for line in again.stdout.splitlines() if line.startswith("image:")]
+    print(f"cached build: {seconds:.1f} s", *summary, sep="\n")
     steps = _cached_steps(again.stdout)
     # the expensive layer (the pinned set, ~7 GB) is reused whatever else changed
     (dependencies,) = [cached for step, cached in steps.items() if step.startswith("RUN python -c \"import tomllib")]
@@ -83,7 +84,8 @@ def test_a_build_with_nothing_changed_is_the_cache_throughout(image: dict) -> No
     if _tree_state() == tree:  # nothing changed in between (CI): every layer from the cache, the same image
         layers = {step: cached for step, cached in steps.items() if not step.startswith(("FROM", "ARG"))}
         assert all(layers.values()), [step for step, cached in layers.items() if not cached]
-        assert first.stdout.split("Successfully built ")[-1].split()[0] == again.stdout.split("Successfully built ")[-1].split()[0]
+        built = [log.split("Successfully built ")[-1].split()[0] for log in (first.stdout, again.stdout)]
+        assert built[0] == built[1], "a build with nothing changed made another image"
         assert seconds < 120, f"a fully cached build took {seconds:.0f} s"
     else:
         print("the checkout changed between the two builds (another writer): only the dependency layer is checked")
