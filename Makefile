@@ -11,7 +11,7 @@ KFP_VENV ?= .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.hemo-kfp-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint venv kfp-venv data lock bench clean-outputs help services secrets
+.PHONY: run test lint venv kfp-venv data lock bench clean-outputs help services secrets image containers
 
 help:
 	@echo "make run   - install, make the sample data if data/ is absent, run 'dvc repro' (CPU demo profile)"
@@ -21,6 +21,7 @@ help:
 	@echo "make lock  - re-freeze requirements.lock from the current venv"
 	@echo "make pipeline.yaml - compile the Kubeflow pipeline (docs/kubeflow.md)"
 	@echo "make secrets - write docker/.env with fresh random secrets for the stack (FORCE=1 replaces it)"
+	@echo "make image - build the training/serving image (docker/Dockerfile) here, no registry (BASE_IMAGE=... to change the base)"
 
 venv: $(STAMP)
 
@@ -55,7 +56,7 @@ run: data
 # workers, one thread each (tests/conftest.py), run it in about half the time on two cores.
 # Whole files go to one worker, so a module's fixtures (servers, trained models) are built once.
 TEST_WORKERS ?= 2
-test: $(STAMP) $(KFP_STAMP) services lint
+test: $(STAMP) $(KFP_STAMP) services containers lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The code's own checks, clean on every commit: style and errors (ruff), types (mypy), and the
@@ -77,6 +78,36 @@ services:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null \
 		|| echo "apt-get could not install orthanc; the DICOMweb test will be skipped"; \
 	else echo "orthanc not installed and not root with apt: tests/e2e/test_dicomweb_orthanc.py will be skipped"; fi
+
+# The training/serving image, built here from docker/Dockerfile with no image registry: the base is
+# a debootstrapped Debian (scripts/debian_base.sh) unless BASE_IMAGE names another (production:
+# nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04, the Dockerfile's default); pip installs exactly
+# requirements.lock from a local index (scripts/wheelhouse.py). Docker's layer cache makes a build
+# with unchanged inputs a few seconds, and one after a source change reuses the dependency layer.
+IMAGE ?= hemo:0.1.0
+BASE_IMAGE ?= hemo-base/debian:bookworm
+image: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) HEMO_IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) scripts/build_image.sh
+
+# What the container and stack tests (tests/e2e/test_containers_*.py, test_stack_*.py) need, where
+# this machine allows it (root with apt): a Docker engine (scripts/docker_engine.sh), the image,
+# Docker Compose v2 (scripts/compose_v2.sh: Debian's package, unpacked into a cache folder),
+# PostgreSQL's server (Debian's postgresql) and the venv's PostgreSQL drivers (Airflow: psycopg2 +
+# asyncpg; MLflow's postgresql:// under SQLAlchemy 2.1: psycopg 3). Elsewhere those tests skip and say why.
+STACK_DRIVERS := psycopg2-binary==2.9.13 psycopg[binary]==3.3.9 asyncpg==0.32.0
+containers: $(STAMP)
+	@scripts/docker_engine.sh
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; \
+	else echo "no Docker engine: tests/e2e/test_containers_*.py and test_stack_*.py will be skipped"; fi
+	@scripts/compose_v2.sh >/dev/null || echo "no Docker Compose v2: tests/e2e/test_containers_compose.py will be skipped"
+	@$(BIN)/python -c "import psycopg2, psycopg, asyncpg" 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check $(STACK_DRIVERS)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql (apt) for tests/e2e/test_stack_*.py"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+		|| echo "apt-get could not install postgresql; the stack tests will be skipped"; \
+	else echo "no PostgreSQL server and not root with apt: tests/e2e/test_stack_*.py will be skipped"; fi
 
 # The quick benchmarks (minutes); benchmarks/asl_vs_bce.py is a ~30 min experiment, run it by hand.
 bench: $(STAMP)

@@ -2,7 +2,7 @@
 # The private files that services and step containers read their credentials from, written as
 # root into two named volumes and handed to the uid/gid the steps and the Airflow scheduler run
 # as (HEMO_CONTAINER_UID/GID), mode 0400:
-#   hemo-step-secrets/hemo-step.env     MLflow writer login, KEY=value (components/credentials.py)
+#   hemo-step-secrets/hemo-step.env     MLflow writer login, KEY=value (hemo_pipeline/services/credentials.py)
 #   hemo-airflow-secrets/dvc-credentials DVC's MinIO keys, AWS shared-credentials format
 # Containers get the volume and a variable holding the file's path (HEMO_SECRETS_FILE,
 # AWS_SHARED_CREDENTIALS_FILE), so no value shows in `docker inspect` of a step or in a task log.

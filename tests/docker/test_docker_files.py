@@ -1,5 +1,6 @@
-"""Static checks of docker/: no Docker engine runs here, so parse the compose file and the
-Dockerfiles and check what would break a `docker compose up` or `docker build`."""
+"""Static checks of docker/: parse the compose file and the Dockerfiles and check what would break
+a `docker compose up` or `docker build`. The image is built and run for real by `make image` and
+tests/e2e/test_containers_*.py / test_stack_*.py where a Docker engine runs."""
 
 from __future__ import annotations
 
@@ -99,9 +100,20 @@ def test_copied_files_exist(dockerfile: Path) -> None:
                 assert (REPO / source).exists(), f"{dockerfile.name}: COPY source {source} does not exist"
 
 
+def _default_base(dockerfile: Path) -> str:
+    """The image a Dockerfile builds FROM by default: its FROM, or the default of the ARG it names."""
+    instructions = _instructions(dockerfile)
+    base = next(args for ins, args in instructions if ins == "FROM").split()[0]
+    named = re.fullmatch(r"\$\{?(\w+)\}?", base)
+    if not named:
+        return base
+    return next(args.split("=", 1)[1] for ins, args in instructions
+                if ins == "ARG" and args.startswith(f"{named.group(1)}="))
+
+
 def test_training_image_matches_pinned_torch_and_runs_as_non_root() -> None:
     instructions = _instructions(DOCKER / "Dockerfile")
-    base = next(args for ins, args in instructions if ins == "FROM")
+    base = _default_base(DOCKER / "Dockerfile")
     cuda = re.match(r"nvidia/cuda:(\d+\.\d+)", base)
     assert cuda and torch.version.cuda and cuda.group(1) == ".".join(torch.version.cuda.split(".")[:2])
     assert any(ins == "USER" and args.strip() not in ("root", "0") for ins, args in instructions)
@@ -111,8 +123,33 @@ def test_training_image_matches_pinned_torch_and_runs_as_non_root() -> None:
     assert any(ins == "RUN" and "-c requirements.lock" in args for ins, args in instructions)
 
 
+def test_training_image_base_is_a_build_argument_and_the_source_goes_in_through_dockerignore() -> None:
+    instructions = _instructions(DOCKER / "Dockerfile")
+    assert instructions[0] == ("ARG", f"BASE_IMAGE={_default_base(DOCKER / 'Dockerfile')}")
+    assert ("FROM", "${BASE_IMAGE}") in instructions
+    assert ("COPY", ". .") in instructions  # the whole tree: no list of packages to keep current
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    # never in an image: secrets, environments, data and what the pipeline makes
+    assert {"docker/.env", "**/.env", ".hemo-dicom-salt", ".dvc/config.local", ".git", ".venv", "data", "outputs",
+            "reports", "mlflow.db"} <= ignored
+    # pip is pointed at an index, never handed credentials through the build
+    assert not any("PASSWORD" in args or "TOKEN" in args for ins, args in instructions if ins == "ARG")
+
+
+def test_the_cpu_host_gpu_hook_does_nothing() -> None:
+    import subprocess
+
+    hook = DOCKER / "cpu-host" / "nvidia-container-runtime-hook"
+    result = subprocess.run([str(hook), "prestart"], input='{"ociVersion": "1.0.2", "pid": 1}', capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    code = [line for line in hook.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert code == ["cat >/dev/null", "exit 0"]
+
+
 def test_airflow_image_matches_pinned_airflow() -> None:
-    base = next(args for ins, args in _instructions(DOCKER / "airflow.Dockerfile") if ins == "FROM")
+    base = _default_base(DOCKER / "airflow.Dockerfile")
     version = re.search(r"apache-airflow==([\d.]+)", (REPO / "requirements.lock").read_text()).group(1)
     assert base.startswith(f"apache/airflow:{version}-python3.11")
 
