@@ -92,16 +92,13 @@ image: $(STAMP)
 # What the container and stack tests (tests/e2e/test_containers_*.py, test_stack_*.py) need, where
 # this machine allows it (root with apt): a Docker engine (scripts/docker_engine.sh), the image,
 # Docker Compose v2 (scripts/compose_v2.sh: Debian's package, unpacked into a cache folder),
-# PostgreSQL's server (Debian's postgresql) and the venv's PostgreSQL drivers (Airflow: psycopg2 +
-# asyncpg; MLflow's postgresql:// under SQLAlchemy 2.1: psycopg 3). Elsewhere those tests skip and say why.
-STACK_DRIVERS := psycopg2-binary==2.9.13 psycopg[binary]==3.3.9 asyncpg==0.32.0
+# and PostgreSQL's server (Debian's postgresql); its drivers are in the venv's test extra.
+# Elsewhere those tests skip and say why.
 containers: $(STAMP)
 	@scripts/docker_engine.sh
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; \
 	else echo "no Docker engine: tests/e2e/test_containers_*.py and test_stack_*.py will be skipped"; fi
 	@scripts/compose_v2.sh >/dev/null || echo "no Docker Compose v2: tests/e2e/test_containers_compose.py will be skipped"
-	@$(BIN)/python -c "import psycopg2, psycopg, asyncpg" 2>/dev/null \
-		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check $(STACK_DRIVERS)
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing postgresql (apt) for tests/e2e/test_stack_*.py"; \

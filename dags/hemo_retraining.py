@@ -62,7 +62,7 @@ STEP_TIMEOUTS = {
 default_args = {
     "owner": "hemo",
     "retries": 2,
-    "retry_delay": timedelta(minutes=2),
+    "retry_delay": timedelta(seconds=int(os.environ.get("HEMO_RETRY_DELAY_S", "120"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }

@@ -315,10 +315,12 @@ def docker_operator(task_id: str, step: str, settings: StepSettings, docker_url:
 
     inner = in_container(settings)
     uid, gid = settings.container_user()
-    gpu = step in GPU_STEPS
+    # HEMO_DOCKER_GPUS=none: a host without NVIDIA's container toolkit (no GPU request, one process)
+    gpus = os.environ.get("HEMO_DOCKER_GPUS", "all")
+    gpu = step in GPU_STEPS and gpus != "none"
     # train/refine use every GPU of the host: one DDP process per GPU (HEMO_DOCKER_PROCESSES: a count,
     # or "gpu" = as many as the container sees); the image's entrypoint is plain `hemo` otherwise
-    processes = os.environ.get("HEMO_DOCKER_PROCESSES", "gpu")
+    processes = os.environ.get("HEMO_DOCKER_PROCESSES", "gpu" if gpus != "none" else "1")
     entrypoint = torchrun_entrypoint(processes) if step in DATA_PARALLEL_STEPS else None
     mounts = [
         Mount(target=CONTAINER_PROJECT, source=str(settings.project_dir), type="bind", read_only=True),

@@ -99,6 +99,8 @@ def stack(pipeline_data: Path, s3_server: str):
                     "HEMO_DOCKER_NETWORK": "host",
                     # torchrun's `--nproc_per_node gpu` needs a GPU to count: one process on this CPU host
                     "HEMO_DOCKER_PROCESSES": "1",
+                    # the killed train task's retry starts at once, not after the production 2 minutes
+                    "HEMO_RETRY_DELAY_S": "5",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                 }
                 with svc.airflow_services(root, postgres, dag_env) as airflow:
