@@ -58,7 +58,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from kfp import compiler, dsl, kubernetes
 
@@ -159,9 +159,9 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
         pvc: str = DEFAULT_PVC,
         project_dir: str = f"{PVC_MOUNT}/project",
         runs_dir: str = f"{PVC_MOUNT}/runs",
-        epochs: int | None = None,
-        image_size: int | None = None,
-        min_improvement: float | None = None,
+        epochs: Optional[int] = None,
+        image_size: Optional[int] = None,
+        min_improvement: Optional[float] = None,
         score_shards: int = 1,
     ) -> None:
         where = {"project_dir": project_dir, "runs_dir": runs_dir, "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -17,7 +17,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from kfp.dsl import OutputPath, PipelineTaskFinalStatus
 
@@ -39,8 +39,8 @@ from hemo_pipeline.services.results import RESULT_ENV, field_env
 
 
 def start_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, run_id: OutputPath(str),
-              epochs: int | None = None, image_size: int | None = None,
-              min_improvement: float | None = None):
+              epochs: Optional[int] = None, image_size: Optional[int] = None,
+              min_improvement: Optional[float] = None):
     """`hemo start-run`: the parent MLflow run; its id is every later step's parent."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -48,8 +48,8 @@ def start_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, ru
 
 
 def validate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-             epochs: int | None = None, image_size: int | None = None,
-             min_improvement: float | None = None):
+             epochs: Optional[int] = None, image_size: Optional[int] = None,
+             min_improvement: Optional[float] = None):
     """`hemo validate`: Great Expectations checks; bad data fails here (exit 1) before any training."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -57,7 +57,7 @@ def validate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, par
 
 
 def train(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-          epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
+          epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
     """`hemo train`: stage 1 on single slices (GPU), resuming from its checkpoint on a retry."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -65,7 +65,7 @@ def train(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent
 
 
 def refine(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-           epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
+           epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
     """`hemo refine`: stage 2 with 5-slice context (GPU)."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -73,8 +73,8 @@ def refine(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, paren
 
 
 def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
-             version: OutputPath(str), epochs: int | None = None, image_size: int | None = None,
-             min_improvement: float | None = None):
+             version: OutputPath(str), epochs: Optional[int] = None, image_size: Optional[int] = None,
+             min_improvement: Optional[float] = None):
     """`hemo evaluate`: metrics and plots; registers the model as @challenger (output: its version)."""
     values = dict(locals())
     from pipelines.steps import run_here
@@ -83,7 +83,7 @@ def evaluate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, par
 
 def gate(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str,
          promoted: OutputPath(bool), reason: OutputPath(str), champion_version_after: OutputPath(str),
-         epochs: int | None = None, image_size: int | None = None, min_improvement: float | None = None):
+         epochs: Optional[int] = None, image_size: Optional[int] = None, min_improvement: Optional[float] = None):
     """`hemo gate`: @challenger against @champion as served; moves @champion or not (outputs: the
     decision and the champion version it left, which scoring is pinned to)."""
     values = dict(locals())
@@ -101,8 +101,8 @@ def plan_scoring(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
 
 
 def score(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str, shard: int,
-          shard_count: int, model: str, model_version: OutputPath(str), epochs: int | None = None,
-          image_size: int | None = None, min_improvement: float | None = None):
+          shard_count: int, model: str, model_version: OutputPath(str), epochs: Optional[int] = None,
+          image_size: Optional[int] = None, min_improvement: Optional[float] = None):
     """`hemo score --shard I/N --model <version URI>`: one shard's predictions (GPU; output: the
     version that scored)."""
     values = dict(locals())
