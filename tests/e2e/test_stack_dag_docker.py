@@ -111,10 +111,23 @@ def stack(pipeline_data: Path, s3_server: str):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _exit_code_from_events(container_id: str, since: int) -> int:
+    """The exit code the engine reported when ``container_id`` died: its `die` event outlives the
+    container, which DockerOperator (auto_remove="success") removes as soon as it has exited."""
+    events = subprocess.run(
+        ["docker", "events", "--since", str(since), "--until", str(int(time.time()) + 1),
+         "--filter", f"container={container_id}", "--filter", "event=die", "--format", "{{json .}}"],
+        capture_output=True, text=True, timeout=60)
+    assert events.returncode == 0, events.stderr
+    (died,) = [json.loads(line) for line in events.stdout.splitlines() if line.strip()]
+    return int(died["Actor"]["Attributes"]["exitCode"])
+
+
 def _kill_train_mid_epoch(timeout: float) -> tuple[dict, float]:
     """Wait for the train step's container, follow its log to the end of epoch 1 (the checkpoint
     is written before that line), then SIGKILL it: the kill lands in epoch 2. Returns the killed
-    container's `docker inspect` and the seconds it had run."""
+    container's `docker inspect` (taken while it ran: the operator removes it once it has exited)
+    with ``State.ExitCode`` as the engine reported it, and the seconds it had run."""
     from tests.conftest import read_until
 
     deadline = time.monotonic() + timeout
@@ -125,6 +138,7 @@ def _kill_train_mid_epoch(timeout: float) -> tuple[dict, float]:
         if train is None:
             time.sleep(0.5)
     assert train is not None, f"no train container started within {timeout:.0f} s"
+    since = int(time.time()) - 1
     follow = subprocess.Popen(["docker", "logs", "-f", train["Id"]], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
@@ -134,7 +148,8 @@ def _kill_train_mid_epoch(timeout: float) -> tuple[dict, float]:
     finally:
         follow.kill()
         follow.wait(timeout=30)
-    (killed,) = svc.containers(f"id={train['Id']}")
+    killed = dict(train)
+    killed["State"] = {"Running": False, "ExitCode": _exit_code_from_events(train["Id"], since)}
     return killed, time.monotonic() - (deadline - timeout)
 
 
