@@ -11,6 +11,14 @@ uses that account, and leaves:
 * a **reader** (MLFLOW_READER_USERNAME): READ on both (read runs, download models), so it gets a
   403 on any write to them, moving an alias included. The server's default_permission is READ
   as well (docker/mlflow-basic-auth.ini).
+* the **promotion lease** (registered model ``<MODEL>.champion-lease``,
+  hemo_pipeline/services/champion_lease.py): every account may create a registered model and
+  becomes MANAGE on what it creates, so the writer needs nothing to take and release the lease.
+  Two roles (RBAC roles made by the admin, which MLflow never sweeps, unlike the per-user grant on
+  a name that every delete of that name removes) cover the rest: ``hemo-lease-breaker`` gives the
+  writer MANAGE on the lease name, so it can break a stale lease whoever left it;
+  ``hemo-lease-denied`` gives the reader DENY on it, so a reader cannot take the lease and block
+  promotions.
 
 Both resources are created here if absent, so the grants never depend on who created them first.
 Passwords come from the environment (never argv) and are never printed.
@@ -32,6 +40,10 @@ MODEL = os.environ.get("HEMO_MLFLOW_MODEL", "hemorrhage-classifier")
 """hemo_pipeline.services.registry.MODEL_NAME (a test keeps the two equal)."""
 WRITER_PERMISSION = "EDIT"
 READER_PERMISSION = "READ"
+LEASE = f"{MODEL}.champion-lease"
+"""hemo_pipeline.services.champion_lease.LEASE_MODEL (a test keeps the two equal)."""
+WORKSPACE = "default"
+"""MLflow's workspace when workspaces are off (mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME)."""
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -90,7 +102,27 @@ def provision(uri: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     for (username, _), permission in ((writer, WRITER_PERMISSION), (reader, READER_PERMISSION)):
         grant(auth, username, "experiment", experiment_id, permission)
         grant(auth, username, "registered_model", MODEL, permission)
+    ensure_role(auth, "hemo-lease-breaker", "writer: MANAGE on the promotion lease (break a stale one)",
+                ("registered_model", LEASE, "MANAGE"), writer[0])
+    ensure_role(auth, "hemo-lease-denied", "reader: may not take the promotion lease",
+                ("registered_model", LEASE, "DENY"), reader[0])
     return done
+
+
+def ensure_role(auth, name: str, description: str, permission: tuple[str, str, str], username: str) -> None:
+    """An admin-made role holding exactly ``permission`` (type, pattern, level), assigned to
+    ``username``; converges on a second run."""
+    role = next((r for r in auth.list_roles(WORKSPACE) if r.name == name), None)
+    if role is None:
+        role = auth.create_role(WORKSPACE, name, description)
+    have = auth.list_role_permissions(role.id)
+    for existing in have:
+        if (existing.resource_type, existing.resource_pattern, existing.permission) != permission:
+            auth.remove_role_permission(existing.id)
+    if not any((p.resource_type, p.resource_pattern, p.permission) == permission for p in have):
+        auth.add_role_permission(role.id, *permission)
+    if all(r.id != role.id for r in auth.list_user_roles(username)):
+        auth.assign_role(username, role.id)
 
 
 def grant(auth, username: str, resource_type: str, resource_id: str, permission: str) -> None:
@@ -122,7 +154,8 @@ def main() -> int:
                 return 3
             time.sleep(2)
     print("mlflow-init: " + ", ".join(f"{user} {what}" for user, what in done.items())
-          + f"; writer {WRITER_PERMISSION}, reader {READER_PERMISSION} on experiment {EXPERIMENT!r} and model {MODEL!r}")
+          + f"; writer {WRITER_PERMISSION}, reader {READER_PERMISSION} on experiment {EXPERIMENT!r} and model {MODEL!r}; "
+          f"promotion lease {LEASE!r}: writer MANAGE, reader DENY")
     return 0
 
 

@@ -43,10 +43,15 @@ def load_roles(root: Path, split: SplitSettings, need: tuple[str, ...] = ("train
 
 
 def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a model trained on the ``train`` role has seen: the split and the patient list (with
-    ``earlier``'s patients when it continues another model, e.g. refinement)."""
-    seen = {p.dirname for p in roles["train"]} | set((earlier or {}).get("train_patients", []))
-    return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen)}
+    """What a model trained on the ``train`` role has seen: the split, the patient list, and the
+    ``val`` patients that chose its epoch and tune its thresholds (with ``earlier``'s patients when
+    it continues another model, e.g. refinement). The gate refuses a comparison on patients in either
+    list: a model tuned on a gate patient has seen it as surely as one trained on it."""
+    earlier = earlier or {}
+    seen = {p.dirname for p in roles["train"]} | set(earlier.get("train_patients", []))
+    tuned = {p.dirname for p in roles.get("val", [])} | set(earlier.get("val_patients", []))
+    return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen),
+            "val_patients": sorted(tuned), "val_patients_sha256": patients_digest(tuned)}
 
 
 def assignment(dirnames: list[str], split: SplitSettings) -> dict[str, Any]:

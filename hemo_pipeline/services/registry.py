@@ -12,7 +12,10 @@
   (``runs:/<run_id>/provenance/...`` and its parameters); version tags are informative, never a URL
   to follow nor a digest to trust: anyone who can tag a version could forge them.
 * Aliases: ``@challenger`` (the last version `evaluate` registered), ``@champion`` (what `score`
-  serves), ``@previous`` (the champion it replaced, so rollback is one command).
+  serves), ``@previous`` (the champion it replaced, so rollback is one command), ``@reference``
+  (set by hand with `hemo promote --reference`). ``@champion`` and ``@reference`` move only under
+  the promotion lease (:mod:`hemo_pipeline.services.champion_lease`), and every move appends one
+  entry to the alias history (registered-model tags ``hemo.alias_history.<seq>``).
 * An alias is resolved to a version once; the model is then loaded by that version, so a
   promotion in between can never pair one version's weights with another's thresholds.
 
@@ -45,12 +48,16 @@ from hemo_model.model.storage import (
     save_model_folder,
 )
 from hemo_pipeline.services import tracking
+from hemo_pipeline.services.champion_lease import champion_lease, default_holder
 from hemo_pipeline.services.errors import TransientError, UserError
 
 MODEL_NAME = "hemorrhage-classifier"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+REFERENCE = "reference"
+"""The approved version a non-inferiority chain is measured against (its drift budget); set only
+by `hemo promote --reference`, under the promotion lease."""
 TRAIN_PATIENTS_ARTIFACT = "provenance/train_patients.json"
 MODEL_TYPE = "hemo-safetensors"
 """The LoggedModel type of every version this release registers."""
@@ -58,12 +65,18 @@ PARAM_WEIGHTS = "registered.weights_sha256"
 PARAM_SPEC = "registered.spec_sha256"
 PARAM_TRAIN_DIGEST = "registered.train_patients_sha256"
 PARAM_SPLIT = "registered.split"
+PARAM_VAL_DIGEST = "registered.val_patients_sha256"
+"""Versions registered before val patients were recorded lack it: their val list is unknown."""
 """Parameters of the registering run: MLflow refuses to change a logged parameter, so these are
 what a version's files and provenance are checked against."""
 
 
 class AliasMoved(TransientError):
     """The alias changed between our read and our write: someone else promoted meanwhile."""
+
+
+class LeaseBypassed(AliasMoved):
+    """The alias was not what we wrote right after writing it: a writer ignored the lease."""
 
 
 @dataclass
@@ -170,10 +183,12 @@ def log_and_register(model: Any, spec: Any, provenance: dict[str, Any], metrics:
         folder = Path(tmp) / "model"
         save_model_folder(folder, model.to("cpu").eval(), spec)
         digests = {PARAM_WEIGHTS: sha256_file(folder / WEIGHTS_FILE), PARAM_SPEC: sha256_file(folder / SPEC_FILE)}
+        val_patients = sorted(provenance.get("val_patients", []))
         mlflow.log_params({**digests, PARAM_TRAIN_DIGEST: provenance["train_patients_sha256"],
+                           PARAM_VAL_DIGEST: patients_digest(val_patients),
                            PARAM_SPLIT: json.dumps(provenance["split"], sort_keys=True)})
-        mlflow.log_dict({"split": provenance["split"], "train_patients": provenance["train_patients"]},
-                        TRAIN_PATIENTS_ARTIFACT)
+        mlflow.log_dict({"split": provenance["split"], "train_patients": provenance["train_patients"],
+                         "val_patients": val_patients}, TRAIN_PATIENTS_ARTIFACT)
         logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type=MODEL_TYPE,
                                                 tags={"hemo.spec_format": spec.to_dict()["format"]})
         client().log_model_artifacts(logged.model_id, str(folder))
@@ -221,6 +236,13 @@ def registering_run(version: str) -> tuple[Any, dict[str, str]]:
 def train_patients(version: str) -> list[str]:
     """The training patients a version recorded in its own run, checked against the digest that
     run logged as a parameter."""
+    return seen_patients(version)["train"] or []
+
+
+def seen_patients(version: str) -> dict[str, list[str] | None]:
+    """The ``train`` and ``val`` patients a version recorded in its own run, each checked against
+    the digest that run logged as a parameter (``val`` None for versions registered before val
+    patients were recorded)."""
 
     info, params = registering_run(version)
     digest = params.get(PARAM_TRAIN_DIGEST)
@@ -232,14 +254,16 @@ def train_patients(version: str) -> list[str]:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path=TRAIN_PATIENTS_ARTIFACT,
                                                         dst_path=tmp)
-            patients = list(json.loads(Path(local).read_text())["train_patients"])
+            recorded = json.loads(Path(local).read_text())
+            patients = list(recorded["train_patients"])
+            tuned = list(recorded["val_patients"]) if PARAM_VAL_DIGEST in params else None
         except (MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{MODEL_NAME} v{version}: its run's {TRAIN_PATIENTS_ARTIFACT} cannot be read "
                             f"({type(exc).__name__}); do not promote this version") from exc
-    if patients_digest(patients) != digest:
-        raise UserError(f"{MODEL_NAME} v{version}: its training-patient list does not match the digest its run "
-                        "recorded; the artifact was changed, do not promote this version")
-    return patients
+    if patients_digest(patients) != digest or (tuned is not None and patients_digest(tuned) != params[PARAM_VAL_DIGEST]):
+        raise UserError(f"{MODEL_NAME} v{version}: its patient lists do not match the digests its run recorded; "
+                        "the artifact was changed, do not promote this version")
+    return {"train": patients, "val": tuned}
 
 
 def recorded_split(version: str) -> dict[str, Any]:
@@ -330,23 +354,93 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+HISTORY_PREFIX = "hemo.alias_history."
+"""Registered-model tags ``hemo.alias_history.<seq:06d>`` on MODEL_NAME: one per alias move."""
+REASON_CHARS = 300
+
+
 def move_champion(version: str, expected: str | None, how: str, reason: str) -> str | None:
-    """Point ``@champion`` at ``version`` if it still points at ``expected`` (compare-and-set:
-    re-read just before writing), keep the replaced one as ``@previous``, and tag both versions
-    with who/when/why. Returns the replaced version. Raises :class:`AliasMoved` if the champion
-    changed meanwhile; then nothing is changed."""
-    current = alias_version(CHAMPION)
-    if current != expected:
-        raise AliasMoved(f"@{CHAMPION} moved from {_v(expected)} to {_v(current)} while this step ran; nothing was "
-                         "changed: run the gate again to compare against the new champion")
-    mlflow_client = client()
-    if current is not None and current != version:
-        mlflow_client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
-        tag_version(current, {"champion.replaced_by": version, "champion.replaced_at": now()})
-    mlflow_client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-    tag_version(version, {"champion.how": how, "champion.by": who(), "champion.at": now(),
-                          "champion.reason": reason, "champion.replaced": current or "none"})
+    """Point ``@champion`` at ``version`` if it still points at ``expected``, keep the replaced one
+    as ``@previous``, tag both versions with who/when/why and append an alias-history entry.
+    Returns the replaced version.
+
+    A real compare-and-set: the compare and the writes happen while holding the promotion lease
+    (:mod:`hemo_pipeline.services.champion_lease`), so two concurrent gates cannot both win.
+    Raises :class:`AliasMoved` if the champion changed since the caller read it (nothing is
+    changed), :class:`LeaseBypassed` if ``@champion`` is not ``version`` right after our write
+    (someone wrote it without the lease), and LeaseBusy if the lease stayed taken."""
+    with champion_lease(default_holder(f"{how} v{version}")):
+        current = alias_version(CHAMPION)
+        if current != expected:
+            raise AliasMoved(f"@{CHAMPION} moved from {_v(expected)} to {_v(current)} while this step ran; nothing "
+                             "was changed: run the gate again to compare against the new champion")
+        mlflow_client = client()
+        if current is not None and current != version:
+            mlflow_client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
+            tag_version(current, {"champion.replaced_by": version, "champion.replaced_at": now()})
+        mlflow_client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        tag_version(version, {"champion.how": how, "champion.by": who(), "champion.at": now(),
+                              "champion.reason": reason, "champion.replaced": current or "none"})
+        after = alias_version(CHAMPION)
+        if after != version:
+            raise LeaseBypassed(f"@{CHAMPION} is {_v(after)} right after this step set it to v{version}: something "
+                                "moved it without the promotion lease (an older hemo release, or a hand edit in "
+                                "the MLflow UI); check the alias history and promote again with `hemo promote`")
+        _append_history(CHAMPION, version, current, how, reason)
     return current
+
+
+def move_reference(version: str, reason: str) -> str | None:
+    """Point ``@reference`` at ``version`` under the promotion lease, tag the version with
+    who/when/why and append an alias-history entry. Returns the version it replaced. The only
+    code that sets ``@reference``."""
+    with champion_lease(default_holder(f"reference v{version}")):
+        current = alias_version(REFERENCE)
+        if current == version:
+            return current
+        client().set_registered_model_alias(MODEL_NAME, REFERENCE, version)
+        tag_version(version, {"reference.by": who(), "reference.at": now(), "reference.reason": reason})
+        after = alias_version(REFERENCE)
+        if after != version:
+            raise LeaseBypassed(f"@{REFERENCE} is {_v(after)} right after this step set it to v{version}: something "
+                                "moved it without the promotion lease; check the alias history and run again")
+        _append_history(REFERENCE, version, current, "reference", reason)
+    return current
+
+
+def reference_version() -> str | None:
+    """The version behind ``@reference``, or None."""
+    return alias_version(REFERENCE)
+
+
+def alias_history() -> list[dict[str, Any]]:
+    """Every recorded alias move of MODEL_NAME, oldest first (by ``seq``)."""
+    try:
+        tags = dict(client().get_registered_model(MODEL_NAME).tags or {})
+    except MlflowException:
+        return []
+    entries = []
+    for key, value in tags.items():
+        if key.startswith(HISTORY_PREFIX):
+            try:
+                entries.append(dict(json.loads(value)))
+            except (TypeError, ValueError):
+                continue
+    return sorted(entries, key=lambda e: int(e.get("seq", 0)))
+
+
+def _append_history(alias: str, version: str, previous: str | None, how: str, reason: str) -> dict[str, Any]:
+    """Record one alias move. Call only while holding the lease: ``seq`` is 1 + the largest seq
+    recorded so far, so two writers without it could pick the same key."""
+    tags = dict(client().get_registered_model(MODEL_NAME).tags or {})
+    seqs = [int(k[len(HISTORY_PREFIX):]) for k in tags if k.startswith(HISTORY_PREFIX) and k[len(HISTORY_PREFIX):].isdigit()]
+    active = mlflow.active_run()
+    entry = {"seq": max(seqs, default=0) + 1, "alias": alias, "version": str(version),
+             "previous": previous, "how": how, "by": who(), "at": now(), "reason": reason[:REASON_CHARS],
+             "run_id": active.info.run_id if active is not None else None}
+    client().set_registered_model_tag(MODEL_NAME, f"{HISTORY_PREFIX}{entry['seq']:06d}",
+                                      json.dumps(entry, separators=(",", ":")))
+    return entry
 
 
 def _v(version: str | None) -> str:

@@ -1,7 +1,8 @@
 """Roll @champion back to @previous (the champion it replaced), with a reason.
 
 Swaps the two aliases, so the demoted version becomes `@previous` and a second rollback undoes the
-first; tags both versions with who (HEMO_USER, else the login name), when and why.
+first; tags both versions with who (HEMO_USER, else the login name), when and why. The move goes
+through registry.move_champion, so it holds the promotion lease and appends an alias-history entry.
 """
 
 from __future__ import annotations
