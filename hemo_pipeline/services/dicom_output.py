@@ -40,8 +40,14 @@ def is_inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def resolve_salt(salt_file: Path, forbidden: dict[str, Path]) -> tuple[str, str]:
-    """(salt, where it came from). ``forbidden`` names folders the salt file must not be in."""
+def resolve_salt(salt_file: Path, forbidden: dict[str, Path], existing: int = 0,
+                 allow_new: bool = False) -> tuple[str, str]:
+    """(salt, where it came from). ``forbidden`` names folders the salt file must not be in.
+
+    A new salt is made only for a data folder without patients (``existing`` == 0) or when asked
+    (``allow_new``): a lost salt file silently replaced would rename every series on the next
+    import, so earlier training scans would come back under new names and roles, unseen by the
+    gate's leak check (issue 18)."""
     from_env = os.environ.get(SALT_ENV, "")
     if from_env:
         return from_env, f"${SALT_ENV}"
@@ -54,6 +60,11 @@ def resolve_salt(salt_file: Path, forbidden: dict[str, Path]) -> tuple[str, str]
         if not salt:
             raise UserError(f"salt file {salt_file} is empty; delete it to have a new one made, or restore it")
         return salt, str(salt_file)
+    if existing and not allow_new:
+        raise UserError(f"salt file {salt_file} not found, but the data folder already holds {existing} patients: a "
+                        "new salt would import the same series again under new names (and roles); restore the salt "
+                        "file or set HEMO_DICOM_SALT, or pass --new-salt if those patients never came from "
+                        "`hemo import-dicom` (e.g. `hemo synth`)")
     salt_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:

@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--salt-file", type=Path, default=DEFAULT_SALT_FILE,
                         help=f"salt for the series hashes, created if missing (default {DEFAULT_SALT_FILE}; "
                         "HEMO_DICOM_SALT overrides)")
+    parser.add_argument("--new-salt", action="store_true", help="make a new salt although --out already holds "
+                        "patients (only when none of them came from an earlier import: it renames re-imported series)")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="where import.json goes")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the import (counts only) to MLflow")
     add_settings_arguments(parser)
@@ -299,7 +301,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     plan = _plan(args, settings)
-    salt, salt_source = resolve_salt(args.salt_file, {"data": args.out, "reports": args.reports})
+    salt, salt_source = resolve_salt(args.salt_file, {"data": args.out, "reports": args.reports},
+                                     existing=len(existing_patients(args.out)), allow_new=args.new_salt)
     started = time.perf_counter()
     labels = read_labels(args.labels) if args.labels else None
     outcome = Outcome(labels_any_mismatch=labels.any_mismatch if labels else 0)

@@ -188,6 +188,23 @@ def test_salt_file_is_made_outside_the_data_and_refused_inside(phantom: Path, pr
     assert ".hemo-dicom-salt (new)" in capsys.readouterr().out
 
 
+def test_a_lost_salt_file_is_not_silently_replaced_for_an_existing_data_set(
+        phantom: Path, project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new salt would rename every series: re-imported training scans would land in new roles
+    under names no version recorded. With patients in --out the import refuses instead."""
+    monkeypatch.delenv("HEMO_DICOM_SALT")
+    assert _import("--dicom", str(phantom / "test"), "--out", "data") == 0
+    before = _tree(Path("data"))
+    Path(".hemo-dicom-salt").unlink()
+    capsys.readouterr()
+    assert _import("--dicom", str(phantom / "test"), "--out", "data") == 2
+    err = _error(capsys)
+    assert "salt file .hemo-dicom-salt not found, but the data folder already holds" in err and "--new-salt" in err
+    assert not Path(".hemo-dicom-salt").exists() and _tree(Path("data")) == before  # nothing made, nothing moved
+    assert _import("--dicom", str(phantom / "test"), "--out", "elsewhere") == 0  # an empty folder gets a new salt
+    assert Path(".hemo-dicom-salt").is_file()
+
+
 def test_irregular_series_are_reported_or_rejected(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hu = hu_volume(24)
     write(series_datasets(hu, name="regular"), Path("dicom/a"))
