@@ -12,7 +12,9 @@ Each challenger is gated against the same champion (the alias is put back after 
 Prints the false-promotion rate (equal challengers promoted) and the true-promotion rate (better
 ones promoted), with each decision's gain and interval. Targets: false <= 5%, true >= 80%.
 CPU: about (N * (epochs + better_epochs) + epochs) training epochs; see --help for sizes.
-Run: `.venv/bin/python benchmarks/gate_error_rates.py [--n 10 --patients 160 --size 64]`
+Run: `.venv/bin/python benchmarks/gate_error_rates.py [--n 10 --patients 160 --size 64]`; below 500
+patients the gate role is smaller than the policy's minimum (50 gate patients, 3 per class), so add
+`--set gate.min_patients=10 --set gate.min_positive_patients=1` (the demo profile's waiver).
 """
 
 from __future__ import annotations

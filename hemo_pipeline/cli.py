@@ -42,7 +42,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "evaluate": ("hemo_pipeline.steps.evaluate",
                  "Evaluate the refined model on the held-out gate patients and register it as the challenger."),
     "gate": ("hemo_pipeline.steps.gate",
-             "Gate: promote the challenger only if it is better, measured fairly and with its uncertainty."),
+             "Gate: promote the challenger only if it is shown better, measured fairly and with its uncertainty."),
     "score": ("hemo_pipeline.steps.score",
               "Batch scoring: predict every slice of every patient in a folder with the champion model."),
     "plan-scoring": ("hemo_pipeline.steps.plan_scoring",

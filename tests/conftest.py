@@ -238,15 +238,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
+# A 1-epoch model on 2 gate patients can neither beat the all-positive model nor pass a minimum
+# gate, so the tests of the machinery waive the absolute rules and the minimum gate (a margin of -1
+# and floors of 0 turn a rule off); the policy itself is tested in tests/hemo_model/metrics/
+# test_gate_statistics.py and through a real registry in tests/hemo_pipeline/steps/test_promotion.py.
+TINY_GATE = ("{min_margin_over_trivial: -1.0, class_margin_over_trivial: -1.0, class_recall_floor: 0.0, "
+             "exam_sensitivity_floor: 0.0, min_patients: 1, min_positive_patients: 0, min_improvement: 0.0, "
+             "bootstrap: 200, permutations: 200}")
+
 # Hash buckets are lumpy on 6 patients: the salt is one under which the pipeline_data patients fall
-# 2 train / 2 val / 2 gate. A 1-epoch model cannot beat the all-positive model, so these tests of the
-# machinery waive that margin; the rule itself is tested in tests/hemo_pipeline/steps/test_gate.py.
-TINY_PARAMS = """
-split: {val_fraction: 0.3, gate_fraction: 0.3, salt: tiny-1}
-train: {image_size: 64, epochs: 1, batch_size: 16, cache_images: true}
-refine: {epochs: 1, batch_size: 8, max_steps: 4}
-gate: {min_margin_over_trivial: -1.0, min_improvement: 0.0, bootstrap: 200}
-validate: {image_size: 64}
+# 2 train / 2 val / 2 gate.
+TINY_PARAMS = f"""
+split: {{val_fraction: 0.3, gate_fraction: 0.3, salt: tiny-1}}
+train: {{image_size: 64, epochs: 1, batch_size: 16, cache_images: true}}
+refine: {{epochs: 1, batch_size: 8, max_steps: 4}}
+gate: {TINY_GATE}
+validate: {{image_size: 64}}
 """
 
 

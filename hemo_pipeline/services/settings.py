@@ -212,26 +212,65 @@ class EvaluateSettings:
 
 @dataclass(frozen=True)
 class GateSettings:
-    """The promotion rule (README, "Promotion")."""
+    """The promotion policy (README, "Trustworthy promotion"; docs/gate_policy.md gives the reasoning
+    and the simulation behind every default). Defaults equal hemo_model.metrics.gate_statistics'
+    (tested); a margin of -1 or a floor of 0 turns its rule off (the tiny-data tests do)."""
 
-    bootstrap: int = 2000
-    """Paired bootstrap resamples over gate patients."""
-    confidence: float = 0.95
-    seed: int = 0
+    mode: Literal["superiority", "noninferiority"] = "superiority"
+    """superiority: the challenger must be shown better than the champion; noninferiority: shown no
+    worse than ni_margin, and only with an approved @reference whose drift budget bounds a chain."""
+    alpha: float = 0.025
+    """One-sided level of the paired permutation test on the observed micro-F2 gain."""
+    bound_alpha: float = 0.01
+    """Level of the jackknife-t lower bounds (non-inferiority, the drift budget); calibrated by simulation."""
+    alpha_spending: bool = False
+    """Spend alpha over repeated decisions on one gate set (alpha * 6 / (pi^2 k^2)); off: see docs/gate_policy.md."""
     min_improvement: float = 0.005
-    """Mean micro-F2 gain over the champion that the challenger must reach (and its interval must exclude 0)."""
+    """Observed micro-F2 gain over the champion the challenger must also reach (superiority)."""
     min_margin_over_trivial: float = 0.1
-    """Margin over the all-positive model's micro-F2 on the gate patients (every model, the first included)."""
+    """Micro-F2 above the all-positive model's on the gate patients (every model, the first included)."""
+    class_margin_over_trivial: float = 0.1
+    """Each class with positive patients: F2 above that class's own all-positive F2 by this much."""
+    class_recall_floor: float = 0.5
+    """Each class with positive patients: slice-level recall at least this."""
+    exam_sensitivity_floor: float = 0.9
+    """Share of bleeding patients (any class, any slice) flagged on at least one slice."""
+    min_patients: int = 50
+    """Fewer gate patients than this: the gate refuses (exit 2); a person may promote by hand."""
+    min_positive_patients: int = 3
+    """Fewer positive gate patients than this for any class: the gate refuses likewise."""
     max_class_drop: float = 0.05
-    """Largest per-class F2 drop against the champion that a promotion may cost."""
-    min_class_f2: float = 0.0
-    """Floor for every class that has positives on the gate patients (every model, the first included)."""
+    """Largest per-class F2 drop against the champion that a superiority promotion may cost."""
+    ni_margin: float = 0.02
+    """Non-inferiority: how much worse (micro-F2) than the champion a challenger may be shown at most."""
+    ni_class_margin: float = 0.1
+    """Non-inferiority: the same per class."""
+    drift_budget: float = 0.03
+    """Against @reference: the most any chain of promotions may lose in micro-F2."""
+    drift_class_budget: float = 0.1
+    """Against @reference: the same per class."""
+    permutations: int = 4000
+    """Random swaps of the permutation test beyond the exactly enumerated 12 patients."""
+    bootstrap: int = 2000
+    """Resamples of the BCa intervals in the report."""
+    seed: int = 0
 
     def check(self) -> None:
-        _require(self.bootstrap >= 100, "gate.bootstrap must be at least 100 resamples")
-        _require(0.5 < self.confidence < 1.0, "gate.confidence must be in (0.5, 1)")
-        _require(self.max_class_drop >= 0 and self.min_improvement >= 0, "gate.max_class_drop and "
-                 "gate.min_improvement must be >= 0")
+        _require(0.0 < self.alpha < 0.5 and 0.0 < self.bound_alpha < 0.5,
+                 "gate.alpha and gate.bound_alpha must be in (0, 0.5)")
+        _require(self.bootstrap >= 100 and self.permutations >= 100,
+                 "gate.bootstrap and gate.permutations must be at least 100")
+        _require(self.min_patients >= 1 and self.min_positive_patients >= 0,
+                 "gate.min_patients must be >= 1 and gate.min_positive_patients >= 0 (0: a class may be absent)")
+        _require(min(self.max_class_drop, self.min_improvement, self.ni_margin, self.ni_class_margin,
+                     self.drift_budget, self.drift_class_budget) >= 0,
+                 "gate margins, budgets and min_improvement must be >= 0")
+        _require(-1.0 <= min(self.min_margin_over_trivial, self.class_margin_over_trivial) <= 1.0,
+                 "gate.min_margin_over_trivial and gate.class_margin_over_trivial must be in [-1, 1] (-1: off)")
+        _require(0.0 <= self.class_recall_floor <= 1.0 and 0.0 <= self.exam_sensitivity_floor <= 1.0,
+                 "gate.class_recall_floor and gate.exam_sensitivity_floor must be in [0, 1] (0: off)")
+        _require(self.drift_budget >= self.ni_margin and self.drift_class_budget >= self.ni_class_margin,
+                 "gate drift budgets must be at least the non-inferiority margins")
 
 
 @dataclass(frozen=True)
@@ -251,6 +290,9 @@ SECTIONS: dict[str, type] = {
 RENAMED = {"split.seed": "split.salt (patients are assigned to roles by a salted hash, not a seeded shuffle)",
            "train.workers": "data.workers (one loader setting for every step)",
            "gate.precision": "score.precision (the gate scores as `hemo score` serves)",
+           "gate.confidence": "gate.alpha (a one-sided level: the gate tests the gain, docs/gate_policy.md)",
+           "gate.min_class_f2": "gate.class_margin_over_trivial and gate.class_recall_floor (an absolute F2 floor "
+                                "cannot refuse a class the model flags everywhere)",
            "gate.batch_size": "score.batch_size (the gate scores as `hemo score` serves)"}
 """Keys of earlier releases, with what replaced them, so an old params.yaml gets a useful message."""
 

@@ -1,8 +1,9 @@
 """Reproduce the method's comparisons on your data: loss, head, context (filter, learned), single.
 
 Trains the variants with the pipeline's own stage-1 and stage-2 code, each as an MLflow child run
-of one `ablate` run, and scores them all on the `gate` role (held out from every training and
-selection decision) at threshold 0.5, the leaderboard convention:
+of one `ablate` run, and scores them all on the `val` role at threshold 0.5, the leaderboard
+convention. Choosing a recipe is selection, so it judges on `val`, never on `gate`: the gate
+patients must stay unseen by every choice that the promotion is later judged on (issue 18).
 
 * the recipe of --params/--set as is (the reference), single slice and with its 5-slice filter;
 * train.loss swapped (ASL <-> BCE);
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclasses.dataclass
 class Row:
     name: str
-    counts: np.ndarray  # (patients, classes, 3) at threshold 0.5 on the gate patients
+    counts: np.ndarray  # (patients, classes, 3) at threshold 0.5 on the val patients
     detail: str
 
 
@@ -120,7 +121,7 @@ def figure(results: list[dict[str, Any]], trivial: float, title: str) -> Any:
     ax.errorbar(points, ys, xerr=errors, fmt="o", color="tab:blue", capsize=3)
     ax.axvline(trivial, color="grey", linestyle=":", label=f"all-positive {trivial:.3f}")
     ax.set_yticks(ys, [r["variant"] for r in results])
-    ax.set_xlabel("micro-F2 on the gate patients (threshold 0.5), 95% bootstrap interval")
+    ax.set_xlabel("micro-F2 on the val patients (threshold 0.5), 95% bootstrap interval")
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -129,7 +130,8 @@ def figure(results: list[dict[str, Any]], trivial: float, title: str) -> Any:
 
 def markdown(results: list[dict[str, Any]], trivial: float, n_patients: int, confidence: float) -> str:
     level = f"{confidence:.0%}"
-    lines = [f"Gate patients: {n_patients}; threshold 0.5; {level} patient-level bootstrap intervals; "
+    lines = [f"Val patients (selection never looks at the gate role): {n_patients}; threshold 0.5; "
+             f"{level} patient-level bootstrap intervals; "
              f"difference paired against `{results[0]['variant']}`. All-positive micro-F2: {trivial:.4f}.", "",
              "| variant | what | micro-F2 | interval | vs reference | interval | ich | ivh | sah | sdh | edh |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -158,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
     device = resolve_device(args.device)
-    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val", "gate"))
-    gate_patients = roles["gate"]
+    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    # selection judges on val, never on gate: the gate patients stay unseen by every choice the
+    # promotion is later judged on (issue 18)
+    judged = roles["val"]
     out, reports = args.out, args.reports
 
     tracking.configure()
@@ -169,23 +173,23 @@ def run(args: argparse.Namespace) -> int:
         try:
             rows, train = [], settings.train
             reference = _stage1("reference", settings, roles, out, device)
-            scores = _score(reference, gate_patients, settings, device)
+            scores = _score(reference, judged, settings, device)
             rows.append(Row("reference", _counts(scores, single=False),
                             f"{train.loss}, {settings.model.resolved_head()} head, 5-slice filter"))
             rows.append(Row("single slice", _counts(scores, single=True), "the reference without context"))
             if "loss" in chosen:
                 other: Literal["asl", "bce"] = "bce" if train.loss == "asl" else "asl"
                 variant = dataclasses.replace(settings, train=dataclasses.replace(train, loss=other))
-                s = _score(_stage1(f"loss-{other}", variant, roles, out, device), gate_patients, settings, device)
+                s = _score(_stage1(f"loss-{other}", variant, roles, out, device), judged, settings, device)
                 rows.append(Row(f"loss {other}", _counts(s, single=False), f"train.loss: {other}, 5-slice filter"))
             if "head" in chosen:
                 head: Literal["method", "linear"] = "method" if settings.model.resolved_head() == "linear" else "linear"
                 variant = dataclasses.replace(settings, model=dataclasses.replace(settings.model, head=head))
-                s = _score(_stage1(f"head-{head}", variant, roles, out, device), gate_patients, settings, device)
+                s = _score(_stage1(f"head-{head}", variant, roles, out, device), judged, settings, device)
                 rows.append(Row(f"head {head}", _counts(s, single=False), f"model.head: {head}, 5-slice filter"))
             for kind in ("conv1d", "bigru"):
                 if kind in chosen:
-                    s = _score(_learned(kind, settings, roles, reference, out, device), gate_patients, settings, device)
+                    s = _score(_learned(kind, settings, roles, reference, out, device), judged, settings, device)
                     rows.append(Row(f"context {kind}", _counts(s, single=False),
                                     f"learned {kind} head on the reference's frozen embeddings"))
         finally:
@@ -194,10 +198,11 @@ def run(args: argparse.Namespace) -> int:
             else:
                 os.environ["HEMO_PARENT_RUN_ID"] = previous_parent
         gate = settings.gate
-        results = table(rows, gate.confidence, gate.bootstrap, gate.seed)
-        labels = [p.labels for p in gate_patients]
+        confidence = 1.0 - 2.0 * gate.alpha
+        results = table(rows, confidence, gate.bootstrap, gate.seed)
+        labels = [p.labels for p in judged]
         trivial = float(f2_from_counts(micro_counts(patient_counts(labels, [np.ones_like(y) for y in labels]).sum(0))))
-        text = markdown(results, trivial, len(gate_patients), gate.confidence)
+        text = markdown(results, trivial, len(judged), confidence)
         fig = figure(results, trivial, "hemo ablate")
         write_reports(reports, results, text, fig)
         tracking.log_figure(fig, "ablation.png")
@@ -205,6 +210,6 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_artifact(str(reports / "ablation.csv"), artifact_path="ablate")
         mlflow.log_metrics({f"{r['variant'].replace(' ', '_')}.micro_f2": r["micro_f2"] for r in results})
     print(text)
-    print(f"ablate: {len(results)} variants scored on {len(gate_patients)} gate patients -> {reports / 'ablation.md'}, "
+    print(f"ablate: {len(results)} variants scored on {len(judged)} val patients -> {reports / 'ablation.md'}, "
           f"{reports / 'ablation.png'}")
     return 0

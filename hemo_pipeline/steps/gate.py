@@ -1,22 +1,25 @@
-"""Gate: promote the challenger only if it is better, measured fairly and with its uncertainty.
+"""Gate: promote the challenger only if it is shown better, measured fairly and with its uncertainty.
 
 * Which models: exactly the version that this run's `evaluate` registered (outputs/challenger.json,
-  or --version N) against the current `@champion`, each alias resolved to a version once and the
-  models loaded by version.
-* On which patients: the `gate` role (held out: no training, epoch selection or threshold tuning
-  has seen it). Both models' recorded training patients are checked against it; if either model
-  trained on a gate patient (e.g. the split salt or fractions changed) the comparison is unfair and
-  the gate stops with an error instead of deciding.
+  or --version N) against the current `@champion` (and the approved `@reference`, if a person set
+  one with `hemo promote --reference`), each alias resolved to a version once, models loaded by version.
+* On which patients: the `gate` role (held out: no training, epoch selection, threshold tuning or
+  ablation has seen it). Every model's recorded training patients are checked against it; if one
+  trained on a gate patient (e.g. the split salt or fractions changed) the gate stops with an error.
 * Judged as served: the same scoring code, context mode and stored thresholds as `hemo score`.
-* The rule (settings `gate`), with a paired bootstrap over gate patients:
-  1. micro-F2 beats the all-positive model by at least `min_margin_over_trivial`;
-  2. every class with positives reaches `min_class_f2`;
-  and against a champion:
-  3. the 95% interval of the micro-F2 gain lies above 0;
-  4. the mean gain is at least `min_improvement`;
-  5. no class's F2 drops by more than `max_class_drop`.
-* `@champion` moves by compare-and-set (if another client moved it meanwhile, nothing changes and
-  the step exits 3); the replaced champion becomes `@previous` (`hemo rollback` restores it).
+* The policy (settings `gate`, hemo_model.metrics.gate_statistics, docs/gate_policy.md):
+  a gate smaller than `min_patients` / `min_positive_patients` per class refuses (exit 2; a
+  person may promote by hand); every model, the first included, beats the all-positive model
+  overall and per class by a margin, meets a per-class recall floor and an exam-level "any
+  hemorrhage" sensitivity floor; against a champion, `superiority` needs a paired permutation
+  test of the observed micro-F2 gain at level `alpha`, the gain >= `min_improvement` and no class
+  dropping more than `max_class_drop`; `noninferiority` needs one-sided lower bounds above
+  -`ni_margin` (overall, per class) and an approved `@reference`; against `@reference` the
+  cumulative drift stays within the budget, whatever chain of promotions led here.
+* `@champion` moves by compare-and-set under the registry's lease (if another client moved it
+  meanwhile, nothing changes and the step exits 3); the replaced champion becomes `@previous`
+  (`hemo rollback` restores it). A retried gate whose earlier try already promoted this challenger
+  recognises its own promotion and reports it instead of rejecting the champion.
 
 Writes reports/gate.json, reports/gate_report.md (also logged to the challenger version's run and
 linked from its tags) and the per-slice decisions of each model in reports/gate/.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,10 @@ import numpy as np
 
 from hemo_model import CLASSES, LABEL_COLUMNS
 from hemo_model.data.roles import patients_digest
+from hemo_model.metrics import gate_statistics as gs
 from hemo_model.metrics.bootstrap import (
     bootstrap_weights,
     f2_from_counts,
-    interval,
     interval_where_defined,
     micro_counts,
     patient_counts,
@@ -55,6 +58,9 @@ from hemo_pipeline.services.results import publish
 from hemo_pipeline.services.settings import GateSettings
 from hemo_pipeline.services.step_args import add_common_arguments, data_root, settings_from
 
+GATE_SET_TAG = "hemo.gate_set"
+"""Tag on every gate run: the SHA-256 of its gate patients, so decisions on one gate set are counted."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
@@ -65,42 +71,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-improvement", type=float, help="gate.min_improvement")
 
 
-# --- the rule (pure) -------------------------------------------------------------------------
+def policy_of(cfg: GateSettings) -> gs.GatePolicy:
+    """The statistics module's policy from the typed settings (one name differs: the micro margin)."""
+    return gs.GatePolicy(
+        mode=cfg.mode, alpha=cfg.alpha, bound_alpha=cfg.bound_alpha, alpha_spending=cfg.alpha_spending,
+        min_improvement=cfg.min_improvement, margin_over_trivial=cfg.min_margin_over_trivial,
+        class_margin_over_trivial=cfg.class_margin_over_trivial, class_recall_floor=cfg.class_recall_floor,
+        exam_sensitivity_floor=cfg.exam_sensitivity_floor, min_patients=cfg.min_patients,
+        min_positive_patients=cfg.min_positive_patients, max_class_drop=cfg.max_class_drop, ni_margin=cfg.ni_margin,
+        ni_class_margin=cfg.ni_class_margin, drift_budget=cfg.drift_budget, drift_class_budget=cfg.drift_class_budget,
+        permutations=cfg.permutations, bootstrap=cfg.bootstrap, seed=cfg.seed)
 
 
-@dataclass
-class RuleOutcome:
-    name: str
-    passed: bool
-    detail: str
-
-
-@dataclass
-class ModelSummary:
-    """Point estimates and bootstrap intervals of one model on the gate patients."""
-
-    micro_f2: float
-    micro_f2_interval: tuple[float, float]
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-@dataclass
-class Judgement:
-    promote: bool
-    reason: str
-    rules: list[RuleOutcome]
-    challenger: ModelSummary
-    champion: ModelSummary | None
-    trivial_micro_f2: float
-    gain: float | None = None
-    gain_interval: tuple[float, float] | None = None
-
-
-def summarise(counts: np.ndarray, resampled: np.ndarray, confidence: float) -> ModelSummary:
-    """``counts`` (patients, classes, 3) and their bootstrap resamples (B, classes, 3)."""
+def summarise(counts: np.ndarray, policy: gs.GatePolicy) -> dict[str, Any]:
+    """One model on the gate patients: micro-F2 with its BCa interval, and per class F2, precision
+    and recall with paired-bootstrap percentile intervals (classes without positives: undefined)."""
+    confidence = 1.0 - 2.0 * policy.alpha
+    low, high = (float(x) for x in gs.bca_interval(counts, None, policy.alpha, policy.bootstrap, policy.seed))
+    resampled = resample_counts(counts, bootstrap_weights(counts.shape[0], policy.bootstrap, policy.seed))
     pooled = counts.sum(axis=0)
-    micro_samples = f2_from_counts(micro_counts(resampled))
-    low, high = interval(micro_samples, confidence)
     per_class: dict[str, dict[str, float]] = {}
     for name, metric in (("f2", f2_from_counts), ("precision", precision_from_counts), ("recall", recall_from_counts)):
         point = metric(pooled)
@@ -108,60 +97,8 @@ def summarise(counts: np.ndarray, resampled: np.ndarray, confidence: float) -> M
         for i, cls in enumerate(CLASSES):
             entry = per_class.setdefault(cls, {"positives": float(pooled[i, 0] + pooled[i, 2])})
             entry.update({name: float(point[i]), f"{name}_low": float(c_low[i]), f"{name}_high": float(c_high[i])})
-    return ModelSummary(float(f2_from_counts(micro_counts(pooled))), (float(low), float(high)), per_class)
-
-
-def judge(challenger: np.ndarray, champion: np.ndarray | None, trivial: np.ndarray, gate: GateSettings) -> Judgement:
-    """The promotion rule on per-patient confusion counts (patients, classes, [tp, fp, fn]) of the
-    challenger, the champion (None for a first model) and the all-positive model, paired by patient."""
-    weights = bootstrap_weights(challenger.shape[0], gate.bootstrap, gate.seed)
-    resampled = {"challenger": resample_counts(challenger, weights), "trivial": resample_counts(trivial, weights)}
-    chal = summarise(challenger, resampled["challenger"], gate.confidence)
-    trivial_f2 = float(f2_from_counts(micro_counts(trivial.sum(axis=0))))
-    rules = []
-    margin = chal.micro_f2 - trivial_f2
-    rules.append(RuleOutcome(
-        "beats_all_positive", margin >= gate.min_margin_over_trivial,
-        f"micro-F2 {chal.micro_f2:.4f} vs all-positive {trivial_f2:.4f}: {margin:+.4f} "
-        f"(needs >= {gate.min_margin_over_trivial})"))
-    judged = [c for c, v in chal.per_class.items() if v["positives"] > 0]
-    low = [f"{c} {chal.per_class[c]['f2']:.3f}" for c in judged if chal.per_class[c]["f2"] < gate.min_class_f2]
-    rules.append(RuleOutcome(
-        "class_floor", not low,
-        (f"below {gate.min_class_f2}: " + ", ".join(low)) if low
-        else f"every class with positives ({', '.join(judged) or 'none'}) has F2 >= {gate.min_class_f2}"))
-    champ = gain = gain_interval = None
-    if champion is not None:
-        resampled["champion"] = resample_counts(champion, weights)
-        champ = summarise(champion, resampled["champion"], gate.confidence)
-        gains = f2_from_counts(micro_counts(resampled["challenger"])) - f2_from_counts(micro_counts(resampled["champion"]))
-        gain = float(gains.mean())
-        g_low, g_high = interval(gains, gate.confidence)
-        gain_interval = (float(g_low), float(g_high))
-        level = f"{gate.confidence:.0%}"
-        rules.append(RuleOutcome(
-            "gain_interval_above_zero", gain_interval[0] > 0,
-            f"{level} interval of the micro-F2 gain [{gain_interval[0]:+.4f}, {gain_interval[1]:+.4f}]"))
-        rules.append(RuleOutcome(
-            "min_improvement", gain >= gate.min_improvement,
-            f"mean gain {gain:+.4f} (needs >= {gate.min_improvement})"))
-        drops = {c: champ.per_class[c]["f2"] - chal.per_class[c]["f2"] for c in judged}
-        worst = max(drops, key=lambda c: drops[c]) if drops else None
-        too_much = [f"{c} {champ.per_class[c]['f2']:.3f} -> {chal.per_class[c]['f2']:.3f}"
-                    for c in judged if drops[c] > gate.max_class_drop]
-        rules.append(RuleOutcome(
-            "class_drop", not too_much,
-            ("F2 drops more than " + f"{gate.max_class_drop}: " + ", ".join(too_much)) if too_much
-            else f"largest class drop {drops[worst]:+.3f} ({worst}) <= {gate.max_class_drop}" if worst
-            else "no class with positives"))
-    failed = [r for r in rules if not r.passed]
-    promote = not failed
-    if promote:
-        reason = ("first model: " if gain is None or gain_interval is None else
-                  f"gain {gain:+.4f} [{gain_interval[0]:+.4f}, {gain_interval[1]:+.4f}]; ") + "all rules passed"
-    else:
-        reason = "; ".join(f"{r.name}: {r.detail}" for r in failed)
-    return Judgement(promote, reason, rules, chal, champ, trivial_f2, gain, gain_interval)
+    return {"micro_f2": float(f2_from_counts(micro_counts(pooled))), "micro_f2_interval": [low, high],
+            "per_class": per_class}
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -180,28 +117,65 @@ def challenger_version(args: argparse.Namespace) -> str:
 
 
 def check_fair(version: str, gate_patients: set[str], role: str) -> dict[str, Any]:
-    """Refuse when ``version`` trained on any gate patient; return its provenance for the report."""
-    seen = registry.train_patients(version)
-    overlap = sorted(gate_patients & set(seen))
-    if overlap:
-        split = registry.recorded_split(version)
-        raise UserError(
-            f"the {role} v{version} trained on {len(overlap)} of the {len(gate_patients)} gate patients "
-            f"(e.g. {', '.join(overlap[:3])}): comparing on them would be unfair, so the gate refuses. It was trained "
-            f"with split salt {split.get('salt')!r}, val {split.get('val_fraction')}, gate "
-            f"{split.get('gate_fraction')}; restore those split settings, or retrain both models under "
-            "the current ones (or promote by hand: `hemo promote --version N --reason ...`)")
-    return {"train_patients": len(seen), "train_patients_sha256": patients_digest(seen)}
+    """Refuse when ``version`` trained on, or chose its epoch and thresholds on, any gate patient;
+    return its provenance for the report."""
+    seen = registry.seen_patients(version)
+    train, tuned = seen["train"] or [], seen["val"]
+    for used, how in ((train, "trained on"), (tuned or [], "was tuned (epoch, thresholds) on")):
+        overlap = sorted(gate_patients & set(used))
+        if overlap:
+            split = registry.recorded_split(version)
+            raise UserError(
+                f"the {role} v{version} {how} {len(overlap)} of the {len(gate_patients)} gate patients "
+                f"(e.g. {', '.join(overlap[:3])}): comparing on them would be unfair, so the gate refuses. It was "
+                f"trained with split salt {split.get('salt')!r}, val {split.get('val_fraction')}, gate "
+                f"{split.get('gate_fraction')}; restore those split settings, or retrain both models under "
+                "the current ones (or promote by hand: `hemo promote --version N --reason ...`)")
+    return {"train_patients": len(train), "train_patients_sha256": patients_digest(train),
+            "val_patients": None if tuned is None else len(tuned),
+            "val_patients_sha256": None if tuned is None else patients_digest(tuned)}
+
+
+def require_gate_size(trivial: np.ndarray, policy: gs.GatePolicy, challenger: str) -> None:
+    """Refuse (exit 2, before any model is scored) a gate too small to judge on: a person may accept
+    the risk and promote by hand, the gate itself never does."""
+    if bool(gs.gate_size_ok(trivial, policy.min_patients, policy.min_positive_patients)):
+        return
+    positives = gs.positive_patients(trivial)
+    short = [f"{c} {int(k)}" for c, k in zip(CLASSES, positives, strict=True) if k < policy.min_positive_patients]
+    problems = ([f"{trivial.shape[0]} patients (gate.min_patients {policy.min_patients})"]
+                if trivial.shape[0] < policy.min_patients else []) + (
+        [f"positive patients {', '.join(short)} (gate.min_positive_patients {policy.min_positive_patients})"]
+        if short else [])
+    raise UserError(f"the gate role is too small to judge v{challenger} on: {'; '.join(problems)}; add labelled "
+                    "patients or raise split.gate_fraction (with new models), or have a person sign off: "
+                    f"`hemo promote --version {challenger} --reason ...`")
+
+
+def decision_number(digest: str, policy: gs.GatePolicy) -> int:
+    """How many superiority decisions this gate set has seen, this one included (alpha spending);
+    1 when spending is off, so no search is made."""
+    if not (policy.alpha_spending and policy.mode == "superiority"):
+        return 1
+    experiment = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    if experiment is None:
+        return 1
+    earlier = mlflow.search_runs([experiment.experiment_id], output_format="list",
+                                 filter_string=f"tags.`{GATE_SET_TAG}` = '{digest}' and tags.`hemo.gate_compared` = 'true'")
+    return 1 + len(earlier)
 
 
 def run(args: argparse.Namespace) -> int:
-
     settings = settings_from(args).override("gate", min_improvement=args.min_improvement)
     cfg = settings.gate
+    policy = policy_of(cfg)
     tracking.configure()
     challenger = challenger_version(args)
     registry.require_version(challenger)
-    champion = registry.alias_version(registry.CHAMPION)  # resolved once; compared again before writing
+    champion = registry.alias_version(registry.CHAMPION)  # resolved once; compared again under the lease
+    reference = registry.alias_version(registry.REFERENCE)
+    if champion is not None and champion == challenger:
+        return already_champion(args, challenger)
 
     roles = load_roles(data_root(args, settings), settings.split, need=("gate",))
     patients = roles["gate"]
@@ -209,70 +183,116 @@ def run(args: argparse.Namespace) -> int:
     if sum(float(y.sum()) for y in labels) == 0:
         raise UserError(f"the {len(patients)} gate patients hold no positive label, so no F2 can be measured; "
                         "raise split.gate_fraction or add labelled patients")
+    trivial = patient_counts(labels, [np.ones_like(y) for y in labels])
+    require_gate_size(trivial, policy, challenger)
     gate_ids = {p.dirname for p in patients}
-    versions = {"challenger": challenger} | ({"champion": champion} if champion and champion != challenger else {})
+    versions = {"challenger": challenger} | ({"champion": champion} if champion else {}) | (
+        {"reference": reference} if reference and reference != challenger else {})
     fairness = {role: check_fair(v, gate_ids, role) for role, v in versions.items()}
 
     device = resolve_device(args.device)
     workers = settings.data.loader_workers(device.type)
-    served = {role: serving.serve(registry.load_version(v), patients, settings.score, device, workers)
-              for role, v in versions.items()}
+    by_version = {v: serving.serve(registry.load_version(v), patients, settings.score, device, workers)
+                  for v in dict.fromkeys(versions.values())}
+    served = {role: by_version[v] for role, v in versions.items()}
     counts = {role: patient_counts(labels, s.decisions()) for role, s in served.items()}
-    trivial = patient_counts(labels, [np.ones_like(y) for y in labels])
-    judgement = judge(counts["challenger"], counts.get("champion"), trivial, cfg)
-    if champion == challenger:
-        judgement.promote, judgement.reason = False, f"challenger v{challenger} is already the champion"
+    digest = gs.gate_set_digest(sorted(gate_ids))
+    number = decision_number(digest, policy) if champion else 1
+    result = gs.decide(counts["challenger"], trivial, counts.get("champion"), counts.get("reference"), policy,
+                       decision_number=number)
+    summaries = {role: summarise(c, policy) for role, c in counts.items()}
+    against = result.figures.get("champion") if champion else None
+    gain_interval = None if not isinstance(against, dict) else against.get("gain_interval_bca")
 
-    decision = {
-        "promoted": judgement.promote, "reason": judgement.reason, "challenger_version": challenger,
-        "champion_version_before": champion,
-        "champion_version_after": challenger if judgement.promote else champion,
-        "challenger_micro_f2": judgement.challenger.micro_f2,
-        "challenger_micro_f2_interval": list(judgement.challenger.micro_f2_interval),
-        "champion_micro_f2": judgement.champion.micro_f2 if judgement.champion else None,
-        "all_positive_micro_f2": judgement.trivial_micro_f2,
-        "gain": judgement.gain, "gain_interval": list(judgement.gain_interval) if judgement.gain_interval else None,
-        "rules": [asdict(r) for r in judgement.rules],
+    decision: dict[str, Any] = {
+        "promoted": result.promote, "reason": result.reason, "challenger_version": challenger,
+        "champion_version_before": champion, "champion_version_after": challenger if result.promote else champion,
+        "reference_version": reference, "mode": policy.mode,
+        "challenger_micro_f2": summaries["challenger"]["micro_f2"],
+        "challenger_micro_f2_interval": summaries["challenger"]["micro_f2_interval"],
+        "champion_micro_f2": summaries["champion"]["micro_f2"] if champion else None,
+        "all_positive_micro_f2": float(gs.micro_f2(trivial)),
+        "gain": against.get("gain") if isinstance(against, dict) else None, "gain_interval": gain_interval,
+        "p_value": against.get("p_value") if isinstance(against, dict) else None,
+        "rules": [asdict(r) for r in result.rules], "figures": result.figures, "models": summaries,
         "gate_patients": len(patients), "gate_slices": int(sum(len(p) for p in patients)),
+        "positive_patients": result.figures.get("positive_patients"), "gate_set_sha256": digest,
+        "decision_number": number,
         "scoring": {"context": settings.score.context, "precision": settings.score.precision,
                     "thresholds": {role: s.thresholds for role, s in served.items()}},
-        "settings": asdict(cfg), "split": asdict(settings.split), "provenance": fairness,
+        "policy": asdict(policy), "settings": asdict(cfg), "split": asdict(settings.split), "provenance": fairness,
         "data_md5": tracking.data_md5(),
     }
-    report = gate_report(decision, judgement, versions)
 
     with tracking.step_run("gate", settings) as run:
         tracking.log_params_flat({"gate": asdict(cfg)})
-        mlflow.log_params({"challenger_version": challenger, "champion_version_before": champion})
-        mlflow.log_metrics({"challenger_micro_f2": judgement.challenger.micro_f2, "promoted": float(judgement.promote),
-                            "all_positive_micro_f2": judgement.trivial_micro_f2,
-                            **({"champion_micro_f2": judgement.champion.micro_f2} if judgement.champion else {}),
-                            **({"gain": judgement.gain} if judgement.gain is not None else {})})
-        mlflow.set_tag("hemo.gate_reason", judgement.reason[:5000])
-        if judgement.promote:
+        mlflow.log_params({"challenger_version": challenger, "champion_version_before": champion,
+                           "reference_version": reference})
+        mlflow.log_metrics({"challenger_micro_f2": decision["challenger_micro_f2"], "promoted": float(result.promote),
+                            "all_positive_micro_f2": decision["all_positive_micro_f2"],
+                            **({"champion_micro_f2": decision["champion_micro_f2"]} if champion else {}),
+                            **({"gain": decision["gain"]} if decision["gain"] is not None else {}),
+                            **({"p_value": decision["p_value"]} if decision["p_value"] is not None else {})})
+        mlflow.set_tags({"hemo.gate_reason": result.reason[:5000], GATE_SET_TAG: digest,
+                         "hemo.gate_compared": str(bool(champion) and policy.mode == "superiority").lower()})
+        if result.promote:
             try:
-                registry.move_champion(challenger, champion, how="gate", reason=judgement.reason)
+                registry.move_champion(challenger, champion, how="gate", reason=result.reason)
             except registry.AliasMoved:
                 mlflow.set_tag("hemo.gate_conflict", "champion moved during the gate")
                 raise
+        decision["alias_history"] = registry.alias_history()
+        report = gate_report(decision, versions)
         mlflow.log_text(report, "gate/gate_report.md")
         version_run = registry.require_version(challenger).run_id
         mlflow.MlflowClient().log_text(version_run, report, f"gate/gate_report_{run.info.run_id}.md")
         registry.tag_version(challenger, {
-            "gate.decision": "promoted" if judgement.promote else "rejected", "gate.reason": judgement.reason,
+            "gate.decision": "promoted" if result.promote else "rejected", "gate.reason": result.reason[:5000],
             "gate.report": f"runs:/{version_run}/gate/gate_report_{run.info.run_id}.md",
             "gate.run_id": run.info.run_id})
 
     write_json_atomic(args.reports / "gate.json", decision)
     write_text_atomic(args.reports / "gate_report.md", report)
     _write_decisions(args.reports / "gate", versions, served)
-    verdict = "PROMOTED to @champion" if judgement.promote else "NOT promoted"
-    print(f"gate: challenger v{challenger} {verdict}: {judgement.reason}")
-    after = challenger if judgement.promote else champion
+    _finish(decision)
+    return 0
+
+
+def already_champion(args: argparse.Namespace, challenger: str) -> int:
+    """The challenger is @champion already. After a gate that moved the alias and then failed
+    (a lost connection while tagging, say), its retry lands here: it recognises its own earlier
+    promotion (``champion.how = gate`` on the version) and reports it, so the run goes on to score
+    with it; it never tags the champion `rejected`. A champion set otherwise (by hand, a rollback)
+    is reported as not promoted by this gate, tags untouched."""
+    registry.load_version(challenger)  # its files are checked as for any gate: a tampered champion is refused (exit 2)
+    tags = registry.require_version(challenger).tags or {}
+    earlier_gate = tags.get("champion.how") == "gate"
+    replaced = tags.get("champion.replaced")
+    before = None if replaced in (None, "none") else replaced
+    if earlier_gate:
+        reason = (f"challenger v{challenger} is already @champion: an earlier gate promoted it at "
+                  f"{tags.get('champion.at', '?')} ({tags.get('champion.reason', '')}); this try changes nothing")
+    else:
+        reason = (f"challenger v{challenger} is already @champion ({tags.get('champion.how', 'set')} by "
+                  f"{tags.get('champion.by', '?')}); the gate did not judge it")
+    decision = {"promoted": earlier_gate, "reason": reason, "challenger_version": challenger,
+                "champion_version_before": before if earlier_gate else challenger,
+                "champion_version_after": challenger, "rules": [], "recognised_earlier_promotion": earlier_gate,
+                "alias_history": registry.alias_history()}
+    if earlier_gate and tags.get("gate.decision") != "promoted":
+        registry.tag_version(challenger, {"gate.decision": "promoted", "gate.reason": reason[:5000]})
+    write_json_atomic(args.reports / "gate.json", decision)
+    _finish(decision)
+    return 0
+
+
+def _finish(decision: dict[str, Any]) -> None:
+    verdict = "PROMOTED to @champion" if decision["promoted"] else "NOT promoted"
+    print(f"gate: challenger v{decision['challenger_version']} {verdict}: {decision['reason']}")
+    after = decision["champion_version_after"]
     publish("gate", {**{key: decision[key] for key in ("promoted", "reason", "challenger_version",
                                                        "champion_version_before", "champion_version_after")},
                      "champion_model_after": registry.version_uri(after) if after else None})
-    return 0
 
 
 def _write_decisions(folder: Path, versions: dict[str, str], served: dict[str, Any]) -> None:
@@ -283,42 +303,74 @@ def _write_decisions(folder: Path, versions: dict[str, str], served: dict[str, A
         write_csv_atomic(folder / f"decisions_v{versions[role]}.csv", list(LABEL_COLUMNS), rows)
 
 
-def gate_report(decision: dict[str, Any], judgement: Judgement, versions: dict[str, str]) -> str:
-    """The per-version gate report (Markdown): rules, per-class metrics with intervals, provenance."""
-    level = f"{decision['settings']['confidence']:.0%}"
+def gate_report(decision: dict[str, Any], versions: dict[str, str]) -> str:
+    """The per-version gate report (Markdown): the policy, the gate's size, each rule with its
+    interval, per-model metrics with intervals, provenance and the alias history."""
+    policy = decision["policy"]
+    level = f"{1 - 2 * policy['alpha']:.0%}"
     title = f"v{versions['challenger']}" + (f" vs champion v{versions['champion']}" if "champion" in versions
                                             else " (no champion yet)")
+    positives = decision.get("positive_patients") or {}
     lines = [f"# Gate report: hemorrhage-classifier {title}", "",
              f"**Decision: {'PROMOTED to @champion' if decision['promoted'] else 'not promoted'}** - {decision['reason']}",
-             "", f"Gate patients: {decision['gate_patients']} ({decision['gate_slices']} slices), held out from "
-             f"training and model selection. Scored as served: context {decision['scoring']['context']}, "
-             f"{decision['scoring']['precision']}, each model's stored thresholds. Intervals: {level} paired "
-             f"bootstrap over patients ({decision['settings']['bootstrap']} resamples, seed "
-             f"{decision['settings']['seed']}).", "", "| rule | outcome | detail |", "|---|---|---|"]
-    lines += [f"| {r.name} | {'pass' if r.passed else 'FAIL'} | {r.detail} |" for r in judgement.rules]
-    models = [("challenger", judgement.challenger)] + ([("champion", judgement.champion)] if judgement.champion else [])
-    lines += ["", "| model | micro-F2 | interval |", "|---|---|---|"]
-    lines += [f"| {role} v{versions[role]} | {m.micro_f2:.4f} | [{m.micro_f2_interval[0]:.4f}, "
-              f"{m.micro_f2_interval[1]:.4f}] |" for role, m in models]
-    lines.append(f"| all-positive | {judgement.trivial_micro_f2:.4f} | |")
-    if judgement.gain is not None and judgement.gain_interval is not None:
-        lines.append(f"\nMean micro-F2 gain {judgement.gain:+.4f}, {level} interval "
-                     f"[{judgement.gain_interval[0]:+.4f}, {judgement.gain_interval[1]:+.4f}].")
+             "", "## Policy", "",
+             f"Mode **{policy['mode']}**; one-sided level {policy['alpha']} (paired permutation test of the observed "
+             f"micro-F2 gain{', alpha spent over decisions on this gate set' if policy['alpha_spending'] else ''}); "
+             f"lower bounds at {policy['bound_alpha']}; min improvement {policy['min_improvement']}; margins over the "
+             f"all-positive model {policy['margin_over_trivial']} (micro) and {policy['class_margin_over_trivial']} "
+             f"(each class); class recall floor {policy['class_recall_floor']}; exam sensitivity floor "
+             f"{policy['exam_sensitivity_floor']}; max class drop {policy['max_class_drop']}; non-inferiority margins "
+             f"{policy['ni_margin']} / {policy['ni_class_margin']}; drift budget against @reference "
+             f"{policy['drift_budget']} / {policy['drift_class_budget']} (docs/gate_policy.md).", "",
+             "## Gate", "",
+             f"{decision['gate_patients']} patients ({decision['gate_slices']} slices), held out from training, model "
+             f"selection, threshold tuning and ablation; needs >= {policy['min_patients']}. Positive patients per class: "
+             + ", ".join(f"{c} {k}" for c, k in positives.items())
+             + f" (needs >= {policy['min_positive_patients']}). Scored as served: context "
+             f"{decision['scoring']['context']}, {decision['scoring']['precision']}, each model's stored thresholds. "
+             f"Gate set sha256 {decision['gate_set_sha256'][:16]}..., decision {decision['decision_number']} on it.",
+             "", "## Rules", "", "| rule | outcome | detail |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {'pass (signed off)' if r.get('waived') else 'pass' if r['passed'] else 'FAIL'} "
+              f"| {r['detail']} |" for r in decision["rules"]]
+    models = decision["models"]
+    lines += ["", f"## Models ({level} intervals: BCa for micro-F2, paired percentile bootstrap per class, "
+              f"{policy['bootstrap']} resamples over patients, seed {policy['seed']})", "",
+              "| model | micro-F2 | interval |", "|---|---|---|"]
+    lines += [f"| {role} v{versions[role]} | {m['micro_f2']:.4f} | [{m['micro_f2_interval'][0]:.4f}, "
+              f"{m['micro_f2_interval'][1]:.4f}] |" for role, m in models.items()]
+    lines.append(f"| all-positive | {decision['all_positive_micro_f2']:.4f} | |")
+    if decision["gain"] is not None:
+        interval = decision["gain_interval"]
+        lines.append(f"\nObserved micro-F2 gain over the champion {decision['gain']:+.4f}"
+                     + (f", BCa {level} [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+                     + (f", permutation p = {decision['p_value']:.4f}" if decision["p_value"] is not None else "") + ".")
     header = "| class | positive slices | " + " | ".join(
-        f"v{versions[role]} {metric}" for role, _ in models for metric in ("F2", "precision", "recall")) + " |"
+        f"v{versions[role]} {metric}" for role in models for metric in ("F2", "precision", "recall")) + " |"
     lines += ["", header, "|" + "---|" * (2 + 3 * len(models))]
     for cls in CLASSES:
-        cells = [f"{judgement.challenger.per_class[cls]['positives']:.0f}"]
-        for _, m in models:
-            for metric in ("f2", "precision", "recall"):
-                v = m.per_class[cls]
-                cells.append(f"{v[metric]:.3f} [{v[metric + '_low']:.3f}, {v[metric + '_high']:.3f}]")
+        cells = [f"{models['challenger']['per_class'][cls]['positives']:.0f}"]
+        for m in models.values():
+            v = m["per_class"][cls]
+            cells += [f"{v[k]:.3f} [{v[k + '_low']:.3f}, {v[k + '_high']:.3f}]" for k in ("f2", "precision", "recall")]
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
     split = decision["split"]
     lines += ["", "## Provenance", "", f"- data md5 (data.dvc): {decision['data_md5']}",
               f"- split: salt {split['salt']!r}, val fraction {split['val_fraction']:.4f}, gate fraction "
               f"{split['gate_fraction']:.4f}"]
     for role, info in decision["provenance"].items():
-        lines.append(f"- {role} v{versions[role]}: trained on {info['train_patients']} patients, none of them a gate "
-                     f"patient; patient-list sha256 {info['train_patients_sha256']}")
+        tuned = ("val patients not recorded (registered before they were)" if info.get("val_patients") is None
+                 else f"tuned on {info['val_patients']} val patients (sha256 {info['val_patients_sha256']})")
+        lines.append(f"- {role} v{versions[role]}: trained on {info['train_patients']} patients (patient-list sha256 "
+                     f"{info['train_patients_sha256']}), {tuned}; none of them a gate patient")
+    history = decision.get("alias_history") or []
+    lines += ["", "## Alias history (latest 20)", ""]
+    lines += ["| # | alias | version | replaced | how | by | at | run |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {h.get('seq')} | @{h.get('alias')} | v{h.get('version')} | {_v(h.get('previous'))} | {h.get('how')} | "
+              f"{h.get('by')} | {h.get('at')} | {h.get('run_id') or ''} |" for h in history[-20:]]
+    if not history:
+        lines.append("| - | | | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _v(version: object) -> str:
+    return f"v{version}" if version else "none"

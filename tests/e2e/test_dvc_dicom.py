@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc_params, run_ok
+from tests.conftest import TINY_GATE, dvc_params, run_ok
 
 REPO = Path(__file__).resolve().parents[2]
 # DICOM names are salted hashes; with this salt the 8 phantom series fall 4/2/2 into train/val/gate
 # under the split salt below (hash buckets are lumpy on 8 patients).
-PARAMS = """
-split: {val_fraction: 0.25, gate_fraction: 0.25, salt: dicom-25}
-train: {image_size: 64, epochs: 1, batch_size: 16, cache_images: true, max_steps: 2}
-refine: {epochs: 1, batch_size: 8, max_steps: 2}
-gate: {min_margin_over_trivial: -1.0, min_improvement: 0.0, bootstrap: 200}
+PARAMS = f"""
+split: {{val_fraction: 0.25, gate_fraction: 0.25, salt: dicom-25}}
+train: {{image_size: 64, epochs: 1, batch_size: 16, cache_images: true, max_steps: 2}}
+refine: {{epochs: 1, batch_size: 8, max_steps: 2}}
+gate: {TINY_GATE}
 """
 
 

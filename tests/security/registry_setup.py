@@ -24,7 +24,7 @@ from tests.markers import SIZE
 PARAMS = """
 split: {val_fraction: 0.2, gate_fraction: 0.4, salt: markers}
 score: {context: 1}
-gate: {bootstrap: 200}
+gate: {bootstrap: 200, permutations: 200, min_patients: 8, min_positive_patients: 1}  # ~12 gate patients
 """
 
 

@@ -1,5 +1,6 @@
 """`hemo ablate` on tiny data: every variant trained by the pipeline's own code, scored on the
-gate patients with paired bootstrap intervals, a table and a figure in MLflow."""
+val patients (selection never looks at the gate role) with paired bootstrap intervals, a table and
+a figure in MLflow."""
 
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ def test_ablate_runs_every_variant_and_reports_intervals(workdir: Path, capsys: 
     reference = rows["reference"]
     assert float(reference["diff"]) == float(reference["diff_low"]) == float(reference["diff_high"]) == 0.0
     assert Path("reports/ablate/ablation.png").stat().st_size > 1000
-    assert "| context bigru |" in Path("reports/ablate/ablation.md").read_text()
+    table = Path("reports/ablate/ablation.md").read_text()
+    assert "| context bigru |" in table
+    from hemo_pipeline.services.patient_roles import load_roles
+    from hemo_pipeline.services.settings import load_settings
+
+    roles = load_roles(Path("data"), load_settings(Path("params.yaml")).split)
+    assert roles["val"] != roles["gate"]
+    assert f"Val patients (selection never looks at the gate role): {len(roles['val'])};" in table
+    assert f"scored on {len(roles['val'])} val patients" in capsys.readouterr().out
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["hemorrhage-classifier"], output_format="list")
