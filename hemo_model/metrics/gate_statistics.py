@@ -591,8 +591,8 @@ class GatePolicy:
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule's outcome, as the gate reports it (same fields as hemo_pipeline.steps.gate.RuleOutcome plus
-    ``waived``: passed only because a person signed off)."""
+    """One rule's outcome, as the gate reports it in gate.json (``waived``: passed only because a
+    person signed off)."""
 
     name: str
     passed: bool

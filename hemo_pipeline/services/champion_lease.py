@@ -24,10 +24,15 @@ lease turns that into "one writer at a time" using the only atomic primitive the
 * **Release** (in ``finally``): delete the lease only if its token tag is still ours.
 
 Limits, said plainly: MLflow offers no conditional rename/delete, so breaking and releasing are
-check-then-act on a lease that has *expired*; they can only hit a live holder if that holder ran
-past its TTL (default 300 s for a few HTTP calls) or the clocks of two machines differ by more
-than the TTL. That is why :func:`hemo_pipeline.services.registry.move_champion` also re-reads
-``@champion`` after writing. The MLflow **file store** (``./mlruns``, a path as tracking URI) is
+check-then-act. Besides a holder that ran past its TTL (default 300 s for a few HTTP calls) or
+clocks that differ by more than the TTL, a breaker whose rename arrives late (it read the stale
+lease, another breaker meanwhile removed it and took a fresh one) renames a *live* lease away; it
+renames it straight back, but in that window a third writer can take the name. So
+:func:`hemo_pipeline.services.registry.move_champion` checks that its lease is still the one under
+the name just before it writes and before it records, and re-reads ``@champion`` after writing:
+the remaining window is one HTTP call wide, after a stale lease, under load. Generation-numbered
+leases (break by creating the next generation, never by renaming) would close it; not done yet.
+The MLflow **file store** (``./mlruns``, a path as tracking URI) is
 not atomic: its ``create_registered_model`` checks that the folder is absent and then creates it
 (``os.makedirs(..., exist_ok=True)``), so two processes can both "create" the lease there. This
 project uses the SQLAlchemy store (embedded ``sqlite:///mlflow.db`` or the stack's PostgreSQL
@@ -165,8 +170,10 @@ def _try_create(client: Any, holder: str, ttl_s: float) -> Lease | None:
             current = read(client, ttl_s=ttl_s)  # a retried request whose first try did commit
             return lease if current is not None and current.token == lease.token else None
         if _code(exc) in ("RESOURCE_DOES_NOT_EXIST", *_RETRYABLE):
-            # The SQL store reads the existing model to word its error; released meanwhile.
-            return None
+            # The SQL store reads the existing model to word its error (released meanwhile), or the
+            # request failed after committing: ours if the lease carries our token.
+            current = read(client, ttl_s=ttl_s)
+            return lease if current is not None and current.token == lease.token else None
         raise
 
 

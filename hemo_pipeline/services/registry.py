@@ -49,6 +49,7 @@ from hemo_model.model.storage import (
 )
 from hemo_pipeline.services import tracking
 from hemo_pipeline.services.champion_lease import champion_lease, default_holder
+from hemo_pipeline.services.champion_lease import holds as champion_lease_holds
 from hemo_pipeline.services.errors import TransientError, UserError
 
 MODEL_NAME = "hemorrhage-classifier"
@@ -369,11 +370,13 @@ def move_champion(version: str, expected: str | None, how: str, reason: str) -> 
     Raises :class:`AliasMoved` if the champion changed since the caller read it (nothing is
     changed), :class:`LeaseBypassed` if ``@champion`` is not ``version`` right after our write
     (someone wrote it without the lease), and LeaseBusy if the lease stayed taken."""
-    with champion_lease(default_holder(f"{how} v{version}")):
+    with champion_lease(default_holder(f"{how} v{version}")) as lease:
         current = alias_version(CHAMPION)
+        _reconcile_history(CHAMPION, current)
         if current != expected:
             raise AliasMoved(f"@{CHAMPION} moved from {_v(expected)} to {_v(current)} while this step ran; nothing "
                              "was changed: run the gate again to compare against the new champion")
+        _still_held(lease, version)
         mlflow_client = client()
         if current is not None and current != version:
             mlflow_client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
@@ -386,8 +389,29 @@ def move_champion(version: str, expected: str | None, how: str, reason: str) -> 
             raise LeaseBypassed(f"@{CHAMPION} is {_v(after)} right after this step set it to v{version}: something "
                                 "moved it without the promotion lease (an older hemo release, or a hand edit in "
                                 "the MLflow UI); check the alias history and promote again with `hemo promote`")
+        _still_held(lease, version)
         _append_history(CHAMPION, version, current, how, reason)
     return current
+
+
+def _still_held(lease: Any, version: str) -> None:
+    """Check just before writing that nobody broke our lease (a breaker that read it as stale
+    too late): narrows the window the lease's check-then-act break leaves to one HTTP call."""
+    if not champion_lease_holds(lease):
+        raise LeaseBypassed(f"the promotion lease was taken from this step before it wrote @{CHAMPION} v{version}: "
+                            "another writer broke it; run the step again (it compares with the champion then)")
+
+
+def _reconcile_history(alias: str, current: str | None) -> None:
+    """Under the lease: if ``alias`` points elsewhere than its last history entry says (a writer
+    died between moving it and recording it, or an older release moved it), record what is, so
+    the history stays one chain."""
+    last = next((h for h in reversed(alias_history()) if h.get("alias") == alias), None)
+    recorded = None if last is None else last.get("version")
+    if current is not None and str(current) != str(recorded):
+        _append_history(alias, current, recorded, "reconciled",
+                        f"@{alias} was v{current} without a history entry (a writer stopped between moving it and "
+                        "recording it, or it was moved outside hemo)")
 
 
 def move_reference(version: str, reason: str) -> str | None:

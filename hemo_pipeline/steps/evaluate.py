@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         version = None
         if not args.no_register and seen:  # without provenance, registering was refused above
             spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
-            version = registry.log_and_register(loaded.module, spec, seen, metrics)
+            # the thresholds were just tuned on this run's val patients: the version has seen them too
+            tuned = sorted(set(seen.get("val_patients", [])) | {p.dirname for p in roles["val"]})
+            version = registry.log_and_register(loaded.module, spec, {**seen, "val_patients": tuned}, metrics)
             mlflow.set_tag("hemo.registered_version", version)
         run_id = run.info.run_id
 

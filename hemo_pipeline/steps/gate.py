@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     reference = registry.alias_version(registry.REFERENCE)
     if champion is not None and champion == challenger:
         return already_champion(args, challenger)
+    if promoted_earlier(challenger):
+        return already_champion(args, challenger, replaced_by=champion)
 
     roles = load_roles(data_root(args, settings), settings.split, need=("gate",))
     patients = roles["gate"]
@@ -187,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     require_gate_size(trivial, policy, challenger)
     gate_ids = {p.dirname for p in patients}
     versions = {"challenger": challenger} | ({"champion": champion} if champion else {}) | (
-        {"reference": reference} if reference and reference != challenger else {})
+        {"reference": reference} if reference else {})
     fairness = {role: check_fair(v, gate_ids, role) for role, v in versions.items()}
 
     device = resolve_device(args.device)
@@ -258,30 +260,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def already_champion(args: argparse.Namespace, challenger: str) -> int:
-    """The challenger is @champion already. After a gate that moved the alias and then failed
-    (a lost connection while tagging, say), its retry lands here: it recognises its own earlier
-    promotion (``champion.how = gate`` on the version) and reports it, so the run goes on to score
-    with it; it never tags the champion `rejected`. A champion set otherwise (by hand, a rollback)
-    is reported as not promoted by this gate, tags untouched."""
+def promoted_earlier(challenger: str) -> bool:
+    """Whether a gate already promoted ``challenger`` (the alias history records it): then a retry
+    of that gate must not judge it again against whoever replaced it since, nor tag it `rejected`."""
+    return any(e.get("alias") == registry.CHAMPION and str(e.get("version")) == challenger and e.get("how") == "gate"
+               for e in registry.alias_history())
+
+
+def already_champion(args: argparse.Namespace, challenger: str, replaced_by: str | None = None) -> int:
+    """The challenger is, or was, @champion already. After a gate that moved the alias and then
+    failed (a lost connection while tagging, say), its retry lands here: it recognises its own
+    earlier promotion (``champion.how = gate`` on the version) and reports it, so the run goes on
+    to score with it; it never tags the version `rejected`. If another promotion replaced it since
+    (``replaced_by``), that is reported and nothing is tagged. A champion set otherwise (by hand,
+    a rollback) is reported as not promoted by this gate, tags untouched. Writes the same outputs
+    as a judged gate (gate.json, gate_report.md, reports/gate/), so `dvc repro` finds them all."""
     registry.load_version(challenger)  # its files are checked as for any gate: a tampered champion is refused (exit 2)
     tags = registry.require_version(challenger).tags or {}
     earlier_gate = tags.get("champion.how") == "gate"
     replaced = tags.get("champion.replaced")
     before = None if replaced in (None, "none") else replaced
-    if earlier_gate:
+    if replaced_by is not None:
+        reason = (f"challenger v{challenger} was promoted by an earlier gate at {tags.get('champion.at', '?')} and "
+                  f"has been replaced since (@champion is {_v(replaced_by)}); the gate did not judge it again")
+        promoted, before, after = False, replaced_by, replaced_by
+    elif earlier_gate:
         reason = (f"challenger v{challenger} is already @champion: an earlier gate promoted it at "
                   f"{tags.get('champion.at', '?')} ({tags.get('champion.reason', '')}); this try changes nothing")
+        promoted, after = True, challenger
     else:
         reason = (f"challenger v{challenger} is already @champion ({tags.get('champion.how', 'set')} by "
                   f"{tags.get('champion.by', '?')}); the gate did not judge it")
-    decision = {"promoted": earlier_gate, "reason": reason, "challenger_version": challenger,
-                "champion_version_before": before if earlier_gate else challenger,
-                "champion_version_after": challenger, "rules": [], "recognised_earlier_promotion": earlier_gate,
-                "alias_history": registry.alias_history()}
-    if earlier_gate and tags.get("gate.decision") != "promoted":
+        promoted, before, after = False, challenger, challenger
+    entries = registry.alias_history()
+    decision: dict[str, Any] = {
+        "promoted": promoted, "reason": reason, "challenger_version": challenger, "champion_version_before": before,
+        "champion_version_after": after, "rules": [], "recognised_earlier_promotion": earlier_gate,
+        "alias_history": entries}
+    if promoted and tags.get("gate.decision") != "promoted":
         registry.tag_version(challenger, {"gate.decision": "promoted", "gate.reason": reason[:5000]})
+    history = "\n".join(f"| {h.get('seq')} | @{h.get('alias')} | v{h.get('version')} | {_v(h.get('previous'))} | "
+                         f"{h.get('how')} | {h.get('by')} | {h.get('at')} |" for h in entries[-20:])
     write_json_atomic(args.reports / "gate.json", decision)
+    write_text_atomic(args.reports / "gate_report.md", (
+        f"# Gate report: hemorrhage-classifier v{challenger}\n\n**Decision: "
+        f"{'PROMOTED to @champion' if promoted else 'not promoted'}** - {reason}\n\n## Alias history (latest 20)\n\n"
+        "| # | alias | version | replaced | how | by | at |\n|---|---|---|---|---|---|---|\n" + history + "\n"))
+    (args.reports / "gate").mkdir(parents=True, exist_ok=True)
     _finish(decision)
     return 0
 

@@ -120,3 +120,15 @@ def test_only_move_reference_sets_the_reference_alias() -> None:
     assert all(alias in ("CHAMPION", "PREVIOUS", "CHALLENGER") for function, alias in calls
                if function != "move_reference"), calls
     assert {function for function, alias in calls if alias in ("CHAMPION", "PREVIOUS")} == {"move_champion"}
+
+
+def test_a_move_the_history_missed_is_reconciled_before_the_next(store: Path) -> None:
+    """A writer that died between moving @champion and recording it leaves a gap: the next writer
+    records what it finds first, so the history stays one chain."""
+    v1, v2 = _versions(2)
+    registry.client().set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, v1)  # moved, not recorded
+    assert main(["promote", "--version", v2, "--reason", "next"]) == 0
+    history = registry.alias_history()
+    assert [(e["alias"], e["version"], e["previous"], e["how"]) for e in history] == [
+        ("champion", v1, None, "reconciled"), ("champion", v2, v1, "manual")]
+    assert _no_lease_left()

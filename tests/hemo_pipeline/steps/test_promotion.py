@@ -229,16 +229,23 @@ def test_a_retried_gate_recognises_its_own_promotion(project: Path) -> None:
     version = register(MarkerNet((READ,) * 5))
     assert gate(version)[1]["promoted"] is True
     mlflow.MlflowClient().delete_model_version_tag(registry.MODEL_NAME, version, "gate.decision")  # the lost write
+    Path("reports/gate_report.md").unlink()
     code, decision = gate(version)
     assert code == 0 and decision["promoted"] is True and decision["recognised_earlier_promotion"] is True
     assert decision["champion_version_after"] == version
     assert registry.require_version(version).tags["gate.decision"] == "promoted"
+    assert "an earlier gate promoted it" in Path("reports/gate_report.md").read_text()  # every output dvc expects
+    assert Path("reports/gate").is_dir()
 
     by_hand = register(MarkerNet((READ, READ, READ, POS, READ)))
     assert main(["promote", "--version", by_hand, "--reason", "hotfix"]) == 0
     code, decision = gate(by_hand)
     assert code == 0 and decision["promoted"] is False and "did not judge" in decision["reason"]
     assert "gate.decision" not in registry.require_version(by_hand).tags
+    code, decision = gate(version)  # the first gate retried again, after the manual promotion replaced it
+    assert code == 0 and decision["promoted"] is False and "replaced since" in decision["reason"]
+    assert decision["champion_version_after"] == by_hand and registry.alias_version(registry.CHAMPION) == by_hand
+    assert registry.require_version(version).tags["gate.decision"] == "promoted"  # never turned into `rejected`
 
 
 def test_noninferiority_without_a_reference_is_refused(project: Path) -> None:
