@@ -299,13 +299,11 @@ def already_champion(args: argparse.Namespace, challenger: str, replaced_by: str
         "alias_history": entries}
     if promoted and tags.get("gate.decision") != "promoted":
         registry.tag_version(challenger, {"gate.decision": "promoted", "gate.reason": reason[:5000]})
-    history = "\n".join(f"| {h.get('seq')} | @{h.get('alias')} | v{h.get('version')} | {_v(h.get('previous'))} | "
-                         f"{h.get('how')} | {h.get('by')} | {h.get('at')} |" for h in entries[-20:])
     write_json_atomic(args.reports / "gate.json", decision)
-    write_text_atomic(args.reports / "gate_report.md", (
-        f"# Gate report: hemorrhage-classifier v{challenger}\n\n**Decision: "
-        f"{'PROMOTED to @champion' if promoted else 'not promoted'}** - {reason}\n\n## Alias history (latest 20)\n\n"
-        "| # | alias | version | replaced | how | by | at |\n|---|---|---|---|---|---|---|\n" + history + "\n"))
+    verdict = "PROMOTED to @champion" if promoted else "not promoted"
+    write_text_atomic(args.reports / "gate_report.md", "\n".join([
+        f"# Gate report: hemorrhage-classifier v{challenger}", "", f"**Decision: {verdict}** - {reason}", "",
+        *history_table(entries)]) + "\n")
     (args.reports / "gate").mkdir(parents=True, exist_ok=True)
     _finish(decision)
     return 0
@@ -387,14 +385,17 @@ def gate_report(decision: dict[str, Any], versions: dict[str, str]) -> str:
                  else f"tuned on {info['val_patients']} val patients (sha256 {info['val_patients_sha256']})")
         lines.append(f"- {role} v{versions[role]}: trained on {info['train_patients']} patients (patient-list sha256 "
                      f"{info['train_patients_sha256']}), {tuned}; none of them a gate patient")
-    history = decision.get("alias_history") or []
-    lines += ["", "## Alias history (latest 20)", ""]
-    lines += ["| # | alias | version | replaced | how | by | at | run |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {h.get('seq')} | @{h.get('alias')} | v{h.get('version')} | {_v(h.get('previous'))} | {h.get('how')} | "
-              f"{h.get('by')} | {h.get('at')} | {h.get('run_id') or ''} |" for h in history[-20:]]
-    if not history:
-        lines.append("| - | | | | | | | |")
+    lines += ["", *history_table(decision.get("alias_history") or [])]
     return "\n".join(lines) + "\n"
+
+
+def history_table(entries: list[dict[str, Any]]) -> list[str]:
+    """The latest 20 alias moves as a Markdown section (both report kinds end with it)."""
+    lines = ["## Alias history (latest 20)", "", "| # | alias | version | replaced | how | by | at | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {h.get('seq')} | @{h.get('alias')} | v{h.get('version')} | {_v(h.get('previous'))} | {h.get('how')} | "
+              f"{h.get('by')} | {h.get('at')} | {h.get('run_id') or ''} |" for h in entries[-20:]]
+    return lines if entries else [*lines, "| - | | | | | | | |"]
 
 
 def _v(version: object) -> str:
