@@ -203,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     result = gs.decide(counts["challenger"], trivial, counts.get("champion"), counts.get("reference"), policy,
                        decision_number=number)
     summaries = {role: summarise(c, policy) for role, c in counts.items()}
-    against = result.figures.get("champion") if champion else None
-    gain_interval = None if not isinstance(against, dict) else against.get("gain_interval_bca")
+    champion_figures = result.figures.get("champion") if champion else None
+    against: dict[str, Any] = champion_figures if isinstance(champion_figures, dict) else {}
 
     decision: dict[str, Any] = {
         "promoted": result.promote, "reason": result.reason, "challenger_version": challenger,
@@ -214,8 +214,7 @@ def run(args: argparse.Namespace) -> int:
         "challenger_micro_f2_interval": summaries["challenger"]["micro_f2_interval"],
         "champion_micro_f2": summaries["champion"]["micro_f2"] if champion else None,
         "all_positive_micro_f2": float(gs.micro_f2(trivial)),
-        "gain": against.get("gain") if isinstance(against, dict) else None, "gain_interval": gain_interval,
-        "p_value": against.get("p_value") if isinstance(against, dict) else None,
+        "gain": against.get("gain"), "gain_interval": against.get("gain_interval_bca"), "p_value": against.get("p_value"),
         "rules": [asdict(r) for r in result.rules], "figures": result.figures, "models": summaries,
         "gate_patients": len(patients), "gate_slices": int(sum(len(p) for p in patients)),
         "positive_patients": result.figures.get("positive_patients"), "gate_set_sha256": digest,
