@@ -36,8 +36,9 @@ def hu_volume(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
 def series_datasets(hu: np.ndarray, *, name: str, storage: Storage = Storage(), spacing: float = 2.5,
                     z0: float = -30.0, positions: Sequence[float] | None = None, study: str | None = None,
                     orientation: Sequence[float] = (1, 0, 0, 0, 1, 0), modality: str = "CT",
-                    instance_numbers: Sequence[int] | None = None) -> list:
-    """One series: slice k of ``hu`` at position ``positions[k]`` (default z0 + k * spacing)."""
+                    instance_numbers: Sequence[int] | None = None, patient_id: str | None = None) -> list:
+    """One series: slice k of ``hu`` at position ``positions[k]`` (default z0 + k * spacing), of the
+    patient ``patient_id`` (default PHI's; "" for none)."""
     study = study or uid(name, "study")
     zs = list(positions) if positions is not None else [z0 + k * spacing for k in range(len(hu))]
     normal = np.cross(orientation[:3], orientation[3:])
@@ -47,7 +48,8 @@ def series_datasets(hu: np.ndarray, *, name: str, storage: Storage = Storage(), 
         datasets.append(ct_slice(hu[k], study_uid=study, series_uid=uid(name, "series"), sop_uid=uid(name, "sop", k),
                                  z=z, position=position, orientation=orientation, instance=(
                                      instance_numbers[k] if instance_numbers is not None else k + 1),
-                                 phi=PHI, storage=storage, modality=modality))
+                                 phi=PHI if patient_id is None else {**PHI, "PatientID": patient_id},
+                                 storage=storage, modality=modality))
     return datasets
 
 

@@ -25,7 +25,9 @@ pipeline trains on, deciding only from the headers what is a usable slice:
   :func:`hemo_model.data.synth.window` (the one the phantom's JPEGs were written with).
 
 The pipeline's own folders never see a header value: the caller names series by a salted hash
-(:func:`series_key`) and keeps UIDs only in a mapping file the user asks for.
+(:func:`series_key`), keys their patient by another (PatientID,
+:func:`hemo_model.data.series_index.patient_key`) and keeps UIDs only in a mapping file the user
+asks for.
 """
 
 from __future__ import annotations
@@ -71,10 +73,12 @@ UNDECODABLE = "undecodable_pixels"
 without an installed decoder): dropping the slice would leave a gap."""
 
 SERIES_ISSUES = ("too_few_slices", "too_many_slices", "gap", "inconsistent_spacing", "mixed_sizes",
-                 "mixed_orientation")
-"""What can be wrong with a whole series; ``mixed_orientation`` is always rejected (no order exists)."""
+                 "mixed_orientation", "mixed_patient")
+"""What can be wrong with a whole series; ``mixed_orientation`` (no order exists) and
+``mixed_patient`` (files of two PatientIDs under one SeriesInstanceUID: no patient to assign it
+to) are always rejected."""
 
-ALWAYS_REJECTED = ("mixed_orientation",)
+ALWAYS_REJECTED = ("mixed_orientation", "mixed_patient")
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _AXIAL_MIN_COS = 0.7071
@@ -99,6 +103,8 @@ class SliceHeader:
     columns: int
     burned_in: bool = False
     """BurnedInAnnotation says the pixels may show identifying text (anything but NO)."""
+    patient_id: str = field(default="", repr=False)
+    """PatientID, kept in memory only to key the patient (hashed with the salt); never written."""
 
     @property
     def normal(self) -> np.ndarray:
@@ -133,6 +139,8 @@ class Series:
     issues: list[str] = field(default_factory=list)
     burned_in: bool = False
     """A file of the series declares burned-in annotation: its pixels may show PHI."""
+    patient_id: str = field(default="", repr=False)
+    """The series' PatientID ("" when absent), for the patient key; never written."""
 
 
 @contextlib.contextmanager
@@ -266,6 +274,7 @@ def _classify(path: Path, ds: object, pixel_length: int | None, max_pixels: int,
         rows=int(get("Rows", 0)),
         columns=int(get("Columns", 0)),
         burned_in=burned_in,
+        patient_id=str(get("PatientID", "") or "").strip(),
     )
     if not header.series_uid or not header.sop_uid or not header.rows or not header.columns:
         return "no_geometry"
@@ -329,7 +338,10 @@ def order_series(uid: str, members: Sequence[SliceHeader], min_slices: int, max_
         kept.append((z, header))
     series = Series(uid=uid, study_uid=members[0].study_uid, slices=[h for _, h in kept],
                     positions=[z for z, _ in kept], duplicates_dropped=len(members) - len(kept), issues=issues,
-                    burned_in=any(m.burned_in for m in members))  # a dropped duplicate's flag counts too
+                    burned_in=any(m.burned_in for m in members),  # a dropped duplicate's flag counts too
+                    patient_id=members[0].patient_id)
+    if len({m.patient_id for m in members}) > 1:  # one series, two people: a merge error upstream
+        issues.append("mixed_patient")
     n = len(series.slices)
     if n < min_slices:
         issues.append("too_few_slices")

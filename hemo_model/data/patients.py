@@ -1,9 +1,11 @@
 """Patient sequences over the DLCV layout, and the patients of each role.
 
-A patient is one scan: its slice files in scan order and, for labelled data, one row of five
-labels per slice. Patients are grouped by role (train/val/gate, :mod:`hemo_model.data.roles`),
-never split by slice: neighbouring slices of one scan are nearly identical, so a slice split
-would leak. Plain Python and numpy: tools that only list or split patients need no torch.
+A "patient" here is one scan (one series folder): its slice files in scan order and, for
+labelled data, one row of five labels per slice. Scans are grouped by role (train/val/gate,
+:mod:`hemo_model.data.roles`) by the key of the person they belong to (``series.csv``,
+:mod:`hemo_model.data.series_index`; a folder without a row is its own person), never split by
+slice: neighbouring slices of one scan are nearly identical, and two scans of one person are
+alike, so either split would leak. Plain Python and numpy: tools that only list or split patients need no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hemo_model.data.layout import (
     read_label_rows,
 )
 from hemo_model.data.roles import ROLES, RoleSpec, role_of
+from hemo_model.data.series_index import SeriesRecord, read_series_index
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,15 @@ class PatientSequence:
     dirname: str
     paths: tuple[Path, ...]
     labels: np.ndarray | None = None
+    patient: str | None = None
+    """The key of the person this scan belongs to (``series.csv``); None: the folder is its own."""
+    pixels_sha256: str | None = None
+    """Fingerprint of the scan's pixels (``series.csv``), when the import recorded one."""
+
+    @property
+    def patient_key(self) -> str:
+        """Who this scan belongs to: roles, leak checks and the bootstrap go by this, not the folder."""
+        return self.patient or self.dirname
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,14 +73,21 @@ def load_folder(folder: Path, data_root: Path | None = None) -> list[PatientSequ
     listing = list_split(folder.parent, folder.name)
     if not listing:
         raise DataError(f"{folder} holds no patient folders with images; check the path (--data)")
+    index = read_series_index(data_root if data_root is not None else folder.parent)
     patients = []
     for dirname, names in listing.items():
         inside(folder, dirname)  # a plain name (no newline, no '..') that stays inside, before it is printed
         ordered = sorted((parsed.k, n) for n in names if (parsed := parse_slice_name(n)) is not None)
         if not ordered:
             raise DataError(f"{folder / dirname} holds no <hash>_<k>.jpg slices")
-        patients.append(PatientSequence(dirname, tuple(inside(folder, dirname, n) for _, n in ordered)))
+        patient, pixels = _identity(index.get(dirname))
+        patients.append(PatientSequence(dirname, tuple(inside(folder, dirname, n) for _, n in ordered),
+                                        patient=patient, pixels_sha256=pixels))
     return patients
+
+
+def _identity(record: SeriesRecord | None) -> tuple[str | None, str | None]:
+    return (None, None) if record is None else (record.patient, record.pixels_sha256)
 
 
 def _load_labelled(root: Path) -> list[PatientSequence]:
@@ -90,6 +109,7 @@ def _load_labelled(root: Path) -> list[PatientSequence]:
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} row {line}: labels must be 0/1 ({exc}); run `hemo validate`") from exc
         rows.setdefault(values["dirname"], []).append((parsed.k, values["ID"], labels))
+    index = read_series_index(root)
     patients = []
     for dirname in sorted(rows):
         ordered = sorted(rows[dirname])
@@ -101,16 +121,18 @@ def _load_labelled(root: Path) -> list[PatientSequence]:
         if missing:
             raise DataError(f"{missing[0]} is listed in {path} but missing ({len(missing)} missing in {dirname}); "
                             "restore the images (dvc pull) or run `hemo validate`")
-        patients.append(PatientSequence(dirname, paths, np.array([lab for *_, lab in ordered], dtype=np.float32)))
+        patient, pixels = _identity(index.get(dirname))
+        patients.append(PatientSequence(dirname, paths, np.array([lab for *_, lab in ordered], dtype=np.float32),
+                                        patient=patient, pixels_sha256=pixels))
     if not patients:
         raise DataError(f"{path} has no rows")
     return patients
 
 
 def patients_by_role(patients: Sequence[PatientSequence], spec: RoleSpec) -> dict[str, list[PatientSequence]]:
-    """Labelled patients grouped by their stable role (see :mod:`hemo_model.data.roles`), each list
-    sorted by patient folder name."""
+    """Labelled scans grouped by the stable role of their person (see :mod:`hemo_model.data.roles`):
+    every scan of one patient key lands in the same role. Each list is sorted by folder name."""
     grouped: dict[str, list[PatientSequence]] = {role: [] for role in ROLES}
     for patient in sorted(patients, key=lambda p: p.dirname):
-        grouped[role_of(patient.dirname, spec)].append(patient)
+        grouped[role_of(patient.patient_key, spec)].append(patient)
     return grouped

@@ -35,8 +35,12 @@ SUBMISSION_TYPES: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventr
                                      "any")
 """The six types of an RSNA submission, in RSNA's order."""
 
-MAPPING_COLUMNS: tuple[str, ...] = ("dirname", "ID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-"""Header of the local mapping file from pipeline names back to DICOM UIDs (written only on request)."""
+MAPPING_COLUMNS: tuple[str, ...] = ("dirname", "ID", "patient", "StudyInstanceUID", "SeriesInstanceUID",
+                                    "SOPInstanceUID")
+"""Header of the local mapping file from pipeline names back to DICOM UIDs (written only on
+request): ``patient`` is the patient key of series.csv (no PatientID is written anywhere)."""
+LEGACY_MAPPING_COLUMNS: tuple[str, ...] = ("dirname", "ID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+"""The header of earlier releases (no patient key); still read, rewritten with an empty key."""
 
 
 def instance_key(sop_uid: str) -> str:
@@ -123,10 +127,10 @@ def read_mapping(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != MAPPING_COLUMNS:
+            if tuple(reader.fieldnames or ()) not in (MAPPING_COLUMNS, LEGACY_MAPPING_COLUMNS):
                 raise DataError(f"{path}: not a mapping file of `hemo import-dicom --mapping` (header must be "
                                 f"{','.join(MAPPING_COLUMNS)})")
-            return {(row["dirname"], row["ID"]): row for row in reader}
+            return {(row["dirname"], row["ID"]): {"patient": "", **row} for row in reader}
     except OSError as exc:
         raise DataError(f"mapping file {path} cannot be read ({exc.strerror}); pass the file written by "
                         "`hemo import-dicom --mapping`") from exc

@@ -137,11 +137,13 @@ def _uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
-def patient_series(seed: int, split: str, index: int, image_size: int) -> tuple[list[object], list[dict[str, int]]]:
-    """The datasets of one patient (axial slices in z order, then a localizer) and each axial
-    slice's labels."""
+def patient_series(seed: int, split: str, index: int, image_size: int,
+                   person: int | None = None) -> tuple[list[object], list[dict[str, int]]]:
+    """The datasets of one scan (axial slices in z order, then a localizer) and each axial slice's
+    labels. ``person`` (default ``index``) chooses the fake patient: two scans with the same
+    ``person`` are one patient's first and follow-up study."""
     patient = sample_patient(seed, split, index)
-    phi = fake_phi(seed, split, index)
+    phi = fake_phi(seed, split, index if person is None else person)
     study, series, frame = (_uid(seed, split, index, what) for what in ("study", "series", "frame"))
     storage = UNSIGNED_12 if index % 2 == 0 else SIGNED_16
     spacing = FIELD_OF_VIEW_MM / image_size
@@ -174,16 +176,21 @@ def rsna_label_rows(datasets: Sequence[object], labels: Sequence[dict[str, int]]
 
 
 def write_dicom_split(out: Path, split: str, n_patients: int, image_size: int, seed: int,
-                      shuffle_names: bool = False) -> tuple[int, list[tuple[str, int]]]:
+                      shuffle_names: bool = False, followups: int = 0) -> tuple[int, list[tuple[str, int]]]:
     """Write ``n_patients`` studies under ``out/<split>/``; return (slices written, RSNA label rows).
 
     Names: ``<PatientID>/CT<series number>/IM<instance>.dcm`` as PACS exports do (identifying
     folder names included), or with ``shuffle_names`` 16 hex characters, no extension, all in one
-    folder, with InstanceNumber shuffled too."""
+    folder, with InstanceNumber shuffled too. The last ``followups`` studies are follow-up scans
+    of the first ones' patients (same PatientID, another study and series)."""
+    if not 0 <= followups <= n_patients // 2:
+        raise ValueError(f"followups must be in 0..{n_patients // 2} for {n_patients} studies")
     rng = np.random.default_rng([seed, SPLIT_IDS[split], 99])
     slices, label_rows = 0, []
+    first_scans = n_patients - followups
     for index in range(n_patients):
-        datasets, labels = patient_series(seed, split, index, image_size)
+        person = index if index < first_scans else index - first_scans
+        datasets, labels = patient_series(seed, split, index, image_size, person)
         label_rows.extend(rsna_label_rows(datasets[:-1], labels))
         if shuffle_names:
             numbers = rng.permutation(len(datasets) - 1) + 1
@@ -193,7 +200,9 @@ def write_dicom_split(out: Path, split: str, n_patients: int, image_size: int, s
             if shuffle_names:
                 path = out / split / f"{int(rng.integers(2**63)):016x}"
             else:
-                path = out / split / str(ds.PatientID) / f"CT{ds.SeriesNumber}" / f"IM{ds.InstanceNumber:04d}.dcm"  # type: ignore[attr-defined]
+                folder = out / split / str(ds.PatientID)  # type: ignore[attr-defined]
+                folder = folder / f"followup{index}" if person != index else folder  # the patient's second study
+                path = folder / f"CT{ds.SeriesNumber}" / f"IM{ds.InstanceNumber:04d}.dcm"  # type: ignore[attr-defined]
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)  # type: ignore[attr-defined]
         slices += len(datasets) - 1
@@ -208,10 +217,11 @@ def write_rsna_labels(path: Path, rows: Sequence[tuple[str, int]]) -> None:
 
 
 def generate_dicom_dataset(out: Path, train_patients: int, test_patients: int, image_size: int = 512, seed: int = 0,
-                           shuffle_names: bool = False) -> dict[str, int]:
-    """``out/train/``, ``out/test/`` as DICOM and ``out/train_labels.csv`` (RSNA style)."""
+                           shuffle_names: bool = False, followups: int = 0) -> dict[str, int]:
+    """``out/train/``, ``out/test/`` as DICOM and ``out/train_labels.csv`` (RSNA style); the last
+    ``followups`` of the ``train_patients`` studies are follow-up scans of earlier patients."""
     out.mkdir(parents=True, exist_ok=True)
-    train_slices, rows = write_dicom_split(out, "train", train_patients, image_size, seed, shuffle_names)
+    train_slices, rows = write_dicom_split(out, "train", train_patients, image_size, seed, shuffle_names, followups)
     write_rsna_labels(out / LABELS_NAME, rows)
     test_slices, _ = write_dicom_split(out, "test", test_patients, image_size, seed, shuffle_names)
     return {"train_slices": train_slices, "test_slices": test_slices}

@@ -31,6 +31,22 @@ def patient_counts(labels: Sequence[np.ndarray], predictions: Sequence[np.ndarra
     return np.stack(rows).astype(np.float64) if rows else np.zeros((0, len(CLASSES), 3))
 
 
+def counts_by_patient(counts: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    """Per-scan counts ``(scans, classes, 3)`` summed per patient key, rows in sorted key order.
+
+    Two scans of one person (a follow-up, a second reconstruction) are not independent: a
+    bootstrap that draws them separately understates the spread. Summed here, they are drawn (and
+    permuted, and counted as one "exam" for exam-level sensitivity) together. With one scan per
+    key and keys already sorted, the result equals ``counts``."""
+    if len(keys) != counts.shape[0]:
+        raise ValueError(f"{len(keys)} keys for {counts.shape[0]} rows of counts")
+    order = sorted(set(keys))
+    row = {key: i for i, key in enumerate(order)}
+    grouped = np.zeros((len(order), *counts.shape[1:]), dtype=counts.dtype)
+    np.add.at(grouped, [row[k] for k in keys], counts)
+    return grouped
+
+
 def f2_from_counts(counts: np.ndarray) -> np.ndarray:
     """F2 = 5 tp / (5 tp + 4 fn + fp) over the last axis [tp, fp, fn]; 0 where undefined
     (sklearn's zero_division=0)."""

@@ -7,6 +7,7 @@ settings, which is what makes the gate's challenger-vs-champion comparison fair.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,24 +44,36 @@ def load_roles(root: Path, split: SplitSettings, need: tuple[str, ...] = ("train
 
 
 def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a model trained on the ``train`` role has seen: the split, the patient list, and the
-    ``val`` patients that chose its epoch and tune its thresholds (with ``earlier``'s patients when
-    it continues another model, e.g. refinement). The gate refuses a comparison on patients in either
-    list: a model tuned on a gate patient has seen it as surely as one trained on it."""
+    """What a model trained on the ``train`` role has seen: the split, the patients (their keys,
+    :attr:`PatientSequence.patient_key`), the ``val`` patients that chose its epoch and tune its
+    thresholds, and the pixel fingerprints of the scans of both (where the import recorded them), with
+    ``earlier``'s when it continues another model (e.g. refinement). The gate refuses a comparison on
+    a patient in either list, or on a scan whose pixels are in either, whatever its folder is called
+    now: a model tuned on a gate patient has seen it as surely as one trained on it."""
     earlier = earlier or {}
-    seen = {p.dirname for p in roles["train"]} | set(earlier.get("train_patients", []))
-    tuned = {p.dirname for p in roles.get("val", [])} | set(earlier.get("val_patients", []))
+    seen = {p.patient_key for p in roles["train"]} | set(earlier.get("train_patients", []))
+    tuned = {p.patient_key for p in roles.get("val", [])} | set(earlier.get("val_patients", []))
+    seen_pixels = {p.pixels_sha256 for p in roles["train"] if p.pixels_sha256} | set(earlier.get("train_series", []))
+    tuned_pixels = ({p.pixels_sha256 for p in roles.get("val", []) if p.pixels_sha256}
+                    | set(earlier.get("val_series", [])))
     return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen),
-            "val_patients": sorted(tuned), "val_patients_sha256": patients_digest(tuned)}
+            "val_patients": sorted(tuned), "val_patients_sha256": patients_digest(tuned),
+            "train_series": sorted(seen_pixels), "val_series": sorted(tuned_pixels)}
 
 
-def assignment(dirnames: list[str], split: SplitSettings) -> dict[str, Any]:
-    roles = assign_roles(dirnames, role_spec(split))
-    return {"split": asdict(split), "counts": role_counts(roles), "roles": roles}
+def assignment(dirnames: list[str], split: SplitSettings, patients: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Each series folder's role, decided by its patient's key (``patients``: {dirname: key};
+    a folder not in it is its own patient). Counts of folders per role, and of patients."""
+    keys = {d: (patients or {}).get(d, d) for d in dirnames}
+    by_patient = assign_roles(keys.values(), role_spec(split))
+    roles = {d: by_patient[keys[d]] for d in sorted(keys)}
+    return {"split": asdict(split), "counts": role_counts(roles), "patient_counts": role_counts(by_patient),
+            "roles": roles}
 
 
 def write_split_report(path: Path, roles: dict[str, list], split: SplitSettings) -> dict[str, Any]:
-    """The assignment of the patients in ``roles`` (as grouped by a step) to ``path``."""
-    report = assignment([p.dirname for group in roles.values() for p in group], split)
+    """The assignment of the scans in ``roles`` (as grouped by a step) to ``path``."""
+    scans = [p for group in roles.values() for p in group]
+    report = assignment([p.dirname for p in scans], split, {p.dirname: p.patient_key for p in scans})
     write_json_atomic(path, report)
     return report

@@ -18,6 +18,8 @@ from hemo_model import CLASSES
 from hemo_model.data import images
 from hemo_model.data.layout import (
     LABELS_FILE,
+    PATIENT_DIR,
+    SPLITS,
     UnsafePath,
     inside,
     is_safe_component,
@@ -26,6 +28,7 @@ from hemo_model.data.layout import (
     patient_hash,
     slice_path,
 )
+from hemo_model.data.series_index import FINGERPRINT, PATIENT_KEY, SERIES_COLUMNS, SERIES_FILE
 from hemo_pipeline.services.errors import UserError
 
 
@@ -36,6 +39,8 @@ class Frames:
     patients: pd.DataFrame
     images: pd.DataFrame
     files: pd.DataFrame
+    series: pd.DataFrame | None = None
+    """One row per line of series.csv (patient keys, pixel fingerprints), None without the file."""
 
 
 def shown(name: str) -> str:
@@ -70,6 +75,36 @@ def read_labels(data: Path) -> tuple[pd.DataFrame, list[str]]:
     ]
     frame["k"] = [p.k if p is not None else -1 for p in parsed]
     return frame, header
+
+
+def series_frame(data: Path) -> pd.DataFrame | None:
+    """``series.csv`` as text, one row per line, with whether the row is well formed and its
+    folder exists; None when the data set has no such file (every folder its own patient)."""
+    import csv
+
+    path = data / SERIES_FILE
+    if not path.is_file():
+        return None
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            for raw in reader:
+                if not any(cell.strip() for cell in raw):
+                    continue
+                cells = (raw + ["", "", ""])[:3]
+                dirname, patient, pixels = cells
+                well_formed = (tuple(header) == SERIES_COLUMNS and len(raw) == 3
+                               and PATIENT_DIR.fullmatch(dirname) is not None
+                               and PATIENT_KEY.fullmatch(patient) is not None
+                               and (not pixels or FINGERPRINT.fullmatch(pixels) is not None))
+                rows.append({"item": f"series.csv row {reader.line_num} ({shown(dirname)})", "dirname": dirname or None,
+                             "pixels_sha256": pixels or None, "well_formed": well_formed,
+                             "has_folder": well_formed and any((data / split / dirname).is_dir() for split in SPLITS)})
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
+    return pd.DataFrame(rows, columns=["item", "dirname", "pixels_sha256", "well_formed", "has_folder"])
 
 
 def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, max_slices: int) -> pd.DataFrame:
@@ -181,4 +216,5 @@ def build_frames(
         images = image_frame(data, entries)
     else:
         images = pd.DataFrame(columns=["item", "exists", "inside", "decodes", "mode", "width", "height", "size"])
-    return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files)
+    return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files,
+                  series=series_frame(data))

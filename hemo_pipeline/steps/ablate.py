@@ -29,6 +29,7 @@ import numpy as np
 
 from hemo_model.metrics.bootstrap import (
     bootstrap_weights,
+    counts_by_patient,
     f2_from_counts,
     interval,
     micro_counts,
@@ -66,7 +67,8 @@ class Row:
 
 def _counts(scores: list, single: bool) -> np.ndarray:
     chosen = [s.single() if single else s for s in scores]
-    return patient_counts([s.patient.labels for s in chosen], [binarize(s.probabilities, 0.5) for s in chosen])
+    counts = patient_counts([s.patient.labels for s in chosen], [binarize(s.probabilities, 0.5) for s in chosen])
+    return counts_by_patient(counts, [s.patient.patient_key for s in chosen])  # the bootstrap draws patients
 
 
 def _stage1(name: str, settings: Any, roles: dict, out: Path, device: Any) -> Path:

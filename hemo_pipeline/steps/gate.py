@@ -41,6 +41,7 @@ from hemo_model.data.roles import patients_digest
 from hemo_model.metrics import gate_statistics as gs
 from hemo_model.metrics.bootstrap import (
     bootstrap_weights,
+    counts_by_patient,
     f2_from_counts,
     interval_where_defined,
     micro_counts,
@@ -116,9 +117,11 @@ def challenger_version(args: argparse.Namespace) -> str:
         raise UserError(f"{args.challenger} does not name a version ({exc}); re-run `hemo evaluate`") from exc
 
 
-def check_fair(version: str, gate_patients: set[str], role: str) -> dict[str, Any]:
-    """Refuse when ``version`` trained on, or chose its epoch and thresholds on, any gate patient;
-    return its provenance for the report."""
+def check_fair(version: str, gate_patients: set[str], role: str,
+               gate_scans: dict[str, str] | None = None) -> dict[str, Any]:
+    """Refuse when ``version`` trained on, or chose its epoch and thresholds on, any gate patient
+    (by patient key), or on a scan with the pixels of a gate scan (``gate_scans``: fingerprint ->
+    folder), whatever either is called now; return its provenance for the report."""
     seen = registry.seen_patients(version)
     train, tuned = seen["train"] or [], seen["val"]
     for used, how in ((train, "trained on"), (tuned or [], "was tuned (epoch, thresholds) on")):
@@ -131,9 +134,23 @@ def check_fair(version: str, gate_patients: set[str], role: str) -> dict[str, An
                 f"trained with split salt {split.get('salt')!r}, val {split.get('val_fraction')}, gate "
                 f"{split.get('gate_fraction')}; restore those split settings, or retrain both models under "
                 "the current ones (or promote by hand: `hemo promote --version N --reason ...`)")
+    scans = gate_scans or {}
+    for used, how in ((seen.get("train_series") or [], "trained on"),
+                      (seen.get("val_series") or [], "was tuned (epoch, thresholds) on")):
+        same = sorted(scans[f] for f in set(used) & scans.keys())
+        if same:
+            raise UserError(
+                f"the {role} v{version} {how} the pixels of {len(same)} of the {len(scans)} gate scans under other "
+                f"names (e.g. {', '.join(same[:3])}; the same series imported again with another DICOM salt?): "
+                "comparing on them would be unfair, so the gate refuses. Import with the salt the data set was made "
+                "with (HEMO_DICOM_SALT or the salt file), or retrain both models on the data as it is now "
+                "(or promote by hand: `hemo promote --version N --reason ...`)")
+    recorded = seen.get("train_series")
     return {"train_patients": len(train), "train_patients_sha256": patients_digest(train),
             "val_patients": None if tuned is None else len(tuned),
-            "val_patients_sha256": None if tuned is None else patients_digest(tuned)}
+            "val_patients_sha256": None if tuned is None else patients_digest(tuned),
+            "scans_fingerprinted": None if recorded is None else len(recorded) + len(seen.get("val_series") or []),
+            "gate_scans_fingerprinted": len(scans)}
 
 
 def require_gate_size(trivial: np.ndarray, policy: gs.GatePolicy, challenger: str) -> None:
@@ -185,19 +202,21 @@ def run(args: argparse.Namespace) -> int:
     if sum(float(y.sum()) for y in labels) == 0:
         raise UserError(f"the {len(patients)} gate patients hold no positive label, so no F2 can be measured; "
                         "raise split.gate_fraction or add labelled patients")
-    trivial = patient_counts(labels, [np.ones_like(y) for y in labels])
+    keys = [p.patient_key for p in patients]  # scans of one person are judged, resampled and permuted together
+    trivial = counts_by_patient(patient_counts(labels, [np.ones_like(y) for y in labels]), keys)
     require_gate_size(trivial, policy, challenger)
-    gate_ids = {p.dirname for p in patients}
+    gate_ids = set(keys)
+    gate_scans = {p.pixels_sha256: p.dirname for p in patients if p.pixels_sha256}
     versions = {"challenger": challenger} | ({"champion": champion} if champion else {}) | (
         {"reference": reference} if reference else {})
-    fairness = {role: check_fair(v, gate_ids, role) for role, v in versions.items()}
+    fairness = {role: check_fair(v, gate_ids, role, gate_scans) for role, v in versions.items()}
 
     device = resolve_device(args.device)
     workers = settings.data.loader_workers(device.type)
     by_version = {v: serving.serve(registry.load_version(v), patients, settings.score, device, workers)
                   for v in dict.fromkeys(versions.values())}
     served = {role: by_version[v] for role, v in versions.items()}
-    counts = {role: patient_counts(labels, s.decisions()) for role, s in served.items()}
+    counts = {role: counts_by_patient(patient_counts(labels, s.decisions()), keys) for role, s in served.items()}
     digest = gs.gate_set_digest(sorted(gate_ids))
     number = decision_number(digest, policy) if champion else 1
     result = gs.decide(counts["challenger"], trivial, counts.get("champion"), counts.get("reference"), policy,
@@ -216,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         "all_positive_micro_f2": float(gs.micro_f2(trivial)),
         "gain": against.get("gain"), "gain_interval": against.get("gain_interval_bca"), "p_value": against.get("p_value"),
         "rules": [asdict(r) for r in result.rules], "figures": result.figures, "models": summaries,
-        "gate_patients": len(patients), "gate_slices": int(sum(len(p) for p in patients)),
+        "gate_patients": len(gate_ids), "gate_scans": len(patients), "gate_slices": int(sum(len(p) for p in patients)),
         "positive_patients": result.figures.get("positive_patients"), "gate_set_sha256": digest,
         "decision_number": number,
         "scoring": {"context": settings.score.context, "precision": settings.score.precision,
@@ -345,7 +364,8 @@ def gate_report(decision: dict[str, Any], versions: dict[str, str]) -> str:
              f"{policy['ni_margin']} / {policy['ni_class_margin']}; drift budget against @reference "
              f"{policy['drift_budget']} / {policy['drift_class_budget']} (docs/gate_policy.md).", "",
              "## Gate", "",
-             f"{decision['gate_patients']} patients ({decision['gate_slices']} slices), held out from training, model "
+             f"{decision['gate_patients']} patients ({decision['gate_scans']} scans, {decision['gate_slices']} slices; "
+             "the scans of one patient are judged and resampled together), held out from training, model "
              f"selection, threshold tuning and ablation; needs >= {policy['min_patients']}. Positive patients per class: "
              + ", ".join(f"{c} {k}" for c, k in positives.items())
              + f" (needs >= {policy['min_positive_patients']}). Scored as served: context "
@@ -382,8 +402,12 @@ def gate_report(decision: dict[str, Any], versions: dict[str, str]) -> str:
     for role, info in decision["provenance"].items():
         tuned = ("val patients not recorded (registered before they were)" if info.get("val_patients") is None
                  else f"tuned on {info['val_patients']} val patients (sha256 {info['val_patients_sha256']})")
+        pixels = ("scan pixels not fingerprinted (a data set without series.csv, or registered before)"
+                  if not info.get("scans_fingerprinted") else
+                  f"{info['scans_fingerprinted']} scan fingerprints checked against {info['gate_scans_fingerprinted']} "
+                  "gate scans")
         lines.append(f"- {role} v{versions[role]}: trained on {info['train_patients']} patients (patient-list sha256 "
-                     f"{info['train_patients_sha256']}), {tuned}; none of them a gate patient")
+                     f"{info['train_patients_sha256']}), {tuned}; none of them a gate patient; {pixels}, none the same")
     lines += ["", *history_table(decision.get("alias_history") or [])]
     return "\n".join(lines) + "\n"
 

@@ -50,6 +50,15 @@ from hemo_model.data.dicom import (
 )
 from hemo_model.data.layout import LABELS_FILE, DataError, read_label_rows
 from hemo_model.data.rsna import MAPPING_COLUMNS, mapping_rows, read_labels, read_mapping
+from hemo_model.data.series_index import (
+    SERIES_COLUMNS,
+    SERIES_FILE,
+    SeriesRecord,
+    index_rows,
+    patient_key,
+    pixel_fingerprint,
+    read_series_index,
+)
 from hemo_pipeline.services import dicom_output, tracking
 from hemo_pipeline.services.dicom_output import DEFAULT_SALT_FILE, existing_patients, resolve_salt, staged
 from hemo_pipeline.services.dicomweb import check_study_uids, fetch, limits_from, parse_service_root
@@ -58,6 +67,9 @@ from hemo_pipeline.services.files import write_csv_atomic, write_json_atomic
 from hemo_pipeline.services.step_args import add_settings_arguments, settings_from
 
 DEFAULT_WINDOWS = "brain"
+SAME_PIXELS = "same_pixels_as_another_series"
+"""Series skipped because another series of this import has exactly the same pixels (sent twice
+under two SeriesInstanceUIDs): one copy is written, so it can sit in one role only."""
 BURNED_IN = "burned_in_annotation"
 """Series skipped because a file of theirs declares BurnedInAnnotation (pixel PHI)."""
 
@@ -128,6 +140,10 @@ class Outcome:
     slices: int = 0
     duplicates_dropped: int = 0
     labels_any_mismatch: int = 0
+    patients: set[str] = field(default_factory=set)
+    """Patient keys of the series kept (only their number leaves this object)."""
+    without_patient_id: int = 0
+    """Series kept without a PatientID: each is its own patient."""
 
 
 def _plan(args: argparse.Namespace, settings: Any) -> Plan:
@@ -196,7 +212,10 @@ def _select(series_list: list, plan: Plan, labels: Any, outcome: Outcome) -> lis
 
 
 def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) -> tuple[list, list]:
-    """Write every chosen series into the staging folder; return train.csv rows and mapping rows."""
+    """Write every chosen series into the staging folder, and its row into series.csv (its patient's
+    key, its pixel fingerprint); return train.csv rows and mapping rows. A series whose pixels are
+    already in the data folder under another name is refused (a re-import with another salt);
+    the same pixels twice in this import are written once."""
     taken = existing_patients(work)
     keys = [series_key(series.uid, salt) for series, _ in chosen]
     for key in keys:  # every name checked before the first image is written
@@ -206,6 +225,9 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
         if f"ID_{key}" in taken:
             raise UserError(f"ID_{key} already exists in the data folder (the same series imported before with the "
                             "same salt); nothing was written. Import into a new --out, or remove that patient first")
+    index = read_series_index(work)  # checked in run() before staging
+    owner = {r.pixels_sha256: r.dirname for r in index.values() if r.pixels_sha256}
+    earlier = set(index)  # folders of earlier imports; the rest of ``owner`` is this import's
     label_rows, mapping_rows = [], []
     for key, (series, slice_labels) in zip(keys, chosen):
         volume = read_series_hu(series)  # all slices decoded before any is written
@@ -213,15 +235,30 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
             outcome.series_skipped[UNDECODABLE] += 1
             continue
         dirname = f"ID_{key}"
+        pixels = pixel_fingerprint(volume)
+        if pixels in owner:
+            if owner[pixels] in earlier:
+                raise UserError(f"a series to import has the same pixels as {owner[pixels]} already in the data folder "
+                                "under another name (imported before with another DICOM salt?); nothing was written. "
+                                "Import with the data set's own salt (its salt file or HEMO_DICOM_SALT), or remove "
+                                f"{owner[pixels]} first")
+            outcome.series_skipped[SAME_PIXELS] += 1
+            continue
+        owner[pixels] = dirname
+        patient = patient_key(series.patient_id, salt) if series.patient_id else dirname
+        outcome.patients.add(patient)
+        outcome.without_patient_id += not series.patient_id
+        index[dirname] = SeriesRecord(dirname, patient, pixels)
         folder = work / plan.split / dirname
         folder.mkdir(parents=True)
         for k, (header, hu) in enumerate(zip(series.slices, volume)):
             name = dicom_output.save_slice(folder / f"{key}_{k}", windowed(hu, plan.windows))
-            mapping_rows.append([dirname, name, series.study_uid, series.uid, header.sop_uid])
+            mapping_rows.append([dirname, name, patient, series.study_uid, series.uid, header.sop_uid])
             if slice_labels is not None:
                 label_rows.append([dirname, name, *slice_labels[k]])
         outcome.series_kept += 1
         outcome.slices += len(series.slices)
+    write_csv_atomic(work / SERIES_FILE, list(SERIES_COLUMNS), index_rows(index.values()))
     return label_rows, mapping_rows
 
 
@@ -256,6 +293,8 @@ def report_payload(outcome: Outcome, plan: Plan, source: str, seconds: float, fe
         "files_skipped": dict(sorted(outcome.files_skipped.items())),
         "series_found": outcome.series_found,
         "series_kept": outcome.series_kept,
+        "patients_kept": len(outcome.patients),
+        "series_without_patient_id": outcome.without_patient_id,
         "series_skipped": dict(sorted(outcome.series_skipped.items())),
         "series_issues": dict(sorted(outcome.series_issues.items())),
         "duplicate_positions_dropped": outcome.duplicates_dropped,
@@ -292,6 +331,10 @@ def summary_lines(report: dict[str, Any], out: Path, salt_source: str, mapping: 
     if report["labels_any_mismatch"]:
         lines.append(f"  labels: 'any' disagreed with the five types for {report['labels_any_mismatch']} images "
                      "(it is derived; the stored value is ignored)")
+    lines.append(f"  patients: {report['patients_kept']} among the series kept (a salted hash of PatientID keys each; "
+                 "every scan of a patient shares its role)"
+                 + (f"; {report['series_without_patient_id']} series without PatientID are each their own patient"
+                    if report["series_without_patient_id"] else ""))
     lines.append(f"  names: salted hashes of SeriesInstanceUID (salt: {salt_source}); mapping to UIDs: "
                  + (str(mapping) if mapping else "not written (--mapping FILE)"))
     return lines
@@ -301,6 +344,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     plan = _plan(args, settings)
+    try:
+        read_series_index(args.out)  # a malformed index is refused before anything is read or decoded
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
     salt, salt_source = resolve_salt(args.salt_file, {"data": args.out, "reports": args.reports},
                                      existing=len(existing_patients(args.out)), allow_new=args.new_salt)
     started = time.perf_counter()

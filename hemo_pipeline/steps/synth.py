@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="jpeg: the DLCV layout (default); dicom: CT series with fake identifying headers")
     parser.add_argument("--shuffle-names", action="store_true",
                         help="with --format dicom: flat folder, opaque file names, InstanceNumber out of z order")
+    parser.add_argument("--followups", type=int, default=0, metavar="N",
+                        help="with --format dicom: the last N train studies are follow-up scans of earlier patients "
+                        "(same PatientID), as a PACS holds them")
     add_settings_arguments(parser)
 
 
@@ -43,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.shuffle_names and args.format != "dicom":
         raise UserError("--shuffle-names applies to --format dicom only")
+    if args.followups and (args.format != "dicom" or not 0 < args.followups <= train_patients // 2):
+        raise UserError(f"--followups applies to --format dicom and must be 1..{train_patients // 2} "
+                        f"(half the {train_patients} train studies at most)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty; choose a new --out or remove it first")
     # Write into a sibling temp folder and rename at the end, so an interrupted run never
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format == "dicom":
             counts = generate_dicom_dataset(staging, train_patients, test_patients, image_size, seed,
-                                            shuffle_names=args.shuffle_names)
+                                            shuffle_names=args.shuffle_names, followups=args.followups)
         else:
             counts = generate_dataset(staging, train_patients, test_patients, image_size, seed, progress=True)
         if out.exists():
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(
-        f"wrote {out}: {train_patients} train patients / {counts['train_slices']} slices, "
+        f"wrote {out}: {train_patients} train {'studies' if args.followups else 'patients'} / "
+        f"{counts['train_slices']} slices" + (f" ({args.followups} of them follow-ups)" if args.followups else "") + ", "
         f"{test_patients} test patients / {counts['test_slices']} slices, {image_size}px, seed {seed}"
         + (" (DICOM, fake identifying headers; train labels in train_labels.csv)" if args.format == "dicom" else "")
     )

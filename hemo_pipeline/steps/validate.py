@@ -65,6 +65,23 @@ class CheckSpec:
     hint: str
 
 
+def _series_specs() -> list[CheckSpec]:
+    """Checks of series.csv (present when `hemo import-dicom` made the data set): a bad key or a
+    scan listed twice would put one patient's scans in two roles, or one scan in two."""
+    e = gx.expectations
+    return [
+        CheckSpec("series.well_formed", "series", e.ExpectColumnValuesToBeInSet(column="well_formed", value_set=[True]),
+                  "series.csv rows must be ID_<hash>,<patient key>,<64 hex or empty> under the header "
+                  "dirname,patient,pixels_sha256; restore the file (dvc checkout)"),
+        CheckSpec("series.dirname.unique", "series", e.ExpectColumnValuesToBeUnique(column="dirname"),
+                  "each series folder may have one row only; remove the duplicate rows"),
+        CheckSpec("series.pixels.unique", "series", e.ExpectColumnValuesToBeUnique(column="pixels_sha256"),
+                  "two folders hold the same scan (same pixels): remove one folder, its train.csv and series.csv rows"),
+        CheckSpec("series.folder_exists", "series", e.ExpectColumnValuesToBeInSet(column="has_folder", value_set=[True]),
+                  "a row names a folder that is in neither train/ nor test/; remove the row or restore the folder"),
+    ]
+
+
 def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str],
            model_input: str = "gray") -> list[CheckSpec]:
     """``sizes``: the accepted "WxH" slice sizes (one: every slice must have it)."""
@@ -149,6 +166,7 @@ def _gx_frames(frames: Any) -> dict[str, Any]:
         "patients": frames.patients,
         "images": images,
         "files": frames.files,
+        **({"series": frames.series} if frames.series is not None else {}),
     }
 
 
@@ -269,6 +287,8 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
     frames = build_frames(data, min_slices, max_slices, check_images=check_images)
     specs = _specs(frames.label_header, min_slices, max_slices,
                    accepted_sizes(frames.images, image_size, min_image_size), model_input)
+    if frames.series is not None:
+        specs += _series_specs()
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
     if reports is None:

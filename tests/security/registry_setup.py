@@ -43,21 +43,23 @@ def tiny_model() -> torch.nn.Module:
     return HemoNet(head="linear").eval()
 
 
-def provenance(train_patients: list[str]) -> dict[str, Any]:
+def provenance(train_patients: list[str], train_series: list[str] | None = None) -> dict[str, Any]:
     from hemo_model.data.roles import patients_digest
 
     return {"split": {"salt": "markers", "val_fraction": 0.2, "gate_fraction": 0.4},
-            "train_patients": sorted(train_patients), "train_patients_sha256": patients_digest(train_patients)}
+            "train_patients": sorted(train_patients), "train_patients_sha256": patients_digest(train_patients),
+            "train_series": sorted(train_series or [])}
 
 
-def register_hemo(train_patients: list[str]) -> str:
-    """An honest version, registered the way `hemo evaluate` does."""
+def register_hemo(train_patients: list[str], train_series: list[str] | None = None) -> str:
+    """An honest version, registered the way `hemo evaluate` does (``train_series``: the pixel
+    fingerprints of the scans it trained on)."""
     from hemo_model.model.spec import ModelSpec
 
     tracking.configure()
     with mlflow.start_run(run_name="evaluate"):
         return registry.log_and_register(tiny_model(), ModelSpec(head="linear", image_size=SIZE),
-                                         provenance(train_patients))
+                                         provenance(train_patients, train_series))
 
 
 def register_pt2() -> tuple[str, str]:

@@ -114,10 +114,10 @@ def test_burned_in_annotation_series_are_skipped_and_counted(project: Path,
     """Before: all three series were imported (the attribute was never read)."""
     one_yes = series_datasets(hu_volume(24), name="burned")
     one_yes[7].BurnedInAnnotation = "YES"  # one instance of the series is enough
-    all_no = series_datasets(hu_volume(24), name="clean")
+    all_no = series_datasets(hu_volume(24, seed=1), name="clean")  # other pixels: not a re-sent copy of "burned"
     for ds in all_no:
         ds.BurnedInAnnotation = "NO"
-    missing = series_datasets(hu_volume(24), name="unmarked")
+    missing = series_datasets(hu_volume(24, seed=2), name="unmarked")
     scout_yes = series_datasets(hu_volume(25), name="scouted")
     scout_yes[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]  # a file not used as a slice still counts
     scout_yes[0].BurnedInAnnotation = "YES"

@@ -111,3 +111,58 @@ def test_forged_provenance_tags_cannot_hide_gate_patients(project: Path, foreign
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"v{version} trained on 2 of the {len(gate)} gate patients" in error[0], error
     assert registry.alias_version(registry.CHAMPION) == champion
+
+
+def _fingerprinted_copy(marker_data: Path, pairs: bool = False) -> dict[str, str]:
+    """Replace the project's data link by a copy of the marker data with a series.csv: a pixel
+    fingerprint per folder and, with ``pairs``, two folders per patient key. Returns
+    {dirname: fingerprint}."""
+    import hashlib
+    import shutil
+
+    Path("data").unlink()
+    shutil.copytree(marker_data, "data")
+    dirnames = sorted(p.name for p in Path("data/train").iterdir())
+    prints = {d: hashlib.sha256(d.encode()).hexdigest() for d in dirnames}
+    rows = [f"{d},{f'P_pair{i // 2}' if pairs else d},{prints[d]}" for i, d in enumerate(dirnames)]
+    Path("data/series.csv").write_text("dirname,patient,pixels_sha256\n" + "\n".join(rows) + "\n")
+    return prints
+
+
+def test_a_gate_scan_trained_on_under_another_name_is_refused_by_its_pixels(
+        project: Path, marker_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A re-import with another DICOM salt gives every training scan a new folder name (and key),
+    so the lists of names and keys do not meet the gate; the recorded pixel fingerprints do."""
+    prints = _fingerprinted_copy(marker_data)
+    gate = _gate_patients()
+    champion = registry.alias_version(registry.CHAMPION)
+    version = register_hemo(["ID_renamed1", "ID_renamed2"], train_series=[prints[gate[0]], "f" * 64])
+    capsys.readouterr()
+    assert main(["gate", "--version", version, "--device", "cpu"]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"v{version} trained on the pixels of 1 of the {len(gate)} gate scans" in error[0], error
+    assert gate[0] in error[0] and registry.alias_version(registry.CHAMPION) == champion
+
+
+def test_the_gate_judges_patients_not_scans(project: Path, marker_data: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Two scans per patient key: both in one role, counted, resampled and reported as one patient,
+    and a version that trained on a patient's other scan is refused although it never saw this one."""
+    _fingerprinted_copy(marker_data, pairs=True)
+    split = SplitSettings(val_fraction=0.2, gate_fraction=0.4, salt="markers")
+    roles = load_roles(Path("data"), split, need=("gate",))
+    keys = {role: {p.patient_key for p in scans} for role, scans in roles.items()}
+    assert all(not (keys[a] & keys[b]) for a in keys for b in keys if a < b)  # no patient in two roles
+    gate_scans = roles["gate"]
+    assert len(gate_scans) == 2 * len(keys["gate"])
+    version = register_hemo([p.patient_key for p in roles["train"]])
+    capsys.readouterr()
+    assert main(["gate", "--version", version, "--device", "cpu", "--set", "gate.min_patients=2",
+                 "--reports", "reports"]) == 0, capsys.readouterr().err
+    decision = json.loads(Path("reports/gate.json").read_text())
+    assert decision["gate_patients"] == len(keys["gate"]) and decision["gate_scans"] == len(gate_scans)
+    assert f"{len(keys['gate'])} patients ({len(gate_scans)} scans" in Path("reports/gate_report.md").read_text()
+    leaked = register_hemo([gate_scans[0].patient_key])  # its key: the patient's other scan, say
+    capsys.readouterr()
+    assert main(["gate", "--version", leaked, "--device", "cpu", "--set", "gate.min_patients=2"]) == 2
+    assert f"trained on 1 of the {len(keys['gate'])} gate patients" in capsys.readouterr().err

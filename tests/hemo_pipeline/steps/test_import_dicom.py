@@ -251,3 +251,70 @@ def test_max_response_bytes_falls_back_on_the_environment(project: Path, monkeyp
     monkeypatch.setenv("HEMO_DICOMWEB_MAX_BYTES", "-1")
     assert _import("--dicomweb", "https://pacs.invalid/dw", "--since", "20240101", "--out", "data") == 2
     assert "HEMO_DICOMWEB_MAX_BYTES '-1': give a size" in _error(capsys)
+
+
+def _series_csv(path: Path = Path("data/series.csv")) -> dict[str, dict[str, str]]:
+    with path.open() as handle:
+        return {row["dirname"]: row for row in csv.DictReader(handle)}
+
+
+def test_every_scan_of_a_patient_gets_one_key_and_one_role(project: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Six studies, the last two follow-ups of the first two patients: four keys, and both scans of
+    a patient in the same role under any split salt; no PatientID reaches what is written."""
+    root = tmp_path_factory.mktemp("followups")
+    generate_dicom_dataset(root, train_patients=6, test_patients=0, image_size=SIZE, seed=SEED, followups=2)
+    assert _import("--dicom", str(root / "train"), "--labels", str(root / "train_labels.csv"), "--out", "data",
+                   "--mapping", "mapping.csv") == 0
+    assert "patients: 4 among the series kept" in capsys.readouterr().out
+    with open("mapping.csv") as handle:
+        mapping = list(csv.DictReader(handle))
+    study_of = {_uid(SEED, "train", i, "series"): i for i in range(6)}
+    index_of = {row["dirname"]: study_of[row["SeriesInstanceUID"]] for row in mapping}
+    rows = _series_csv()
+    assert sorted(index_of) == sorted(rows) and len(rows) == 6
+    key = {index_of[d]: row["patient"] for d, row in rows.items()}
+    assert key[0] == key[4] and key[1] == key[5] and len(set(key.values())) == 4
+    assert all(row["patient"] == next(r["patient"] for r in mapping if r["dirname"] == d) for d, row in rows.items())
+    written = (Path("data/series.csv").read_text() + Path("data/train.csv").read_text()
+               + json.dumps(json.loads(Path("reports/import.json").read_text())))
+    assert "PHX" not in written and "PHX" not in Path("mapping.csv").read_text()  # the phantom's PatientIDs
+    folder_of = {i: d for d, i in index_of.items()}
+    for salt in ("s1", "s2", "s3", "s4", "s5", "s6"):
+        assert main(["split", "--data", "data", "--out", "split.json", "--set", f"split.salt={salt}",
+                     "--set", "split.gate_fraction=0.4", "--set", "split.val_fraction=0.3"]) == 0
+        roles = json.loads(Path("split.json").read_text())["roles"]
+        assert roles[folder_of[0]] == roles[folder_of[4]] and roles[folder_of[1]] == roles[folder_of[5]]
+    assert "split of 4 patients (6 scans" in capsys.readouterr().out
+    assert main(["validate", "--data", "data", "--no-mlflow", "--reports", "val"]) == 0
+    checks = {c["name"]: c for c in json.loads(Path("val/summary.json").read_text())["checks"]}
+    assert checks["series.pixels.unique"]["success"] and checks["series.pixels.unique"]["total"] == 6
+
+
+def test_a_reimport_under_another_salt_is_recognised_by_its_pixels(
+        phantom: Path, project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another salt renames every series, so the name check cannot see the re-import; the pixels
+    can. Nothing is written."""
+    args = ("--dicom", str(phantom / "train"), "--labels", str(phantom / "train_labels.csv"), "--out", "data")
+    assert _import(*args) == 0
+    before = _tree(Path("data"))
+    monkeypatch.setenv("HEMO_DICOM_SALT", "another-salt")
+    capsys.readouterr()
+    assert _import(*args) == 2
+    err = _error(capsys)
+    assert "has the same pixels as ID_" in err and "already in the data folder under another name" in err
+    assert _tree(Path("data")) == before
+
+
+def test_scans_without_patient_id_are_their_own_patients_and_a_double_is_written_once(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hu = hu_volume(24)
+    write(series_datasets(hu, name="anonymous", patient_id=""), Path("dicom/a"))
+    write(series_datasets(hu, name="resent"), Path("dicom/b"))  # the same pixels under another SeriesInstanceUID
+    write(series_datasets(hu_volume(24, seed=1), name="other", patient_id=""), Path("dicom/c"))
+    assert _import("--dicom", "dicom", "--out", "data") == 0
+    out = capsys.readouterr().out
+    assert "same_pixels_as_another_series 1" in out and "2 series without PatientID are each their own patient" in out
+    rows = _series_csv()
+    assert len(rows) == 2 and all(row["patient"] == dirname for dirname, row in rows.items())
+    assert len({row["pixels_sha256"] for row in rows.values()}) == 2

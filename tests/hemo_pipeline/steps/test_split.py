@@ -37,3 +37,21 @@ def test_split_writes_roles_and_counts_and_ignores_row_order(data_copy: Path, tm
 def test_split_without_labels_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["split", "--data", str(tmp_path)]) == 2
     assert "train.csv not found" in capsys.readouterr().err
+
+
+def test_split_puts_every_scan_of_a_patient_in_one_role(data_copy: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with (data_copy / "train.csv").open() as handle:
+        dirnames = sorted({row[0] for row in list(csv.reader(handle))[1:]})
+    (data_copy / "series.csv").write_text("dirname,patient,pixels_sha256\n"
+                                          + "".join(f"{d},P_{i // 2},\n" for i, d in enumerate(dirnames)))
+    for salt in ("a", "b", "c", "d", "e"):
+        assert main(["split", "--data", str(data_copy), "--out", "s.json", "--set", f"split.salt={salt}",
+                     "--set", "split.val_fraction=0.3", "--set", "split.gate_fraction=0.3"]) == 0
+        report = json.loads(Path("s.json").read_text())
+        assert report["roles"][dirnames[0]] == report["roles"][dirnames[1]]
+        assert report["roles"][dirnames[2]] == report["roles"][dirnames[3]]
+        assert sum(report["patient_counts"].values()) == 2 and sum(report["counts"].values()) == 4
+    assert "split of 2 patients (4 scans" in capsys.readouterr().out

@@ -232,3 +232,25 @@ def test_failure_writes_report_with_examples(data_copy: Path, tmp_path: Path) ->
     failed = [c for c in summary["checks"] if not c["success"]]
     assert [c["name"] for c in failed] == ["labels.ich.binary"] and failed[0]["failed"] == 1
     assert (tmp_path / "r" / "data_docs" / "index.html").is_file()
+
+
+def test_series_index_problems_fail_their_checks(data_copy: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """series.csv (written by import-dicom) is checked when present: one scan stored twice, a row
+    without a folder and a key that is not a key each fail one check, naming the row."""
+    dirnames = sorted({row[0] for row in _rows(data_copy)[1:]})
+    same = "a" * 64
+    (data_copy / "series.csv").write_text("dirname,patient,pixels_sha256\n" + "\n".join([
+        f"{dirnames[0]},P_1,{same}", f"{dirnames[1]},P_1,{same}", f"{dirnames[2]},Doe^John,",
+        "ID_gone000000,P_2,"]) + "\n")
+    assert _validate(data_copy, tmp_path / "r") == 1
+    fails = _fail_lines(capsys)
+    assert set(fails) == {"series.pixels.unique", "series.well_formed", "series.folder_exists"}, fails
+    assert "series.csv row 3" in fails["series.pixels.unique"] and "row 4" in fails["series.well_formed"]
+    assert "ID_gone000000" in fails["series.folder_exists"]
+
+
+def test_good_data_without_a_series_index_runs_no_series_check(tiny_data: Path, tmp_path: Path) -> None:
+    assert _validate(tiny_data, tmp_path / "r") == 0
+    names = {c["name"] for c in json.loads((tmp_path / "r" / "summary.json").read_text())["checks"]}
+    assert names and not any(name.startswith("series.") for name in names)
