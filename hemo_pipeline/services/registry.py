@@ -375,7 +375,12 @@ HISTORY_PREFIX = "hemo.alias_history."
 REASON_CHARS = 300
 
 
-def move_champion(version: str, expected: str | None, how: str, reason: str) -> str | None:
+_UNCHECKED = object()
+"""Default of ``move_champion``'s ``expected_reference``: the caller's decision did not use @reference."""
+
+
+def move_champion(version: str, expected: str | None, how: str, reason: str,
+                  expected_reference: Any = _UNCHECKED) -> str | None:
     """Point ``@champion`` at ``version`` if it still points at ``expected``, keep the replaced one
     as ``@previous``, tag both versions with who/when/why and append an alias-history entry.
     Returns the replaced version.
@@ -384,14 +389,22 @@ def move_champion(version: str, expected: str | None, how: str, reason: str) -> 
     (:mod:`hemo_pipeline.services.champion_lease`), so two concurrent gates cannot both win.
     Raises :class:`AliasMoved` if the champion changed since the caller read it (nothing is
     changed), :class:`LeaseBypassed` if ``@champion`` is not ``version`` right after our write
-    (someone wrote it without the lease), and LeaseBusy if the lease stayed taken."""
+    (someone wrote it without the lease), and LeaseBusy if the lease stayed taken. A decision that
+    measured drift against ``@reference`` passes the version it read as ``expected_reference``:
+    if a person moved ``@reference`` meanwhile, nothing changes either (:class:`AliasMoved`)."""
     with champion_lease(default_holder(f"{how} v{version}")) as lease:
         current = alias_version(CHAMPION)
         _reconcile_history(CHAMPION, current)
         if current != expected:
             raise AliasMoved(f"@{CHAMPION} moved from {_v(expected)} to {_v(current)} while this step ran; nothing "
                              "was changed: run the gate again to compare against the new champion")
-        _still_held(lease, version)
+        if expected_reference is not _UNCHECKED:
+            reference = alias_version(REFERENCE)
+            if reference != expected_reference:
+                raise AliasMoved(f"@{REFERENCE} moved from {_v(expected_reference)} to {_v(reference)} while this step "
+                                 "ran; nothing was changed: run the gate again to measure drift against the new "
+                                 "reference")
+        _still_held(lease, CHAMPION, version)
         mlflow_client = client()
         if current is not None and current != version:
             mlflow_client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
@@ -404,17 +417,17 @@ def move_champion(version: str, expected: str | None, how: str, reason: str) -> 
             raise LeaseBypassed(f"@{CHAMPION} is {_v(after)} right after this step set it to v{version}: something "
                                 "moved it without the promotion lease (an older hemo release, or a hand edit in "
                                 "the MLflow UI); check the alias history and promote again with `hemo promote`")
-        _still_held(lease, version)
+        _still_held(lease, CHAMPION, version)
         _append_history(CHAMPION, version, current, how, reason)
     return current
 
 
-def _still_held(lease: Any, version: str) -> None:
+def _still_held(lease: Any, alias: str, version: str) -> None:
     """Check just before writing that nobody broke our lease (a breaker that read it as stale
     too late): narrows the window the lease's check-then-act break leaves to one HTTP call."""
     if not champion_lease_holds(lease):
-        raise LeaseBypassed(f"the promotion lease was taken from this step before it wrote @{CHAMPION} v{version}: "
-                            "another writer broke it; run the step again (it compares with the champion then)")
+        raise LeaseBypassed(f"the promotion lease was taken from this step before it wrote @{alias} v{version}: "
+                            "another writer broke it; run the step again (it compares with the alias then)")
 
 
 def _reconcile_history(alias: str, current: str | None) -> None:
@@ -432,17 +445,21 @@ def _reconcile_history(alias: str, current: str | None) -> None:
 def move_reference(version: str, reason: str) -> str | None:
     """Point ``@reference`` at ``version`` under the promotion lease, tag the version with
     who/when/why and append an alias-history entry. Returns the version it replaced. The only
-    code that sets ``@reference``."""
-    with champion_lease(default_holder(f"reference v{version}")):
+    code that sets ``@reference``; it writes as ``move_champion`` does (history reconciled first,
+    the lease re-checked before writing and before recording, the alias re-read after writing)."""
+    with champion_lease(default_holder(f"reference v{version}")) as lease:
         current = alias_version(REFERENCE)
+        _reconcile_history(REFERENCE, current)
         if current == version:
             return current
+        _still_held(lease, REFERENCE, version)
         client().set_registered_model_alias(MODEL_NAME, REFERENCE, version)
         tag_version(version, {"reference.by": who(), "reference.at": now(), "reference.reason": reason})
         after = alias_version(REFERENCE)
         if after != version:
             raise LeaseBypassed(f"@{REFERENCE} is {_v(after)} right after this step set it to v{version}: something "
                                 "moved it without the promotion lease; check the alias history and run again")
+        _still_held(lease, REFERENCE, version)
         _append_history(REFERENCE, version, current, "reference", reason)
     return current
 

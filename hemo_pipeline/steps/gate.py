@@ -257,9 +257,10 @@ def run(args: argparse.Namespace) -> int:
                          "hemo.gate_compared": str(bool(champion) and policy.mode == "superiority").lower()})
         if result.promote:
             try:
-                registry.move_champion(challenger, champion, how="gate", reason=result.reason)
+                registry.move_champion(challenger, champion, how="gate", reason=result.reason,
+                                       expected_reference=reference)  # drift was measured against it
             except registry.AliasMoved:
-                mlflow.set_tag("hemo.gate_conflict", "champion moved during the gate")
+                mlflow.set_tag("hemo.gate_conflict", "champion or reference moved during the gate")
                 raise
         decision["alias_history"] = registry.alias_history()
         report = gate_report(decision, versions)

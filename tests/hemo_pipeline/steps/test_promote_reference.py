@@ -132,3 +132,24 @@ def test_a_move_the_history_missed_is_reconciled_before_the_next(store: Path) ->
     assert [(e["alias"], e["version"], e["previous"], e["how"]) for e in history] == [
         ("champion", v1, None, "reconciled"), ("champion", v2, v1, "manual")]
     assert _no_lease_left()
+
+
+def test_a_promotion_judged_against_a_reference_that_moved_since_changes_nothing(store: Path) -> None:
+    """The gate measured drift against @reference v1; a person approved v2 as reference before the
+    gate wrote: the gate's promotion is refused (exit 3 in the step), the champion stays."""
+    v1, v2, v3 = _versions(3)
+    assert main(["promote", "--reference", "--version", v1, "--reason", "baseline"]) == 0
+    assert main(["promote", "--reference", "--version", v2, "--reason", "new baseline"]) == 0
+    with pytest.raises(registry.AliasMoved, match="@reference moved from v1 to v2"):
+        registry.move_champion(v3, None, how="gate", reason="drift within budget of v1", expected_reference=v1)
+    assert registry.alias_version(registry.CHAMPION) is None and _no_lease_left()
+    assert registry.move_champion(v3, None, how="gate", reason="judged against v2", expected_reference=v2) is None
+    assert registry.alias_version(registry.CHAMPION) == v3
+
+
+def test_a_reference_move_the_history_missed_is_reconciled(store: Path) -> None:
+    v1, v2 = _versions(2)
+    registry.client().set_registered_model_alias(registry.MODEL_NAME, registry.REFERENCE, v1)  # moved, not recorded
+    assert main(["promote", "--reference", "--version", v2, "--reason", "next"]) == 0
+    assert [(e["alias"], e["version"], e["previous"], e["how"]) for e in registry.alias_history()] == [
+        ("reference", v1, None, "reconciled"), ("reference", v2, v1, "reference")]
