@@ -50,16 +50,30 @@ def confusion_counts(y_true: np.ndarray, probs: np.ndarray,
             for name, m in zip(CLASSES, matrices)}
 
 
+DEFAULT_THRESHOLD = 0.5
+
+
 def tune_thresholds(y_true: np.ndarray, probs: np.ndarray,
-                    grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))) -> list[float]:
-    """Per-class threshold maximising that class's F2 on validation (ties: the one nearest 0.5)."""
+                    grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
+                    min_positives: int = 0) -> list[float]:
+    """Per-class threshold maximising that class's F2 on validation (ties: the one nearest 0.5).
+    A class with fewer than ``min_positives`` positive slices keeps 0.5: a threshold fitted to a
+    handful of positives follows them, not the class (:func:`untunable_classes` names them)."""
     y = y_true.astype(np.int64)
     best = []
     for i in range(y.shape[1]):
+        if y[:, i].sum() < min_positives:
+            best.append(DEFAULT_THRESHOLD)
+            continue
         scores = [(fbeta_score(y[:, i], (probs[:, i] >= t).astype(np.int64), beta=2, zero_division=0), -abs(t - 0.5), t)
                   for t in grid]
         best.append(float(max(scores)[2]))
     return best
+
+
+def untunable_classes(y_true: np.ndarray, min_positives: int) -> list[int]:
+    """Indices of the classes with fewer than ``min_positives`` positive slices in ``y_true``."""
+    return [i for i, n in enumerate(np.asarray(y_true).sum(axis=0)) if n < min_positives]
 
 
 RSNA_EPS = 1e-7

@@ -62,11 +62,25 @@ class ContextModel(nn.Module):
     reference scorer; inference uses the equivalent 1-forward-per-slice filter instead.
     """
 
-    def __init__(self, slice_model: nn.Module, weights: Sequence[float] = CONTEXT_WEIGHTS) -> None:
+    def __init__(self, slice_model: nn.Module, weights: Sequence[float] = CONTEXT_WEIGHTS,
+                 freeze_batchnorm: bool = False) -> None:
         super().__init__()
         self.slice_model = slice_model
+        self.freeze_batchnorm = freeze_batchnorm
         self.weights: torch.Tensor
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32))
+
+    def train(self, mode: bool = True) -> ContextModel:
+        """With ``freeze_batchnorm``, BatchNorm layers stay in eval mode while the rest trains: their
+        running statistics stay stage 1's, so refinement starts from stage 1's behaviour. Trained
+        at lr 1e-6 with updated statistics, they drift to the refinement batches' (60 neighbouring
+        slices of 12 windows) and change every prediction although the weights barely move."""
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         batch, width = windows.shape[:2]

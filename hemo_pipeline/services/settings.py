@@ -177,9 +177,14 @@ class RefineSettings:
     head_epochs: int = 30
     """Learned context heads (model.context conv1d/bigru): epochs over the frozen embeddings."""
     head_lr: float = 1e-3
+    batchnorm: str = "frozen"
+    """frozen: BatchNorm keeps stage 1's running statistics during refinement (the method is silent;
+    updating them at lr 1e-6 re-estimates them on refinement batches and changed the demo's
+    predictions more than the weights did); train: update them as `model.train()` does."""
 
     def check(self) -> None:
         _require(self.epochs >= 1 and self.batch_size >= 1, "refine.epochs and refine.batch_size must be >= 1")
+        _require(self.batchnorm in ("frozen", "train"), f"refine.batchnorm must be frozen or train, not {self.batchnorm!r}")
         _require(self.head_epochs >= 1 and self.head_lr > 0, "refine.head_epochs must be >= 1 and head_lr > 0")
         _require(self.max_steps is None or self.max_steps >= 1, "refine.max_steps must be null or >= 1")
 
@@ -207,6 +212,9 @@ class EvaluateSettings:
     batch_size: int = 32
     tune_thresholds: bool = True
     """Per-class thresholds tuned on the `val` role and stored with the model."""
+    min_tune_positives: int = 20
+    """A class with fewer positive slices in `val` keeps threshold 0.5 (said in one line): tuned on a
+    handful of slices, a threshold fits them, not the class. 0 tunes every class."""
     examples: int = 8
 
 

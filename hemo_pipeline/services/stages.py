@@ -98,7 +98,7 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
     Returns the history and the summary; best.pt in ``out`` is the model that moves on."""
     report = FitReporter(cluster.is_main)
     train_cfg, cfg = settings.train, settings.refine
-    model = ContextModel(slice_model, spec.context_weights)
+    model = ContextModel(slice_model, spec.context_weights, freeze_batchnorm=cfg.batchnorm == "frozen")
     dataset = WindowDataset(roles["train"], spec.image_size, channels=spec.channels,
                             cache=slice_cache(settings, roles["train"], spec.image_size, spec.channels))
     rule, rule_reason = selection_rule(settings.selection, roles["val"])
@@ -117,15 +117,19 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
         return result.history, {}
     start_f2 = float(result.initial_val_micro_f2 or 0.0)
     report.metric("val_micro_f2_context_before", start_f2)
-    if rule != "last" and result.best_val_micro_f2 < start_f2:
-        # Refinement made validation worse (on a val role that can tell): keep the stage-1 weights.
+    if rule == "last" or result.best_val_micro_f2 <= start_f2:
+        # Kept only where a val role that can tell shows it better; without that evidence (a val role
+        # too small to choose on) or when it is not better, stage 1 moves on unchanged.
         slice_model.load_state_dict(initial_state)
         save_checkpoint(out / BEST, slice_model, spec, epoch=0, val_micro_f2=start_f2, provenance=seen)
         result.best_epoch, result.best_val_micro_f2 = 0, start_f2
     summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
                "val_micro_f2_context_before": start_f2, "seconds": round(time.perf_counter() - started, 1),
                "context": "filter", "selection": rule, "selection_reason": rule_reason,
-               "kept_refinement": result.best_epoch > 0}
+               "kept_refinement": result.best_epoch > 0, "batchnorm": cfg.batchnorm,
+               "kept_reason": ("refinement beat stage 1 on val" if result.best_epoch > 0 else
+                               "val role too small to tell: stage 1 kept" if rule == "last" else
+                               "refinement did not beat stage 1 on val: stage 1 kept")}
     return result.history, summary
 
 

@@ -9,10 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from hemo_model import CLASSES
 from hemo_model.data.cache import SliceCache
 from hemo_model.inference.scoring import score_sequences, stack_scores
 from hemo_model.metrics.classification import micro_f2
@@ -21,6 +19,7 @@ from hemo_model.model.spec import ModelSpec
 from hemo_model.model.storage import load_checkpoint
 from hemo_model.training.config import FitConfig
 from hemo_pipeline.services.errors import UserError
+from hemo_pipeline.services.role_capacity import RoleContents, val_can_choose
 from hemo_pipeline.services.settings import (
     ModelSettings,
     SelectionSettings,
@@ -41,18 +40,9 @@ def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[st
     """The rule this run uses and why (logged to MLflow and the step's JSON report)."""
     if selection.rule != "auto":
         return selection.rule, f"selection.rule: {selection.rule}"
-
-
-    positives = np.sum([p.labels.sum(axis=0) for p in val_patients], axis=0) if val_patients else np.zeros(5)
-    short = [f"{c} {int(n)}" for c, n in zip(CLASSES, positives) if n < selection.min_val_positives]
-    if len(val_patients) >= selection.min_val_patients and not short:
-        return "best", (f"val role: {len(val_patients)} patients >= {selection.min_val_patients} and every class has "
-                        f">= {selection.min_val_positives} positive slices")
-    few = len(val_patients) < selection.min_val_patients
-    why = [f"{len(val_patients)} patients < {selection.min_val_patients}"] if few else []
-    if short:
-        why.append(f"positive slices below {selection.min_val_positives}: {', '.join(short)}")
-    return "last", "val role too small to choose on (" + "; ".join(why) + ")"
+    contents = RoleContents.of([p.labels for p in val_patients], [p.patient_key for p in val_patients])
+    ok, why = val_can_choose(contents, selection)
+    return ("best" if ok else "last"), why
 
 
 def model_spec(model: ModelSettings, image_size: int) -> Any:

@@ -23,7 +23,14 @@ import numpy as np
 from hemo_model import CLASSES
 from hemo_model.data.images import read_slice
 from hemo_model.inference.scoring import stack_scores
-from hemo_model.metrics.classification import classification_report, confusion_counts, micro_f2, rsna_log_loss, tune_thresholds
+from hemo_model.metrics.classification import (
+    classification_report,
+    confusion_counts,
+    micro_f2,
+    rsna_log_loss,
+    tune_thresholds,
+    untunable_classes,
+)
 from hemo_pipeline.services import plots, registry, tracking
 from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
@@ -84,7 +91,15 @@ def run(args: argparse.Namespace) -> int:
 
     val_single, val_context, val_labels, _ = both_modes(roles["val"])
     if cfg.tune_thresholds:
-        thresholds, thresholds_single = tune_thresholds(val_labels, val_context), tune_thresholds(val_labels, val_single)
+        floor = cfg.min_tune_positives
+        thresholds = tune_thresholds(val_labels, val_context, min_positives=floor)
+        thresholds_single = tune_thresholds(val_labels, val_single, min_positives=floor)
+        kept = untunable_classes(val_labels, floor)
+        if kept:
+            counts = val_labels.sum(axis=0)
+            print(f"evaluate: thresholds of {', '.join(f'{CLASSES[i]} ({int(counts[i])})' for i in kept)} kept at 0.5: "
+                  f"fewer than evaluate.min_tune_positives {floor} positive slices in the {len(roles['val'])} val "
+                  "scans; the other classes are tuned on val")
     else:
         thresholds = thresholds_single = [0.5] * len(CLASSES)
     single_probs, context_probs, labels, scores = both_modes(roles["gate"])

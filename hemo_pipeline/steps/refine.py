@@ -2,10 +2,11 @@
 
 For a centre slice k the model scores k-2..k+2 separately; the loss is taken on
 0.1 z(k-2) + 0.3 z(k-1) + 0.5 z(k) + 0.3 z(k+1) + 0.1 z(k+2). Adam at lr 1e-6, batch 12
-(settings `refine`), same loss as stage 1. The epoch that moves on follows `selection` (validation
-micro-F2 *with context* on the `val` role when it is big enough, else the last epoch); when the val
-role can tell and refinement made it worse, the stage-1 weights are kept instead. Checkpoints hold
-the per-slice network, so they load like stage-1 checkpoints.
+(settings `refine`), same loss as stage 1, BatchNorm statistics frozen at stage 1's
+(`refine.batchnorm`). The epoch that moves on follows `selection` (validation micro-F2 *with
+context* on the `val` role when it is big enough); refinement is kept only where that val role
+shows it better than stage 1. When val cannot tell (too small) or it is not better, the stage-1
+weights move on. Checkpoints hold the per-slice network, so they load like stage-1 checkpoints.
 """
 
 from __future__ import annotations
@@ -66,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
         publish_fit("refine", history, summary, args.reports, title)
     print(f"refine ({kind}): val micro-F2 {summary['val_micro_f2_context_before']:.4f} -> "
           f"{summary['best_val_micro_f2_context']:.4f} with context (epoch {summary['best_epoch']}, selection "
-          f"'{summary['selection']}'), {summary['seconds']:.0f} s -> {args.out / 'best.pt'}")
+          f"'{summary['selection']}'{'; ' + summary['kept_reason'] if 'kept_reason' in summary else ''}), "
+          f"{summary['seconds']:.0f} s -> {args.out / 'best.pt'}")
     return 0

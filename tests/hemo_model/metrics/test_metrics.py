@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from hemo_model.metrics.classification import classification_report, confusion_counts, micro_f2, tune_thresholds
+from hemo_model.metrics.classification import (
+    classification_report,
+    confusion_counts,
+    micro_f2,
+    tune_thresholds,
+    untunable_classes,
+)
 
 
 def f_beta(tp: int, fp: int, fn: int, beta: float = 2.0) -> float:
@@ -58,3 +64,18 @@ def test_rsna_log_loss_against_a_hand_computed_value() -> None:
     second = (-math.log(0.8) + 3 * -math.log(1 - 1e-7) + 3 * -math.log(1e-7)) / 7
     assert rsna_log_loss(y, p) == pytest.approx((first + second) / 2, rel=1e-9)  # 1 - (1 - 1e-7) rounds at 1e-10
     assert rsna_log_loss(y, y.astype(float)) == pytest.approx(-math.log(1 - 1e-7), rel=1e-6)
+
+
+def test_a_class_with_too_few_val_positives_keeps_the_default_threshold() -> None:
+    """Three positive slices would pull the threshold to wherever they happen to score."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((200, 5), dtype=np.int64)
+    y[:60, 0] = 1
+    y[:3, 4] = 1
+    p = np.clip(y * 0.3 + rng.random((200, 5)) * 0.4, 0, 1)  # positives score 0.3-0.7, negatives 0-0.4
+    p[:, 4] = np.where(y[:, 4] == 1, 0.93, rng.random(200) * 0.8)  # three edh slices all score 0.93
+    free = tune_thresholds(y, p)
+    guarded = tune_thresholds(y, p, min_positives=20)
+    assert untunable_classes(y, 20) == [1, 2, 3, 4]
+    assert guarded[4] == 0.5 and free[4] != 0.5  # tuned on 3 slices, it moves
+    assert guarded[0] == free[0] != 0.5  # a class with 60 positives is still tuned

@@ -48,3 +48,18 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded.eval()(x), model(x))
     assert loaded_config == config and payload["epoch"] == 3
     assert not (tmp_path / "m.pt.tmp").exists()
+
+
+def test_frozen_batchnorm_keeps_stage1_statistics_while_the_rest_trains() -> None:
+    torch.manual_seed(0)
+    windows = torch.rand(3, 5, 3, 32, 32) * 4  # far from the statistics a fresh network holds
+    for freeze, changes in ((True, False), (False, True)):
+        model = ContextModel(HemoNet(head="method"), freeze_batchnorm=freeze).train()
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(m.training != freeze for m in norms)
+        assert model.slice_model.training and model.training
+        before = [m.running_mean.clone() for m in norms]
+        model(windows)
+        moved = any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+        assert moved == changes
+    assert not any(m.training for m in model.eval().modules())

@@ -20,7 +20,12 @@ def test_split_writes_roles_and_counts_and_ignores_row_order(data_copy: Path, tm
     first = json.loads((tmp_path / "a.json").read_text())
     assert set(first["roles"].values()) <= {"train", "val", "gate"} and len(first["roles"]) == 4
     assert sum(first["counts"].values()) == 4 and first["split"]["salt"] == "hemo-roles-v1"
-    assert "split of 4 patients" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "split of 4 patients" in out
+    jobs = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0] for line in jobs] == ["train", "val", "gate"]
+    assert "cannot judge" in jobs[2] and "`hemo gate` refuses" in jobs[2]  # 4 patients: far below the minimum gate
+    assert first["jobs"] == [f"  {line}" for line in jobs]
 
     # Same patients in another row order, one patient withdrawn: nobody else changes role.
     with (data_copy / "train.csv").open() as handle:

@@ -1,0 +1,83 @@
+"""Whether each patient role can bear its job, decided once and said in one line per role.
+
+* ``train`` must hold positive patients of every class, or that class cannot be learned;
+* ``val`` chooses the epoch, whether refinement is kept, and tunes the thresholds: with fewer than
+  ``selection.min_val_patients`` patients or ``selection.min_val_positives`` positive slices of a
+  class, "best epoch" and "refinement helped" are noise, so the pipeline takes the last epoch and
+  keeps stage 1 (:func:`val_can_choose`, used by the selection rule);
+* ``gate`` judges promotions: below ``gate.min_patients`` patients or ``gate.min_positive_patients``
+  positive patients of a class, `hemo gate` refuses (exit 2) and a person must sign off.
+
+`hemo split` prints these lines before anything trains, so a team sees on its first data set
+which decisions its roles can make. Plain numpy: `hemo split` imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hemo_model import CLASSES
+from hemo_pipeline.services.settings import GateSettings, SelectionSettings
+
+
+@dataclass(frozen=True)
+class RoleContents:
+    """What a role holds: distinct patients, positive slices and positive patients per class."""
+
+    patients: int
+    positive_slices: np.ndarray
+    positive_patients: np.ndarray
+
+    @classmethod
+    def of(cls, labels: Sequence[np.ndarray], keys: Sequence[str]) -> RoleContents:
+        """From each scan's (slices, 5) labels and its patient key (scans of one key count once)."""
+        per_patient: dict[str, np.ndarray] = {}
+        for y, key in zip(labels, keys, strict=True):
+            per_patient[key] = per_patient.get(key, np.zeros(len(CLASSES))) + np.asarray(y).sum(axis=0)
+        sums = np.array(list(per_patient.values())) if per_patient else np.zeros((0, len(CLASSES)))
+        return cls(len(per_patient), sums.sum(axis=0), (sums > 0).sum(axis=0))
+
+
+def _counts(values: np.ndarray) -> str:
+    return ", ".join(f"{c} {int(v)}" for c, v in zip(CLASSES, values, strict=True))
+
+
+def val_can_choose(val: RoleContents, selection: SelectionSettings) -> tuple[bool, str]:
+    """Whether the val role can choose an epoch / refinement, and why (the selection rule's test)."""
+    short = [f"{c} {int(n)}" for c, n in zip(CLASSES, val.positive_slices, strict=True)
+             if n < selection.min_val_positives]
+    if val.patients >= selection.min_val_patients and not short:
+        return True, (f"val role: {val.patients} patients >= {selection.min_val_patients} and every class has "
+                      f">= {selection.min_val_positives} positive slices")
+    why = [f"{val.patients} patients < {selection.min_val_patients}"] if val.patients < selection.min_val_patients else []
+    if short:
+        why.append(f"positive slices below {selection.min_val_positives}: {', '.join(short)}")
+    return False, "val role too small to choose on (" + "; ".join(why) + ")"
+
+
+def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSettings, gate: GateSettings) -> list[str]:
+    """One line per role: its size and whether it can do its job (what the pipeline does if not)."""
+    train, val, judge = contents["train"], contents["val"], contents["gate"]
+    missing = [c for c, n in zip(CLASSES, train.positive_patients, strict=True) if n == 0]
+    lines = [f"  train: {train.patients} patients, positive patients {_counts(train.positive_patients)}: "
+             + (f"no positive patient of {', '.join(missing)}, which cannot be learned; add labelled patients"
+                if missing else "every class has examples to learn from")]
+    ok, why = val_can_choose(val, selection)
+    lines.append(f"  val: {val.patients} patients, positive slices {_counts(val.positive_slices)}: "
+                 + ("can choose the epoch and whether refinement is kept" if ok else
+                    f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
+                    "the last epoch and stage 1 move on, and thresholds tuned on it are unreliable"))
+    short = [f"{c} {int(n)}" for c, n in zip(CLASSES, judge.positive_patients, strict=True)
+             if n < gate.min_positive_patients]
+    problems = ([f"{judge.patients} patients < gate.min_patients {gate.min_patients}"]
+                if judge.patients < gate.min_patients else []) + (
+        [f"positive patients {', '.join(short)} < gate.min_positive_patients {gate.min_positive_patients}"]
+        if short else [])
+    lines.append(f"  gate: {judge.patients} patients, positive patients {_counts(judge.positive_patients)}: "
+                 + ("can judge promotions" if not problems else
+                    f"cannot judge ({'; '.join(problems)}): `hemo gate` refuses (exit 2) until it grows, or a person "
+                    "signs off with `hemo promote`"))
+    return lines
