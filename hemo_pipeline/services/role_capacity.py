@@ -4,7 +4,7 @@
 * ``val`` chooses the epoch, whether refinement is kept, and tunes the thresholds: with fewer than
   ``selection.min_val_patients`` patients or ``selection.min_val_positives`` positive slices of a
   class, "best epoch" and "refinement helped" are noise, so the pipeline takes the last epoch and
-  keeps stage 1 (:func:`val_can_choose`, used by the selection rule);
+  the method's refinement untested (:func:`val_can_choose`, used by the selection rule);
 * ``gate`` judges promotions: below ``gate.min_patients`` patients or ``gate.min_positive_patients``
   positive patients of a class, `hemo gate` refuses (exit 2) and a person must sign off.
 
@@ -69,7 +69,8 @@ def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSetting
     lines.append(f"  val: {val.patients} patients, positive slices {_counts(val.positive_slices)}: "
                  + ("can choose the epoch and whether refinement is kept" if ok else
                     f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
-                    "the last epoch and stage 1 move on, and thresholds tuned on it are unreliable"))
+                    "the last epoch and the method's refinement move on untested, and its thresholds are tuned only "
+                    "for classes with evaluate.min_tune_positives positive slices"))
     short = [f"{c} {int(n)}" for c, n in zip(CLASSES, judge.positive_patients, strict=True)
              if n < gate.min_positive_patients]
     problems = ([f"{judge.patients} patients < gate.min_patients {gate.min_patients}"]

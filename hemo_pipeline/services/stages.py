@@ -117,9 +117,10 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
         return result.history, {}
     start_f2 = float(result.initial_val_micro_f2 or 0.0)
     report.metric("val_micro_f2_context_before", start_f2)
-    if rule == "last" or result.best_val_micro_f2 <= start_f2:
-        # Kept only where a val role that can tell shows it better; without that evidence (a val role
-        # too small to choose on) or when it is not better, stage 1 moves on unchanged.
+    if rule != "last" and result.best_val_micro_f2 <= start_f2:
+        # A val role that can tell shows refinement no better: stage 1 moves on unchanged. A val role
+        # too small to tell keeps the method's refinement (with BatchNorm frozen it starts from stage
+        # 1's behaviour; a decision on a handful of patients would be noise either way).
         slice_model.load_state_dict(initial_state)
         save_checkpoint(out / BEST, slice_model, spec, epoch=0, val_micro_f2=start_f2, provenance=seen)
         result.best_epoch, result.best_val_micro_f2 = 0, start_f2
@@ -127,8 +128,8 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
                "val_micro_f2_context_before": start_f2, "seconds": round(time.perf_counter() - started, 1),
                "context": "filter", "selection": rule, "selection_reason": rule_reason,
                "kept_refinement": result.best_epoch > 0, "batchnorm": cfg.batchnorm,
-               "kept_reason": ("refinement beat stage 1 on val" if result.best_epoch > 0 else
-                               "val role too small to tell: stage 1 kept" if rule == "last" else
+               "kept_reason": ("val role too small to tell: the method's refinement moves on" if rule == "last" else
+                               "refinement beat stage 1 on val" if result.best_epoch > 0 else
                                "refinement did not beat stage 1 on val: stage 1 kept")}
     return result.history, summary
 

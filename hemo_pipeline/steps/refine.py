@@ -3,10 +3,11 @@
 For a centre slice k the model scores k-2..k+2 separately; the loss is taken on
 0.1 z(k-2) + 0.3 z(k-1) + 0.5 z(k) + 0.3 z(k+1) + 0.1 z(k+2). Adam at lr 1e-6, batch 12
 (settings `refine`), same loss as stage 1, BatchNorm statistics frozen at stage 1's
-(`refine.batchnorm`). The epoch that moves on follows `selection` (validation micro-F2 *with
-context* on the `val` role when it is big enough); refinement is kept only where that val role
-shows it better than stage 1. When val cannot tell (too small) or it is not better, the stage-1
-weights move on. Checkpoints hold the per-slice network, so they load like stage-1 checkpoints.
+(`refine.batchnorm`), so stage 2 starts from stage 1's behaviour. The epoch that moves on
+follows `selection` (validation micro-F2 *with context* on the `val` role when it is big enough);
+where that val role shows refinement no better than stage 1, the stage-1 weights move on instead.
+A val role too small to tell keeps the method's refinement (and says so). Checkpoints hold the
+per-slice network, so they load like stage-1 checkpoints.
 """
 
 from __future__ import annotations
