@@ -58,6 +58,16 @@ def val_can_choose(val: RoleContents, selection: SelectionSettings) -> tuple[boo
     return False, "val role too small to choose on (" + "; ".join(why) + ")"
 
 
+def gate_shortfall(patients: int, positive_patients: Sequence[float] | np.ndarray, min_patients: int,
+                   min_positive_patients: int) -> list[str]:
+    """What keeps a gate role from judging (empty: it can): too few patients, or too few positive
+    patients of a class. One wording for `hemo gate`'s refusal and `hemo split`'s line."""
+    short = [f"{c} {int(k)}" for c, k in zip(CLASSES, positive_patients, strict=True) if k < min_positive_patients]
+    return ([f"{patients} patients (gate.min_patients {min_patients})"] if patients < min_patients else []) + (
+        [f"positive patients {', '.join(short)} (gate.min_positive_patients {min_positive_patients})"]
+        if short else [])
+
+
 def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSettings, gate: GateSettings) -> list[str]:
     """One line per role: its size and whether it can do its job (what the pipeline does if not)."""
     train, val, judge = contents["train"], contents["val"], contents["gate"]
@@ -71,14 +81,9 @@ def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSetting
                     f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
                     "the last epoch and the method's refinement move on untested, and its thresholds are tuned only "
                     "for classes with evaluate.min_tune_positives positive slices"))
-    short = [f"{c} {int(n)}" for c, n in zip(CLASSES, judge.positive_patients, strict=True)
-             if n < gate.min_positive_patients]
-    problems = ([f"{judge.patients} patients < gate.min_patients {gate.min_patients}"]
-                if judge.patients < gate.min_patients else []) + (
-        [f"positive patients {', '.join(short)} < gate.min_positive_patients {gate.min_positive_patients}"]
-        if short else [])
+    problems = gate_shortfall(judge.patients, judge.positive_patients, gate.min_patients, gate.min_positive_patients)
     lines.append(f"  gate: {judge.patients} patients, positive patients {_counts(judge.positive_patients)}: "
                  + ("can judge promotions" if not problems else
-                    f"cannot judge ({'; '.join(problems)}): `hemo gate` refuses (exit 2) until it grows, or a person "
-                    "signs off with `hemo promote`"))
+                    f"cannot judge, too few: {'; '.join(problems)}; `hemo gate` refuses (exit 2) until it grows, or a "
+                    "person signs off with `hemo promote`"))
     return lines

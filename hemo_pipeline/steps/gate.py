@@ -56,6 +56,7 @@ from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from hemo_pipeline.services.patient_roles import load_roles
 from hemo_pipeline.services.results import publish
+from hemo_pipeline.services.role_capacity import gate_shortfall
 from hemo_pipeline.services.settings import GateSettings
 from hemo_pipeline.services.step_args import add_common_arguments, data_root, settings_from
 
@@ -158,12 +159,8 @@ def require_gate_size(trivial: np.ndarray, policy: gs.GatePolicy, challenger: st
     the risk and promote by hand, the gate itself never does."""
     if bool(gs.gate_size_ok(trivial, policy.min_patients, policy.min_positive_patients)):
         return
-    positives = gs.positive_patients(trivial)
-    short = [f"{c} {int(k)}" for c, k in zip(CLASSES, positives, strict=True) if k < policy.min_positive_patients]
-    problems = ([f"{trivial.shape[0]} patients (gate.min_patients {policy.min_patients})"]
-                if trivial.shape[0] < policy.min_patients else []) + (
-        [f"positive patients {', '.join(short)} (gate.min_positive_patients {policy.min_positive_patients})"]
-        if short else [])
+    problems = gate_shortfall(trivial.shape[0], gs.positive_patients(trivial), policy.min_patients,
+                              policy.min_positive_patients)
     raise UserError(f"the gate role is too small to judge v{challenger} on: {'; '.join(problems)}; add labelled "
                     "patients or raise split.gate_fraction (with new models), or have a person sign off: "
                     f"`hemo promote --version {challenger} --reason ...`")

@@ -40,7 +40,8 @@ def test_lines_say_what_each_role_cannot_do() -> None:
     lines = role_lines({"train": no_edh, "val": no_edh, "gate": no_edh}, SelectionSettings(), GateSettings())
     assert "no positive patient of edh, which cannot be learned" in lines[0]
     assert "cannot choose (4 patients < 30; positive slices below 20" in lines[1]
-    assert "cannot judge (4 patients < gate.min_patients 50; positive patients edh 0" in lines[2]
+    assert ("cannot judge, too few: 4 patients (gate.min_patients 50); positive patients edh 0 "
+            "(gate.min_positive_patients 3)") in lines[2]
     good = role_lines({"train": full, "val": full, "gate": full}, SelectionSettings(), GateSettings())
     assert good[0].endswith("every class has examples to learn from")
     assert good[1].endswith("can choose the epoch and whether refinement is kept")
