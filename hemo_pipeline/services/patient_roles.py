@@ -56,9 +56,14 @@ def provenance(roles: dict[str, list], split: SplitSettings, earlier: dict[str, 
     seen_pixels = {p.pixels_sha256 for p in roles["train"] if p.pixels_sha256} | set(earlier.get("train_series", []))
     tuned_pixels = ({p.pixels_sha256 for p in roles.get("val", []) if p.pixels_sha256}
                     | set(earlier.get("val_series", [])))
+    # the scan folders too: a version keyed by folder (older releases, or data without series.csv)
+    # and a gate keyed by patient (or the other way round) still meet on the folder names
+    seen_scans = {p.dirname for p in roles["train"]} | set(earlier.get("train_scans", []))
+    tuned_scans = {p.dirname for p in roles.get("val", [])} | set(earlier.get("val_scans", []))
     return {"split": asdict(split), "train_patients": sorted(seen), "train_patients_sha256": patients_digest(seen),
             "val_patients": sorted(tuned), "val_patients_sha256": patients_digest(tuned),
-            "train_series": sorted(seen_pixels), "val_series": sorted(tuned_pixels)}
+            "train_series": sorted(seen_pixels), "val_series": sorted(tuned_pixels),
+            "train_scans": sorted(seen_scans), "val_scans": sorted(tuned_scans)}
 
 
 def assignment(dirnames: list[str], split: SplitSettings, patients: Mapping[str, str] | None = None) -> dict[str, Any]:

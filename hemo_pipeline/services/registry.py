@@ -188,13 +188,16 @@ def log_and_register(model: Any, spec: Any, provenance: dict[str, Any], metrics:
         save_model_folder(folder, model.to("cpu").eval(), spec)
         digests = {PARAM_WEIGHTS: sha256_file(folder / WEIGHTS_FILE), PARAM_SPEC: sha256_file(folder / SPEC_FILE)}
         val_patients = sorted(provenance.get("val_patients", []))
-        series = {"train": sorted(provenance.get("train_series", [])), "val": sorted(provenance.get("val_series", []))}
+        # scans recorded only when the provenance knows them (a checkpoint of an older release does
+        # not): an absent record reads as "unknown" at the gate, never as "none"
+        series = ({key: sorted(provenance.get(key, [])) for key in SERIES_KEYS}
+                  if "train_series" in provenance and "train_scans" in provenance else None)
         mlflow.log_params({**digests, PARAM_TRAIN_DIGEST: provenance["train_patients_sha256"],
-                           PARAM_VAL_DIGEST: patients_digest(val_patients), PARAM_SERIES_DIGEST: series_digest(series),
+                           PARAM_VAL_DIGEST: patients_digest(val_patients),
+                           **({PARAM_SERIES_DIGEST: series_digest(series)} if series is not None else {}),
                            PARAM_SPLIT: json.dumps(provenance["split"], sort_keys=True)})
         mlflow.log_dict({"split": provenance["split"], "train_patients": provenance["train_patients"],
-                         "val_patients": val_patients, "train_series": series["train"], "val_series": series["val"]},
-                        TRAIN_PATIENTS_ARTIFACT)
+                         "val_patients": val_patients, **(series or {})}, TRAIN_PATIENTS_ARTIFACT)
         logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, model_type=MODEL_TYPE,
                                                 tags={"hemo.spec_format": spec.to_dict()["format"]})
         client().log_model_artifacts(logged.model_id, str(folder))
@@ -245,15 +248,19 @@ def train_patients(version: str) -> list[str]:
     return seen_patients(version)["train"] or []
 
 
+SERIES_KEYS = ("train_series", "val_series", "train_scans", "val_scans")
+"""What a version records of its scans: pixel fingerprints and folder names, of train and val."""
+
+
 def series_digest(series: dict[str, list[str]]) -> str:
-    """sha256 of the train and val pixel fingerprints (sorted lists), as one JSON document."""
-    return hashlib.sha256(json.dumps({k: sorted(series[k]) for k in ("train", "val")}).encode()).hexdigest()
+    """sha256 of the scan records (:data:`SERIES_KEYS`, sorted lists), as one JSON document."""
+    return hashlib.sha256(json.dumps({k: sorted(series[k]) for k in SERIES_KEYS}).encode()).hexdigest()
 
 
 def seen_patients(version: str) -> dict[str, list[str] | None]:
-    """The ``train`` and ``val`` patients a version recorded in its own run, and the pixel
-    fingerprints of their scans (``train_series``, ``val_series``), each checked against the digest
-    that run logged as a parameter (None for what versions registered before it was recorded lack)."""
+    """The ``train`` and ``val`` patients a version recorded in its own run, and its scans' pixel
+    fingerprints and folder names (:data:`SERIES_KEYS`), each checked against the digest that run
+    logged as a parameter (None for what versions registered before it was recorded lack)."""
 
     info, params = registering_run(version)
     digest = params.get(PARAM_TRAIN_DIGEST)
@@ -268,7 +275,7 @@ def seen_patients(version: str) -> dict[str, list[str] | None]:
             recorded = json.loads(Path(local).read_text())
             patients = list(recorded["train_patients"])
             tuned = list(recorded["val_patients"]) if PARAM_VAL_DIGEST in params else None
-            series = ({"train": [str(x) for x in recorded["train_series"]], "val": [str(x) for x in recorded["val_series"]]}
+            series = ({k: [str(x) for x in recorded[k]] for k in SERIES_KEYS}
                       if PARAM_SERIES_DIGEST in params else None)
         except (MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{MODEL_NAME} v{version}: its run's {TRAIN_PATIENTS_ARTIFACT} cannot be read "
@@ -278,8 +285,7 @@ def seen_patients(version: str) -> dict[str, list[str] | None]:
             or (series is not None and series_digest(series) != params[PARAM_SERIES_DIGEST])):
         raise UserError(f"{MODEL_NAME} v{version}: its patient lists do not match the digests its run recorded; "
                         "the artifact was changed, do not promote this version")
-    return {"train": patients, "val": tuned, "train_series": None if series is None else series["train"],
-            "val_series": None if series is None else series["val"]}
+    return {"train": patients, "val": tuned, **{k: None if series is None else series[k] for k in SERIES_KEYS}}
 
 
 def recorded_split(version: str) -> dict[str, Any]:

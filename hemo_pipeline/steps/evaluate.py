@@ -140,9 +140,11 @@ def run(args: argparse.Namespace) -> int:
             spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
             # the thresholds were just tuned on this run's val patients: the version has seen them too
             tuned = sorted(set(seen.get("val_patients", [])) | {p.patient_key for p in roles["val"]})
-            tuned_pixels = sorted(set(seen.get("val_series", [])) | {p.pixels_sha256 for p in roles["val"] if p.pixels_sha256})
-            version = registry.log_and_register(loaded.module, spec,
-                                                {**seen, "val_patients": tuned, "val_series": tuned_pixels}, metrics)
+            tuned_scans = {"val_series": sorted(set(seen.get("val_series", []))
+                                                | {p.pixels_sha256 for p in roles["val"] if p.pixels_sha256}),
+                           "val_scans": sorted(set(seen.get("val_scans", [])) | {p.dirname for p in roles["val"]})}
+            version = registry.log_and_register(loaded.module, spec, {**seen, "val_patients": tuned, **tuned_scans},
+                                                metrics)
             mlflow.set_tag("hemo.registered_version", version)
         run_id = run.info.run_id
 

@@ -118,27 +118,29 @@ def challenger_version(args: argparse.Namespace) -> str:
         raise UserError(f"{args.challenger} does not name a version ({exc}); re-run `hemo evaluate`") from exc
 
 
-def check_fair(version: str, gate_patients: set[str], role: str,
-               gate_scans: dict[str, str] | None = None) -> dict[str, Any]:
-    """Refuse when ``version`` trained on, or chose its epoch and thresholds on, any gate patient
-    (by patient key), or on a scan with the pixels of a gate scan (``gate_scans``: fingerprint ->
-    folder), whatever either is called now; return its provenance for the report."""
+def check_fair(version: str, gate: list, role: str) -> dict[str, Any]:
+    """Refuse when ``version`` trained on, or chose its epoch and thresholds on, any patient of the
+    ``gate`` scans: by patient key or scan folder (versions of older releases, and data without
+    series.csv, recorded folders), or by the pixels of a gate scan whatever it is called now;
+    return its provenance for the report."""
     seen = registry.seen_patients(version)
     train, tuned = seen["train"] or [], seen["val"]
-    for used, how in ((train, "trained on"), (tuned or [], "was tuned (epoch, thresholds) on")):
-        overlap = sorted(gate_patients & set(used))
+    patients = {p.patient_key for p in gate}
+    for used, how in ((set(train) | set(seen.get("train_scans") or []), "trained on"),
+                      (set(tuned or []) | set(seen.get("val_scans") or []), "was tuned (epoch, thresholds) on")):
+        overlap = sorted({p.patient_key for p in gate if p.patient_key in used or p.dirname in used})
         if overlap:
             split = registry.recorded_split(version)
             raise UserError(
-                f"the {role} v{version} {how} {len(overlap)} of the {len(gate_patients)} gate patients "
+                f"the {role} v{version} {how} {len(overlap)} of the {len(patients)} gate patients "
                 f"(e.g. {', '.join(overlap[:3])}): comparing on them would be unfair, so the gate refuses. It was "
                 f"trained with split salt {split.get('salt')!r}, val {split.get('val_fraction')}, gate "
                 f"{split.get('gate_fraction')}; restore those split settings, or retrain both models under "
                 "the current ones (or promote by hand: `hemo promote --version N --reason ...`)")
-    scans = gate_scans or {}
-    for used, how in ((seen.get("train_series") or [], "trained on"),
-                      (seen.get("val_series") or [], "was tuned (epoch, thresholds) on")):
-        same = sorted(scans[f] for f in set(used) & scans.keys())
+    scans = {p.pixels_sha256: p.dirname for p in gate if p.pixels_sha256}
+    for used_pixels, how in ((seen.get("train_series") or [], "trained on"),
+                             (seen.get("val_series") or [], "was tuned (epoch, thresholds) on")):
+        same = sorted(scans[f] for f in set(used_pixels) & scans.keys())
         if same:
             raise UserError(
                 f"the {role} v{version} {how} the pixels of {len(same)} of the {len(scans)} gate scans under other "
@@ -203,10 +205,9 @@ def run(args: argparse.Namespace) -> int:
     trivial = counts_by_patient(patient_counts(labels, [np.ones_like(y) for y in labels]), keys)
     require_gate_size(trivial, policy, challenger)
     gate_ids = set(keys)
-    gate_scans = {p.pixels_sha256: p.dirname for p in patients if p.pixels_sha256}
     versions = {"challenger": challenger} | ({"champion": champion} if champion else {}) | (
         {"reference": reference} if reference else {})
-    fairness = {role: check_fair(v, gate_ids, role, gate_scans) for role, v in versions.items()}
+    fairness = {role: check_fair(v, patients, role) for role, v in versions.items()}
 
     device = resolve_device(args.device)
     workers = settings.data.loader_workers(device.type)

@@ -48,7 +48,7 @@ from hemo_model.data.dicom import (
     series_key,
     windowed,
 )
-from hemo_model.data.layout import LABELS_FILE, DataError, read_label_rows
+from hemo_model.data.layout import LABELS_FILE, SPLITS, DataError, read_label_rows
 from hemo_model.data.rsna import MAPPING_COLUMNS, mapping_rows, read_labels, read_mapping
 from hemo_model.data.series_index import (
     SERIES_COLUMNS,
@@ -67,6 +67,8 @@ from hemo_pipeline.services.files import write_csv_atomic, write_json_atomic
 from hemo_pipeline.services.step_args import add_settings_arguments, settings_from
 
 DEFAULT_WINDOWS = "brain"
+PLACEHOLDER_STUDIES = 10
+"""More head-CT studies than this under one patient key in one import is worth a warning."""
 SAME_PIXELS = "same_pixels_as_another_series"
 """Series skipped because another series of this import has exactly the same pixels (sent twice
 under two SeriesInstanceUIDs): one copy is written, so it can sit in one role only."""
@@ -144,6 +146,10 @@ class Outcome:
     """Patient keys of the series kept (only their number leaves this object)."""
     without_patient_id: int = 0
     """Series kept without a PatientID: each is its own patient."""
+    most_studies: int = 0
+    """The most studies one patient key holds in this import (a placeholder PatientID shows here)."""
+    unkeyed_earlier: int = 0
+    """Folders already in --out without a series.csv row (an earlier release's import, or `hemo synth`)."""
 
 
 def _plan(args: argparse.Namespace, settings: Any) -> Plan:
@@ -224,10 +230,15 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
                             "salt file or change HEMO_DICOM_SALT) and import into a fresh data folder")
         if f"ID_{key}" in taken:
             raise UserError(f"ID_{key} already exists in the data folder (the same series imported before with the "
-                            "same salt); nothing was written. Import into a new --out, or remove that patient first")
-    index = read_series_index(work)  # checked in run() before staging
+                            "same salt); nothing was written. Import into a new --out, or remove that patient first "
+                            "(its folder and its rows in train.csv and series.csv)")
+    on_disk = {d.name for split in SPLITS if (work / split).is_dir() for d in (work / split).iterdir() if d.is_dir()}
+    # checked in run() before staging; a row whose folder was removed is dropped (its scan may come back)
+    index = {d: r for d, r in read_series_index(work).items() if d in on_disk}
+    outcome.unkeyed_earlier = len(on_disk - set(index))
     owner = {r.pixels_sha256: r.dirname for r in index.values() if r.pixels_sha256}
     earlier = set(index)  # folders of earlier imports; the rest of ``owner`` is this import's
+    studies: dict[str, set[str]] = {}
     label_rows, mapping_rows = [], []
     for key, (series, slice_labels) in zip(keys, chosen):
         volume = read_series_hu(series)  # all slices decoded before any is written
@@ -247,6 +258,7 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
         owner[pixels] = dirname
         patient = patient_key(series.patient_id, salt) if series.patient_id else dirname
         outcome.patients.add(patient)
+        studies.setdefault(patient, set()).add(series.study_uid)
         outcome.without_patient_id += not series.patient_id
         index[dirname] = SeriesRecord(dirname, patient, pixels)
         folder = work / plan.split / dirname
@@ -259,6 +271,7 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
         outcome.series_kept += 1
         outcome.slices += len(series.slices)
     write_csv_atomic(work / SERIES_FILE, list(SERIES_COLUMNS), index_rows(index.values()))
+    outcome.most_studies = max((len(v) for v in studies.values()), default=0)
     return label_rows, mapping_rows
 
 
@@ -295,6 +308,8 @@ def report_payload(outcome: Outcome, plan: Plan, source: str, seconds: float, fe
         "series_kept": outcome.series_kept,
         "patients_kept": len(outcome.patients),
         "series_without_patient_id": outcome.without_patient_id,
+        "most_studies_per_patient": outcome.most_studies,
+        "earlier_folders_without_patient_key": outcome.unkeyed_earlier,
         "series_skipped": dict(sorted(outcome.series_skipped.items())),
         "series_issues": dict(sorted(outcome.series_issues.items())),
         "duplicate_positions_dropped": outcome.duplicates_dropped,
@@ -335,6 +350,14 @@ def summary_lines(report: dict[str, Any], out: Path, salt_source: str, mapping: 
                  "every scan of a patient shares its role)"
                  + (f"; {report['series_without_patient_id']} series without PatientID are each their own patient"
                     if report["series_without_patient_id"] else ""))
+    if report["most_studies_per_patient"] > PLACEHOLDER_STUDIES:
+        lines.append(f"  warning: one patient key holds {report['most_studies_per_patient']} studies: a placeholder "
+                     "PatientID (e.g. ANONYMOUS) would put all of them in one role; check the export's PatientID")
+    if report["earlier_folders_without_patient_key"]:
+        lines.append(f"  warning: {report['earlier_folders_without_patient_key']} folders already in the data folder "
+                     "have no patient key (an earlier release's import, or hemo synth): each stays its own patient, so "
+                     "a new scan of the same person can land in another role; re-import everything into a fresh "
+                     "folder to key them")
     lines.append(f"  names: salted hashes of SeriesInstanceUID (salt: {salt_source}); mapping to UIDs: "
                  + (str(mapping) if mapping else "not written (--mapping FILE)"))
     return lines

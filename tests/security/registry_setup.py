@@ -43,15 +43,20 @@ def tiny_model() -> torch.nn.Module:
     return HemoNet(head="linear").eval()
 
 
-def provenance(train_patients: list[str], train_series: list[str] | None = None) -> dict[str, Any]:
+def provenance(train_patients: list[str], train_series: list[str] | None = None,
+               scans_recorded: bool = True) -> dict[str, Any]:
+    """What `hemo train` records; without ``scans_recorded``, as a release before scan records did
+    (patients by folder name, no fingerprints)."""
     from hemo_model.data.roles import patients_digest
 
-    return {"split": {"salt": "markers", "val_fraction": 0.2, "gate_fraction": 0.4},
-            "train_patients": sorted(train_patients), "train_patients_sha256": patients_digest(train_patients),
-            "train_series": sorted(train_series or [])}
+    recorded = {"split": {"salt": "markers", "val_fraction": 0.2, "gate_fraction": 0.4},
+                "train_patients": sorted(train_patients), "train_patients_sha256": patients_digest(train_patients)}
+    if scans_recorded:
+        recorded.update({"train_series": sorted(train_series or []), "train_scans": sorted(train_patients)})
+    return recorded
 
 
-def register_hemo(train_patients: list[str], train_series: list[str] | None = None) -> str:
+def register_hemo(train_patients: list[str], train_series: list[str] | None = None, scans_recorded: bool = True) -> str:
     """An honest version, registered the way `hemo evaluate` does (``train_series``: the pixel
     fingerprints of the scans it trained on)."""
     from hemo_model.model.spec import ModelSpec
@@ -59,7 +64,7 @@ def register_hemo(train_patients: list[str], train_series: list[str] | None = No
     tracking.configure()
     with mlflow.start_run(run_name="evaluate"):
         return registry.log_and_register(tiny_model(), ModelSpec(head="linear", image_size=SIZE),
-                                         provenance(train_patients, train_series))
+                                         provenance(train_patients, train_series, scans_recorded))
 
 
 def register_pt2() -> tuple[str, str]:

@@ -166,3 +166,19 @@ def test_the_gate_judges_patients_not_scans(project: Path, marker_data: Path,
     capsys.readouterr()
     assert main(["gate", "--version", leaked, "--device", "cpu", "--set", "gate.min_patients=2"]) == 2
     assert f"trained on 1 of the {len(keys['gate'])} gate patients" in capsys.readouterr().err
+
+
+def test_a_version_that_recorded_folders_is_checked_against_a_gate_keyed_by_patient(
+        project: Path, marker_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release before patient keys recorded scan folders; after an upgrade the gate is keyed by
+    patient (series.csv). A gate scan whose folder that version trained on is still caught, and its
+    run records no scan fingerprints (unknown, not "none")."""
+    _fingerprinted_copy(marker_data, pairs=True)
+    split = SplitSettings(val_fraction=0.2, gate_fraction=0.4, salt="markers")
+    gate_scans = load_roles(Path("data"), split, need=("gate",))["gate"]
+    old = register_hemo([gate_scans[0].dirname, "ID_elsewhere"], scans_recorded=False)
+    assert registry.seen_patients(old)["train_series"] is None
+    capsys.readouterr()
+    assert main(["gate", "--version", old, "--device", "cpu", "--set", "gate.min_patients=2"]) == 2
+    assert f"v{old} trained on 1 of the {len({p.patient_key for p in gate_scans})} gate patients" in \
+        capsys.readouterr().err

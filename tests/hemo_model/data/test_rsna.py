@@ -64,3 +64,18 @@ def test_submission_has_six_types_with_any_the_max() -> None:
     assert rows[f"ID_{DOTTED}_any"] == pytest.approx(0.9) and rows[f"ID_{DOTTED}_epidural"] == pytest.approx(0.9)
     assert with_any(probs).shape == (2, 6) and SUBMISSION_TYPES[-1] == "any"
     assert instance_key("ID_x") == "ID_x" and instance_key("1.2") == "ID_1.2"
+
+
+def test_mapping_files_of_both_headers_are_read(tmp_path: Path) -> None:
+    """Mapping files of earlier releases have no patient column: read with an empty key."""
+    from hemo_model.data.rsna import LEGACY_MAPPING_COLUMNS, MAPPING_COLUMNS, mapping_rows, read_mapping
+
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    old.write_text(",".join(LEGACY_MAPPING_COLUMNS) + "\nID_a,a_0.jpg,1.2,1.2.3,1.2.3.4\n")
+    new.write_text(",".join(MAPPING_COLUMNS) + "\nID_b,b_0.jpg,P_0123456789abcdef,1.5,1.5.6,1.5.6.7\n")
+    assert read_mapping(old)[("ID_a", "a_0.jpg")]["patient"] == ""
+    assert read_mapping(new)[("ID_b", "b_0.jpg")]["patient"] == "P_0123456789abcdef"
+    assert list(mapping_rows(read_mapping(old))) == [["ID_a", "a_0.jpg", "", "1.2", "1.2.3", "1.2.3.4"]]
+    (tmp_path / "bad.csv").write_text("dirname,ID\n")
+    with pytest.raises(DataError, match="not a mapping file"):
+        read_mapping(tmp_path / "bad.csv")

@@ -16,7 +16,7 @@ from hemo_model.data.dicom import read_hu, series_key, windowed
 from hemo_model.data.synth import render_slice, sample_patient, window
 from hemo_model.data.synth_dicom import _uid, generate_dicom_dataset
 from hemo_pipeline.cli import main
-from tests.dicom_files import hu_volume, series_datasets, write
+from tests.dicom_files import hu_volume, series_datasets, uid, write
 
 SEED, SIZE, SALT = 3, 64, "test-salt"
 
@@ -318,3 +318,36 @@ def test_scans_without_patient_id_are_their_own_patients_and_a_double_is_written
     rows = _series_csv()
     assert len(rows) == 2 and all(row["patient"] == dirname for dirname, row in rows.items())
     assert len({row["pixels_sha256"] for row in rows.values()}) == 2
+
+
+def test_a_removed_series_can_come_back_and_unkeyed_folders_are_named(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The refusal says to remove a patient's folder and rows; a series.csv row left behind does not
+    block its re-import. Folders without a patient key (an earlier release's import) are warned of."""
+    write(series_datasets(hu_volume(24), name="first", patient_id="A-1"), Path("dicom/a"))
+    write(series_datasets(hu_volume(24, seed=1), name="second", patient_id="B-2"), Path("dicom/b"))
+    write(series_datasets(hu_volume(24, seed=2), name="third", patient_id="C-3"), Path("dicom/c"))
+    assert _import("--dicom", "dicom/a", "--out", "data") == 0
+    assert _import("--dicom", "dicom/b", "--out", "data") == 0
+    first = f"ID_{series_key(uid('first', 'series'), SALT)}"
+    import shutil
+
+    shutil.rmtree(Path("data/test") / first)  # series.csv keeps its row
+    capsys.readouterr()
+    assert _import("--dicom", "dicom/a", "--out", "data") == 0
+    assert first in _series_csv() and len(_series_csv()) == 2
+    assert "warning" not in capsys.readouterr().out
+    Path("data/series.csv").unlink()  # as if both came from an earlier release
+    assert _import("--dicom", "dicom/c", "--out", "data") == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 folders already in the data folder have no patient key" in out
+    assert len(_series_csv()) == 1
+
+
+def test_a_series_of_two_patients_is_left_out(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    datasets = series_datasets(hu_volume(24), name="merged", patient_id="A-1")
+    datasets[5].PatientID = "B-2"  # an upstream merge error: two people under one SeriesInstanceUID
+    write(datasets, Path("dicom/m"))
+    write(series_datasets(hu_volume(24, seed=1), name="fine", patient_id="C-3"), Path("dicom/f"))
+    assert _import("--dicom", "dicom", "--out", "data") == 0
+    assert "skipped: mixed_patient 1" in capsys.readouterr().out and len(_series_csv()) == 1
