@@ -223,6 +223,8 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
     already in the data folder under another name is refused (a re-import with another salt);
     the same pixels twice in this import are written once."""
     taken = existing_patients(work)
+    # of two series with the same pixels the first is written: one with a PatientID keeps its patient
+    chosen = sorted(chosen, key=lambda pair: not pair[0].patient_id)
     keys = [series_key(series.uid, salt) for series, _ in chosen]
     for key in keys:  # every name checked before the first image is written
         if keys.count(key) > 1:

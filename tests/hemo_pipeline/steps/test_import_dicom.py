@@ -314,10 +314,13 @@ def test_scans_without_patient_id_are_their_own_patients_and_a_double_is_written
     write(series_datasets(hu_volume(24, seed=1), name="other", patient_id=""), Path("dicom/c"))
     assert _import("--dicom", "dicom", "--out", "data") == 0
     out = capsys.readouterr().out
-    assert "same_pixels_as_another_series 1" in out and "2 series without PatientID are each their own patient" in out
+    assert "same_pixels_as_another_series 1" in out and "1 series without PatientID are each their own patient" in out
     rows = _series_csv()
-    assert len(rows) == 2 and all(row["patient"] == dirname for dirname, row in rows.items())
-    assert len({row["pixels_sha256"] for row in rows.values()}) == 2
+    assert len(rows) == 2 and len({row["pixels_sha256"] for row in rows.values()}) == 2
+    resent = f"ID_{series_key(uid('resent', 'series'), SALT)}"  # the copy with a PatientID is the one kept
+    assert set(rows) == {resent, f"ID_{series_key(uid('other', 'series'), SALT)}"}
+    assert rows[resent]["patient"].startswith("P_") and [r["patient"] for d, r in rows.items() if d != resent] == [
+        f"ID_{series_key(uid('other', 'series'), SALT)}"]
 
 
 def test_a_removed_series_can_come_back_and_unkeyed_folders_are_named(
