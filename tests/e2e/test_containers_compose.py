@@ -12,6 +12,7 @@ YAML:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,12 @@ def test_the_training_image_is_the_one_built_here_and_the_rest_are_pulled(compos
                                   '{{index .Config.Labels "org.opencontainers.image.base.name"}}'],
                                  capture_output=True, text=True, timeout=60)
         assert inspect.stdout.strip() == svc.BASE_IMAGE
+
+
+def test_every_required_variable_tells_how_to_make_it() -> None:
+    """Compose reports whichever missing variable it meets first (not always the same one), so each
+    `${VAR:?message}` must carry the whole instruction, not just the first few."""
+    messages = re.findall(r"\$\{(\w+):\?([^}]*)\}", COMPOSE_FILE.read_text())
+    assert len(messages) > 20
+    lacking = sorted({name for name, message in messages if f"set {name} in docker/.env (make secrets)" != message})
+    assert not lacking, lacking
