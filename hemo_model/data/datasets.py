@@ -51,6 +51,12 @@ class _SliceSource(Dataset):
             return self.cache.get(path)
         return read_pixels(path, self.image_size, self.channels)
 
+    def item_labels(self) -> np.ndarray:
+        """The labels of every item in order (items x classes; NaN where unlabelled): what
+        class-aware sampling counts, without reading a pixel."""
+        return np.stack([self._target(self.patients[p], k).numpy() for p, k in self.items]) if self.items \
+            else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
     def _target(self, patient: PatientSequence, k: int) -> torch.Tensor:
         if patient.labels is None:
             return torch.full((len(CLASSES),), float("nan"))

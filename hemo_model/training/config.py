@@ -25,3 +25,8 @@ class FitConfig:
     selection: str = "best"
     """Which epoch is kept as best: best | last | ema (see :func:`hemo_model.training.history.selected_epoch`)."""
     ema_alpha: float = 0.5
+    sampling: str = "uniform"
+    """Which slices an epoch draws: uniform (the method) or repeat_factor (class-aware, see
+    :mod:`hemo_model.training.sampling`; needs a dataset with ``item_labels()``)."""
+    repeat_threshold: float = 0.2
+    """repeat_factor: classes on fewer than this fraction of slices are repeated by sqrt(t / f)."""

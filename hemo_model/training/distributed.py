@@ -119,22 +119,32 @@ class DataParallel:
 
 
 def data_parallel(model: torch.nn.Module, dataset: Any, batch_size: int | None, seed: int, cluster: Cluster,
-                  device: torch.device, loss_reduction: str, shuffle: torch.Generator) -> DataParallel:
+                  device: torch.device, loss_reduction: str, shuffle: torch.Generator,
+                  repeat_factors: Any = None) -> DataParallel:
     """The thin distributed wrapper of a fit. Alone: the model itself and a seeded random sampler.
     Under torchrun: DistributedDataParallel, a DistributedSampler of this rank's share, the global
     batch split evenly over the ranks, and a summed loss scaled so the averaged gradients equal the
-    single-process ones."""
+    single-process ones. ``repeat_factors`` (one per item) replaces the uniform sampler by
+    class-aware repeat-factor sampling (:class:`hemo_model.training.sampling.RepeatFactorSampler`),
+    alone and under torchrun alike."""
     from torch.utils.data import RandomSampler
 
+    from hemo_model.training.sampling import RepeatFactorSampler
+
     if not cluster.distributed:
-        return DataParallel(model, RandomSampler(dataset, generator=shuffle), batch_size)
+        sampler: Any = (RandomSampler(dataset, generator=shuffle) if repeat_factors is None
+                        else RepeatFactorSampler(repeat_factors, seed=seed))
+        return DataParallel(model, sampler, batch_size)
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler
 
     if batch_size is None or batch_size % cluster.world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by {cluster.world_size} processes")
-    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=cluster.world_size, rank=cluster.rank,
-                                                     shuffle=True, seed=seed, drop_last=True)
+    if repeat_factors is None:
+        sampler = DistributedSampler(dataset, num_replicas=cluster.world_size, rank=cluster.rank, shuffle=True,
+                                     seed=seed, drop_last=True)
+    else:
+        sampler = RepeatFactorSampler(repeat_factors, seed=seed, num_replicas=cluster.world_size, rank=cluster.rank)
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scale = float(cluster.world_size) if loss_reduction == "sum" else 1.0  # DDP averages gradients
     return DataParallel(wrapped, sampler, batch_size // cluster.world_size, scale)

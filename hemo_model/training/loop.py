@@ -130,7 +130,7 @@ def fit(
     result.initial_val_micro_f2 = initial
     shuffle, draws = torch.Generator(), torch.Generator()
     parallel = data_parallel(model, dataset, config.batch_size, config.seed, cluster, device,
-                             getattr(loss_fn, "reduction", "mean"), shuffle)
+                             getattr(loss_fn, "reduction", "mean"), shuffle, _repeat_factors(dataset, config))
     loader = DataLoader(  # created once: workers persist across epochs, the sampler is reseeded per epoch
         dataset, batch_size=parallel.batch_size, sampler=parallel.sampler,
         drop_last=config.batch_size is not None and len(dataset) > config.batch_size,  # type: ignore[arg-type]
@@ -141,7 +141,7 @@ def fit(
     for epoch in range(start_epoch, config.epochs + 1):
         seed_everything(config.seed + epoch + RANK_SEED_STRIDE * cluster.rank)
         shuffle.manual_seed(config.seed + epoch)
-        if cluster.distributed:
+        if hasattr(parallel.sampler, "set_epoch"):  # DistributedSampler, RepeatFactorSampler
             parallel.sampler.set_epoch(epoch)
         draws.manual_seed(AUGMENTATION_SEED_OFFSET + config.seed + epoch + RANK_SEED_STRIDE * cluster.rank)
         stats = train_one_epoch(parallel.model, loader, loss_fn, optimizer, prepare, draws, device, config.precision,
@@ -154,6 +154,19 @@ def fit(
             _finish_epoch(epoch, stats, lr, model, save_model, validate, config, result, checkpoints, optimizer,
                           scheduler, on_epoch, progress)
     return result
+
+
+def _repeat_factors(dataset: Dataset, config: FitConfig) -> Any:
+    """Per-item repeat factors when the config asks for class-aware sampling, else None."""
+    if config.sampling == "uniform":
+        return None
+    if config.sampling != "repeat_factor":
+        raise ValueError(f"unknown sampling {config.sampling!r}; use 'uniform' or 'repeat_factor'")
+    if not hasattr(dataset, "item_labels"):
+        raise ValueError("repeat_factor sampling needs a dataset with item_labels() (slices or windows)")
+    from hemo_model.training.sampling import repeat_factors
+
+    return repeat_factors(dataset.item_labels(), config.repeat_threshold)
 
 
 def _finish_epoch(epoch: int, stats: EpochStats, lr: float, model: nn.Module, save_model: nn.Module,

@@ -81,3 +81,13 @@ def test_cache_returns_identical_pixels_and_is_reused_from_disk(tiny_data: Path,
     assert all(torch.equal(on_disk[i][0], plain[i][0]) for i in range(len(plain)))
     SliceCache.build(paths, 48, folder=tmp_path)  # another size is another cache
     assert len(list(tmp_path.glob("slices_*.u8"))) == 2
+
+
+def test_item_labels_are_the_items_targets_in_order(tiny_data: Path) -> None:
+    patients = load_split(tiny_data, "train")[:2]
+    for dataset in (SliceDataset(patients, image_size=32), WindowDataset(patients, image_size=32)):
+        labels = dataset.item_labels()
+        assert labels.shape == (len(dataset), 5)
+        for index in (0, len(dataset) // 2, len(dataset) - 1):
+            assert np.array_equal(labels[index], dataset[index][1].numpy())
+    assert SliceDataset([], image_size=32).item_labels().shape == (0, 5)

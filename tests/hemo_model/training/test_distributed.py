@@ -10,6 +10,7 @@ tests/e2e/test_distributed.py covers that path and restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -30,11 +31,18 @@ from tests.conftest import free_port
 CONFIG = FitConfig(epochs=2, batch_size=8, lr=1e-2, step_size=1, gamma=0.5, precision="fp32", seed=3)
 
 
+class LabelledTensors(TensorDataset):
+    """Tensors that tell their labels, as the slice datasets do (for repeat-factor sampling)."""
+
+    def item_labels(self):
+        return self.tensors[1].numpy()
+
+
 def _data() -> TensorDataset:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=generator)
-    targets = (torch.rand(32, 5, generator=generator) < 0.3).float()
-    return TensorDataset(images, targets)
+    targets = (torch.rand(32, 5, generator=generator) < torch.tensor([0.3, 0.3, 0.3, 0.3, 0.05])).float()
+    return LabelledTensors(images, targets)
 
 
 def _model() -> nn.Module:
@@ -42,28 +50,29 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 5))
 
 
-def _train(out: Path, cluster=SINGLE, loss: str = "asl") -> None:
+def _train(out: Path, cluster=SINGLE, loss: str = "asl", sampling: str = "uniform") -> None:
     model = _model()
-    fit(model, _data(), lambda m: 0.0, build_loss(loss, reduction="sum"), CONFIG, Checkpointer(out, ModelSpec()),
+    config = dataclasses.replace(CONFIG, sampling=sampling, repeat_threshold=0.3)
+    fit(model, _data(), lambda m: 0.0, build_loss(loss, reduction="sum"), config, Checkpointer(out, ModelSpec()),
         progress=False, augmentation=None, cluster=cluster)
 
 
-def _worker(rank: int, port: int, out: str, loss: str) -> None:
+def _worker(rank: int, port: int, out: str, loss: str, sampling: str = "uniform") -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), HEMO_DIST_TIMEOUT_S="120")  # a stuck rank fails, never hangs
     torch.set_num_threads(1)
     cluster = from_environment()
     init(cluster, torch.device("cpu"))
     try:
-        _train(Path(out), cluster, loss)
+        _train(Path(out), cluster, loss, sampling)
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss", ["asl", "bce"])
-def test_two_processes_take_the_steps_of_one(tmp_path: Path, loss: str) -> None:
-    _train(tmp_path / "one", loss=loss)
-    mp.spawn(_worker, args=(free_port(), str(tmp_path / "two"), loss), nprocs=2, join=True)
+@pytest.mark.parametrize(("loss", "sampling"), [("asl", "uniform"), ("bce", "uniform"), ("asl", "repeat_factor")])
+def test_two_processes_take_the_steps_of_one(tmp_path: Path, loss: str, sampling: str) -> None:
+    _train(tmp_path / "one", loss=loss, sampling=sampling)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path / "two"), loss, sampling), nprocs=2, join=True)
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     assert [h["epoch"] for h in two["history"]] == [1, 2]

@@ -26,10 +26,12 @@ def dataset(tiny_data: Path) -> SliceDataset:
     return SliceDataset(patients, SIZE, cache=True)
 
 
-def _train(dataset: SliceDataset, out: Path, epochs: int, resume: bool = False, max_steps: int | None = 3):
+def _train(dataset: SliceDataset, out: Path, epochs: int, resume: bool = False, max_steps: int | None = 3,
+           sampling: str = "uniform"):
     torch.manual_seed(0)
     model = HemoNet()
-    config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=5, max_steps=max_steps)
+    config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=5, max_steps=max_steps, sampling=sampling,
+                       repeat_threshold=0.5)
     val_scores = iter([0.2, 0.5, 0.4, 0.45])
     result = fit(model, dataset, lambda m: next(val_scores), AsymmetricLoss(), config,
                  Checkpointer(out, ModelSpec(image_size=SIZE)), resume_from=read_last(out) if resume else None,
@@ -67,10 +69,22 @@ def test_keeps_best_epoch_and_checkpoints(dataset: SliceDataset, tmp_path: Path)
     assert torch.load(tmp_path / LAST, weights_only=True)["epoch"] == 3
 
 
-def test_resume_equals_uninterrupted(dataset: SliceDataset, tmp_path: Path) -> None:
-    straight, straight_result = _train(dataset, tmp_path / "straight", epochs=2)
-    _train(dataset, tmp_path / "resumed", epochs=1)  # "interrupted" after epoch 1
-    resumed, resumed_result = _train(dataset, tmp_path / "resumed", epochs=2, resume=True)
+@pytest.mark.parametrize("sampling", ["uniform", "repeat_factor"])
+def test_resume_equals_uninterrupted(dataset: SliceDataset, tmp_path: Path, sampling: str) -> None:
+    straight, straight_result = _train(dataset, tmp_path / "straight", epochs=2, sampling=sampling)
+    _train(dataset, tmp_path / "resumed", epochs=1, sampling=sampling)  # "interrupted" after epoch 1
+    resumed, resumed_result = _train(dataset, tmp_path / "resumed", epochs=2, resume=True, sampling=sampling)
     assert _same_weights(straight, resumed)
     assert [h.epoch for h in resumed_result.history] == [1, 2]
     assert resumed_result.history[1].train_loss == pytest.approx(straight_result.history[1].train_loss)
+
+
+def test_repeat_factor_sampling_trains_on_another_mix(dataset: SliceDataset, tmp_path: Path) -> None:
+    uniform, _ = _train(dataset, tmp_path / "u", epochs=1)
+    repeated, _ = _train(dataset, tmp_path / "r", epochs=1, sampling="repeat_factor")
+    assert not _same_weights(uniform, repeated)
+
+
+def test_an_unknown_sampling_rule_is_refused(dataset: SliceDataset, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown sampling 'balanced'"):
+        _train(dataset, tmp_path, epochs=1, sampling="balanced")
