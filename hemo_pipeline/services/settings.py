@@ -157,9 +157,15 @@ class TrainSettings:
     cache_images: bool = False
     """Decode every training/validation slice once per run (data.cache_dir: once per image size)."""
     max_steps: int | None = None
+    sampling: Literal["uniform", "repeat_factor"] = "uniform"
+    """uniform (the method) or repeat_factor: slices of rare classes drawn more often, the same
+    steps per epoch (hemo_model.training.sampling; stage 1 and the refinement)."""
+    repeat_threshold: float = 0.2
+    """repeat_factor: a class on fewer than this fraction of training slices is repeated sqrt(t/f) times."""
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs must be at least 1")
+        _require(0.0 < self.repeat_threshold <= 1.0, "train.repeat_threshold must be in (0, 1]")
         _require(self.image_size >= 32, "train.image_size must be at least 32")
         _require(self.batch_size >= 1, "train.batch_size must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps must be null or >= 1")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hemo_model import CLASSES
 from hemo_model.data.datasets import SliceDataset, WindowDataset
 from hemo_model.metrics.classification import micro_f2
 from hemo_model.model.context import SequenceModel, build_context_head
@@ -28,6 +29,7 @@ from hemo_model.training.context_head import embed, fit_context_head, head_score
 from hemo_model.training.distributed import SINGLE, Cluster
 from hemo_model.training.history import EpochRecord, FitResult
 from hemo_model.training.loop import fit, seed_everything
+from hemo_model.training.sampling import expected_share, repeat_factors
 from hemo_pipeline.services.fit_reports import FitReporter
 from hemo_pipeline.services.patient_roles import provenance
 from hemo_pipeline.services.resume import fingerprint
@@ -86,9 +88,21 @@ def train_stage1(settings: Settings, roles: dict[str, list], out: Path, device: 
         "epochs": len(result.history), "seconds": round(time.perf_counter() - started, 1),
         "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / max(len(result.history), 1), 2),
         "train_patients": len(roles["train"]), "val_patients": len(roles["val"]),
-        "selection": rule, "selection_reason": rule_reason,
+        "selection": rule, "selection_reason": rule_reason, **sampling_summary(cfg, dataset),
     }
     return Stage1(result, summary, seen)
+
+
+def sampling_summary(cfg: Any, dataset: Any) -> dict[str, Any]:
+    """What the sampling rule does to this data: each class's share of the training slices and of
+    an epoch's expected draws (the same under uniform sampling)."""
+    labels = dataset.item_labels()
+    factors = repeat_factors(labels, cfg.repeat_threshold) if cfg.sampling == "repeat_factor" \
+        else np.ones(len(labels))
+    data, drawn = expected_share(np.ones(len(labels)), labels), expected_share(factors, labels)
+    return {"sampling": cfg.sampling,
+            "class_share": {c: {"slices": round(float(a), 4), "drawn": round(float(b), 4)}
+                            for c, a, b in zip(CLASSES, data, drawn, strict=True)}}
 
 
 def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelSpec, roles: dict, seen: dict,

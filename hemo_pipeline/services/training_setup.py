@@ -115,7 +115,8 @@ def fit_config(settings: Settings, stage: str, selection: str, device_type: str)
     train, refine = settings.train, settings.refine
     common = FitConfig(weight_decay=train.weight_decay, precision=train.precision, seed=train.seed,
                        selection=selection, ema_alpha=settings.selection.ema_alpha,
-                       workers=settings.data.loader_workers(device_type))
+                       workers=settings.data.loader_workers(device_type), sampling=train.sampling,
+                       repeat_threshold=train.repeat_threshold)
     if stage == "train":
         return dataclasses.replace(common, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                                    step_size=train.step_size, gamma=train.gamma, max_steps=train.max_steps)
@@ -124,5 +125,6 @@ def fit_config(settings: Settings, stage: str, selection: str, device_type: str)
                                    step_size=train.step_size, gamma=train.gamma, max_steps=refine.max_steps)
     if stage == "head":  # embeddings are already in memory: no loader workers, fp32, no lr decay
         return dataclasses.replace(common, epochs=refine.head_epochs, batch_size=None, lr=refine.head_lr,
-                                   step_size=refine.head_epochs, gamma=1.0, workers=0, precision="fp32")
+                                   step_size=refine.head_epochs, gamma=1.0, workers=0, precision="fp32",
+                                   sampling="uniform")
     raise ValueError(f"unknown fit stage {stage!r}; one of {FIT_STAGES}")

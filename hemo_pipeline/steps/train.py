@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         publish_fit("train", stage.result.history, stage.summary, args.reports, "stage 1: single-slice training")
         mlflow.log_artifact(str(args.out / "best.pt"), artifact_path="checkpoints")
     summary = stage.summary
+    if summary["sampling"] != "uniform":
+        shares = ", ".join(f"{c} {v['slices']:.3f} -> {v['drawn']:.3f}" for c, v in summary["class_share"].items())
+        print(f"train: {summary['sampling']} sampling (t={settings.train.repeat_threshold}), share of draws "
+              f"positive per class: {shares}")
     print(f"train: kept epoch {summary['best_epoch']} (selection '{summary['selection']}': "
           f"{summary['selection_reason']}), val micro-F2 (single slice) {summary['best_val_micro_f2_single']:.4f}, "
           f"{summary['seconds']:.0f} s -> {args.out / 'best.pt'}")

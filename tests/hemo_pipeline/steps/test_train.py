@@ -119,3 +119,29 @@ def test_refinement_keeps_stage1_batchnorm_statistics(workdir: Path, capsys: pyt
     statistics = [k for k in stage1 if k.endswith(("running_mean", "running_var"))]
     assert statistics and all(torch.equal(stage1[k], refined[k]) for k in statistics)
     assert not all(torch.equal(stage1[k], refined[k]) for k in stage1 if k not in statistics)  # the weights moved
+
+
+def test_repeat_factor_sampling_reports_what_it_draws(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary (and MLflow) records each class's share of slices and of expected draws: equal
+    under uniform sampling, and higher for every rare class a repeat factor lifts."""
+    assert main(["train", "--max-steps", "1"]) == 0
+    uniform = json.loads((workdir / "reports/train.json").read_text())
+    assert uniform["sampling"] == "uniform"
+    assert all(v["slices"] == v["drawn"] for v in uniform["class_share"].values())
+    assert "share of draws" not in capsys.readouterr().out
+
+    assert main(["train", "--max-steps", "1", "--set", "train.sampling=repeat_factor",
+                 "--set", "train.repeat_threshold=1.0"]) == 0
+    lifted = json.loads((workdir / "reports/train.json").read_text())
+    assert lifted["sampling"] == "repeat_factor"
+    shares = lifted["class_share"]
+    assert shares.keys() == uniform["class_share"].keys()
+    assert all(shares[c]["slices"] == uniform["class_share"][c]["slices"] for c in shares)
+    assert all(v["drawn"] > v["slices"] for v in shares.values() if 0 < v["slices"] < 1)
+    assert "repeat_factor sampling (t=1.0), share of draws positive per class: ich" in capsys.readouterr().out
+
+
+def test_an_unknown_sampling_rule_is_one_line_and_exit_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--max-steps", "1", "--set", "train.sampling=oversample"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.sampling" in err[0] and "repeat_factor" in err[0]
