@@ -1,20 +1,25 @@
-"""Benchmark: the pipeline's training recipe against a bare PyTorch loop, same split and budget.
+"""Benchmark: the pipeline as shipped against a bare PyTorch loop, over seeds and phantom sizes.
 
-On a phantom set the project never trained on (its own seed), both train on the same `train`
-role patients for the same epochs, batch size and precision:
+For every labelled-set size (--train-sizes) and seed (--seeds), a phantom set the project never
+trained on (phantom seed = --data-seed + seed) is generated; then, with the same epochs, batch
+size, image size and precision:
 
 * bare: torchvision ResNet34 with a 5-way linear head, ASL, Adam 1e-4, the method's augmentation,
   shuffled batches, the last epoch; about 60 lines below, nothing from the pipeline but the data
-  reading and the augmentation;
-* pipeline: `hemo train` exactly as `dvc repro` runs it (settings from --params, default: the
-  method), scored from the checkpoint it selects (best.pt) and from its last epoch (last.pt);
-* any --variant NAME="--set k=v ..." : `hemo train` with those overrides (e.g. the method head).
+  reading and the augmentation. It trains on every labelled patient (--bare-on all, the issue's
+  yardstick: a user without the pipeline holds nothing out) or on the pipeline's train role only;
+* shipped: what `dvc repro` runs, with params.yaml (--params) apart from epochs: `hemo train`,
+  `hemo refine`, `hemo evaluate` (thresholds tuned on val where val can bear it), scored with the
+  5-slice context at the thresholds it stores, and its single-slice scores at 0.5;
+* any --variant NAME="--set k=v ...": the shipped pipeline with those overrides on every step
+  (e.g. `rf="--set train.sampling=repeat_factor"`).
 
-Every model is scored on the test patients with the 5-slice context filter at threshold 0.5 (the
-leaderboard convention) against the generator's answer key; micro-F2 and per-class F2 are printed
-side by side, with the mean ROC-AUC (threshold-free: separates "learns worse" from "calibrated
-worse"). CPU: ~13 min per recipe at the defaults (128 px, 20 epochs, 48+24 patients, bf16).
-Run: `.venv/bin/python benchmarks/recipe_vs_bare.py [--epochs 20 --size 128 --variant method="--set model.head=method"]`
+Every model is scored on the test patients against the generator's answer key: micro-F2 and
+per-class F2 per run, then mean, standard deviation, minimum and maximum over the seeds per size.
+CPU (2 cores, bf16): about 15 min for the bare loop and 13 min for a pipeline at 48 patients, 128 px,
+20 epochs. Results: <work>/results.json (every run) and the printed tables.
+Run: `.venv/bin/python benchmarks/recipe_vs_bare.py --train-sizes 48 80 --seeds 0 1 2 \\
+        --variant rf="--set train.sampling=repeat_factor"`
 """
 
 from __future__ import annotations
@@ -59,12 +64,15 @@ def test_set(data: Path) -> tuple[list, np.ndarray]:
     return patients, labels
 
 
-def evaluate(model: torch.nn.Module, patients: list, labels: np.ndarray, size: int, precision: str) -> dict:
+def evaluate(model: torch.nn.Module, patients: list, labels: np.ndarray, size: int, precision: str,
+             thresholds: list[float] | float = 0.5, context: bool = True) -> dict:
+    """Test micro-F2, per-class F2 and mean ROC-AUC of ``model`` (5-slice filter or single slices)."""
     device = torch.device("cpu")
     model = prepare_for_inference(model, device)
-    scores = score_sequences(model, patients, size, CONTEXT_WEIGHTS, device, precision, batch_size=64)
+    scores = score_sequences(model, patients, size, CONTEXT_WEIGHTS if context else (1.0,), device, precision,
+                             batch_size=64)
     probs, _ = stack_scores(scores)
-    report = classification_report(labels, probs)
+    report = classification_report(labels, probs, thresholds)
     aucs = [report[f"roc_auc_{c}"] for c in CLASSES if np.isfinite(report[f"roc_auc_{c}"])]
     return {"micro_f2": report["micro_f2"], **{c: report[f"f2_{c}"] for c in CLASSES},
             "mean_auc": float(np.mean(aucs)) if aucs else float("nan")}
@@ -112,83 +120,126 @@ def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precisio
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
         print(f"  bare epoch {epoch + 1}/{epochs}: loss {total / len(loader):.3f} ({time.perf_counter() - started:.0f} s)",
               flush=True)
     return model
 
 
-def pipeline(data: Path, work: Path, params: Path | None, sets: list[str], size: int, epochs: int, batch: int,
-             precision: str, seed: int) -> tuple[Path, dict]:
-    """`hemo train` in its own folder; returns the folder and its reports/train.json."""
-    work.mkdir(parents=True, exist_ok=True)
-    argv = [HEMO, "train", "--data", str(data), "--epochs", str(epochs), "--image-size", str(size),
-            "--batch-size", str(batch), "--precision", precision, "--seed", str(seed), "--device", "cpu",
-            "--set", "train.cache_images=true", *sets]  # the cache changes speed only
-    if params is not None:
-        argv += ["--params", str(params.resolve())]
+def run_step(argv: list[str], work: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     env.pop("HEMO_PARENT_RUN_ID", None)
-    subprocess.run(argv, cwd=work, env=env, check=True)
-    return work, json.loads((work / "reports" / "train.json").read_text())
+    subprocess.run([HEMO, *argv], cwd=work, env=env, check=True)
+
+
+def shipped(data: Path, work: Path, params: Path, sets: list[str], epochs: int, precision: str,
+            seed: int) -> tuple[Path, dict]:
+    """train -> refine -> evaluate as dvc.yaml runs them, in ``work``; returns the refined model's
+    path and reports/evaluate.json (its tuned thresholds)."""
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--data", str(data.resolve()), "--params", str(params.resolve()), "--device", "cpu",
+              "--set", f"train.precision={precision}", "--set", "train.cache_images=true", *sets]
+    run_step(["train", *common, "--epochs", str(epochs), "--seed", str(seed), "--out", "outputs/train",
+              "--reports", "reports", "--resume", "never"], work)
+    run_step(["refine", *common, "--init", "outputs/train/best.pt", "--out", "outputs/refine", "--reports", "reports",
+              "--resume", "never"], work)
+    run_step(["evaluate", *common, "--model", "outputs/refine/best.pt", "--reports", "reports",
+              "--out", "outputs/challenger.json"], work)
+    return work / "outputs" / "refine" / "best.pt", json.loads((work / "reports" / "evaluate.json").read_text())
+
+
+def record(runs: list[dict], work: Path, where: dict, recipe: str, result: dict, seconds: float,
+           **extra: object) -> None:
+    """Keep one run's result, print it and rewrite results.json (a long run keeps what it has)."""
+    runs.append({**where, "recipe": recipe, "seconds": round(seconds, 1), **result, **extra})
+    print(f"{recipe}: micro-F2 {result['micro_f2']:.4f} (" + ", ".join(f"{c} {result[c]:.3f}" for c in CLASSES)
+          + f"), {seconds:.0f} s", flush=True)
+    (work / "results.json").write_text(json.dumps(runs, indent=2))
+
+
+def summarise(runs: list[dict]) -> None:
+    """Mean, standard deviation (n-1), minimum and maximum over seeds, per size and recipe."""
+    header = (f"{'size':>4} {'recipe':<26} {'n':>2} {'micro-F2 mean':>13} {'sd':>6} {'min':>6} {'max':>6} "
+              + " ".join(f"{c:>6}" for c in CLASSES) + f" {'EDH>0':>6}")
+    print("\nover seeds: test micro-F2 (5-slice context) mean, sd, min, max; per-class F2 means; "
+          "runs with EDH F2 > 0\n" + header)
+    for size in sorted({r["size"] for r in runs}):
+        for recipe in dict.fromkeys(r["recipe"] for r in runs if r["size"] == size):
+            chosen = [r for r in runs if r["size"] == size and r["recipe"] == recipe]
+            values = np.array([r["micro_f2"] for r in chosen])
+            sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            print(f"{size:>4} {recipe:<26} {len(values):>2} {values.mean():13.4f} {sd:6.4f} {values.min():6.4f} "
+                  f"{values.max():6.4f} " + " ".join(f"{np.mean([r[c] for r in chosen]):6.3f}" for c in CLASSES)
+                  + f" {sum(r['edh'] > 0 for r in chosen):>3}/{len(chosen)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hemo-recipe-vs-bare"))
-    parser.add_argument("--train", type=int, default=48)
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=[48], help="labelled phantom patients")
     parser.add_argument("--test", type=int, default=24)
-    parser.add_argument("--data-seed", type=int, default=123, help="phantom seed (not the demo's 0)")
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--data-seed", type=int, default=123, help="phantom seed of seed 0 (not the demo's 0)")
+    parser.add_argument("--size", type=int, default=128, help="image size (must match the params file's)")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=20, help="the bare loop's batch (the pipeline's is in params)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--params", type=Path, help="params file for `hemo train` (default: method defaults)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
+    parser.add_argument("--bare-on", choices=["all", "train"], default="all")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="--set k=v ..."')
     parser.add_argument("--skip-bare", action="store_true")
+    parser.add_argument("--skip-shipped", action="store_true", help="only the variants")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    print(machine_line())
-    print(f"settings: {args.train} train / {args.test} test phantom patients (seed {args.data_seed}), {args.size}px, "
-          f"{args.epochs} epochs, batch {args.batch}, {args.precision}, training seed {args.seed}")
-
-    data = args.work / "data"
-    if not data.is_dir():
-        generate_dataset(data, args.train, args.test, args.size, args.data_seed)
-    patients, labels = test_set(data)
     from hemo_pipeline.services.patient_roles import role_spec
-    from hemo_pipeline.services.settings import Settings, load_settings
+    from hemo_pipeline.services.settings import load_settings
 
-    split = (load_settings(args.params) if args.params else Settings()).split
-    roles = patients_by_role(load_split(data, "train"), role_spec(split))
-    print(f"roles: {len(roles['train'])} train / {len(roles['val'])} val / {len(roles['gate'])} gate patients; "
-          f"{len(patients)} test patients, {len(labels)} slices")
+    settings = load_settings(args.params)
+    if settings.train.image_size != args.size:
+        parser.error(f"--size {args.size} differs from train.image_size {settings.train.image_size} in {args.params}")
+    print(machine_line())
+    print(f"settings: {args.train_sizes} labelled / {args.test} test phantom patients, seeds {args.seeds} "
+          f"(phantom seed {args.data_seed} + seed), {args.size}px, {args.epochs} epochs, {args.precision}; "
+          f"pipeline: {args.params.name}; bare loop on {args.bare_on} labelled patients, batch {args.batch}")
+    recipes = ([] if args.skip_shipped else [("shipped", [])]) + \
+        [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
+    runs: list[dict] = []
+    for size in args.train_sizes:
+        for seed in args.seeds:
+            place = args.work / f"n{size}-seed{seed}"
+            data = place / "data"
+            if not data.is_dir():
+                generate_dataset(data, size, args.test, args.size, args.data_seed + seed)
+            patients, labels = test_set(data)
+            labelled = load_split(data, "train")
+            roles = patients_by_role(labelled, role_spec(settings.split))
+            print(f"\n== {size} labelled patients, seed {seed}: roles {len(roles['train'])} train / "
+                  f"{len(roles['val'])} val / {len(roles['gate'])} gate; {len(patients)} test patients, "
+                  f"{len(labels)} slices", flush=True)
+            where = {"size": size, "seed": seed}
 
-    results: dict[str, dict] = {}
-    if not args.skip_bare:
-        started = time.perf_counter()
-        model = bare_loop(roles["train"], args.size, args.epochs, args.batch, args.precision, args.seed)
-        results["bare loop (last epoch)"] = evaluate(model, patients, labels, args.size, args.precision)
-        print(f"bare loop: {time.perf_counter() - started:.0f} s", flush=True)
-    recipes = [("pipeline", [])] + [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
-    for name, sets in recipes:
-        started = time.perf_counter()
-        folder, summary = pipeline(data, args.work / name, args.params, sets, args.size, args.epochs, args.batch,
-                                   args.precision, args.seed)
-        for which in ("best", "last"):
-            model, _, payload = load_checkpoint(folder / "outputs" / "train" / f"{which}.pt")
-            label = f"{name} ({'selected' if which == 'best' else 'last'}: epoch {payload['epoch']})"
-            results[label] = evaluate(model, patients, labels, args.size, args.precision)
-        print(f"{name}: {time.perf_counter() - started:.0f} s, selection: {summary.get('selection', 'best val')}",
-              flush=True)
-
-    header = f"{'recipe':<44} {'micro-F2':>8} " + " ".join(f"{c:>6}" for c in CLASSES) + f" {'AUC':>6}"
-    print("\ntest micro-F2 and per-class F2 (5-slice context, threshold 0.5)\n" + header)
-    for label, r in results.items():
-        print(f"{label:<44} {r['micro_f2']:8.4f} " + " ".join(f"{r[c]:6.3f}" for c in CLASSES)
-              + f" {r['mean_auc']:6.3f}")
-    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+            if not args.skip_bare:
+                started = time.perf_counter()
+                model = bare_loop(labelled if args.bare_on == "all" else roles["train"], args.size, args.epochs,
+                                  args.batch, args.precision, seed)
+                record(runs, args.work, where, f"bare ({args.bare_on})",
+                       evaluate(model, patients, labels, args.size, args.precision), time.perf_counter() - started)
+            for name, sets in recipes:
+                started = time.perf_counter()
+                path, report = shipped(data, place / name, args.params, sets, args.epochs, args.precision, seed)
+                model, _, _ = load_checkpoint(path)
+                thresholds = [report["thresholds"][c] for c in CLASSES]
+                tuned = evaluate(model, patients, labels, args.size, args.precision, thresholds)
+                single = evaluate(model, patients, labels, args.size, args.precision, context=False)
+                record(runs, args.work, where, name, tuned, time.perf_counter() - started,
+                       single_micro_f2=single["micro_f2"])
+                print(f"{name}: single slice at 0.5 {single['micro_f2']:.4f}", flush=True)
+    summarise(runs)
+    for recipe in dict.fromkeys(r["recipe"] for r in runs if "single_micro_f2" in r):
+        chosen = [r for r in runs if r["recipe"] == recipe]
+        gain = np.array([r["micro_f2"] - r["single_micro_f2"] for r in chosen])
+        print(f"{recipe}: context minus single slice, mean {gain.mean():+.4f} over {len(gain)} runs "
+              f"(min {gain.min():+.4f}, max {gain.max():+.4f})")
 
 
 if __name__ == "__main__":
