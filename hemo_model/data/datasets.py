@@ -54,8 +54,11 @@ class _SliceSource(Dataset):
     def item_labels(self) -> np.ndarray:
         """The labels of every item in order (items x classes; NaN where unlabelled): what
         class-aware sampling counts, without reading a pixel."""
-        return np.stack([self._target(self.patients[p], k).numpy() for p, k in self.items]) if self.items \
-            else np.zeros((0, len(CLASSES)), dtype=np.float32)
+        blocks = [np.full((len(patient), len(CLASSES)), np.nan, dtype=np.float32) if patient.labels is None
+                  else np.asarray(patient.labels, dtype=np.float32) for patient in self.patients]
+        every = np.concatenate(blocks) if blocks else np.zeros((0, len(CLASSES)), dtype=np.float32)
+        starts = np.cumsum([0] + [len(patient) for patient in self.patients])[:-1]
+        return every[[starts[p] + k for p, k in self.items]] if self.items else every[:0]
 
     def _target(self, patient: PatientSequence, k: int) -> torch.Tensor:
         if patient.labels is None:

@@ -158,15 +158,18 @@ def fit(
 
 def _repeat_factors(dataset: Dataset, config: FitConfig) -> Any:
     """Per-item repeat factors when the config asks for class-aware sampling, else None."""
+    from hemo_model.training.sampling import SAMPLING_RULES, repeat_factors
+
+    if config.sampling not in SAMPLING_RULES:
+        raise ValueError(f"unknown sampling {config.sampling!r}; use " + " or ".join(map(repr, SAMPLING_RULES)))
     if config.sampling == "uniform":
         return None
-    if config.sampling != "repeat_factor":
-        raise ValueError(f"unknown sampling {config.sampling!r}; use 'uniform' or 'repeat_factor'")
     if not hasattr(dataset, "item_labels"):
         raise ValueError("repeat_factor sampling needs a dataset with item_labels() (slices or windows)")
-    from hemo_model.training.sampling import repeat_factors
-
-    return repeat_factors(dataset.item_labels(), config.repeat_threshold)
+    labels = dataset.item_labels()
+    if len(labels) != len(dataset):  # type: ignore[arg-type]
+        raise ValueError(f"item_labels() gave {len(labels)} rows for a dataset of {len(dataset)} items")  # type: ignore[arg-type]
+    return repeat_factors(labels, config.repeat_threshold)
 
 
 def _finish_epoch(epoch: int, stats: EpochStats, lr: float, model: nn.Module, save_model: nn.Module,

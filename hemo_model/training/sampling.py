@@ -35,14 +35,13 @@ def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
 
     A class with no positive slice has nothing to repeat (factor 1); NaN labels (unlabelled) count
     as negative."""
-    if not threshold > 0:
-        raise ValueError(f"repeat threshold must be above 0, got {threshold}")
+    if not 0 < threshold < math.inf:
+        raise ValueError(f"repeat threshold must be a finite number above 0, got {threshold}")
     positive = np.nan_to_num(np.asarray(labels, dtype=np.float64)) > 0.5
     if positive.ndim != 2:
         raise ValueError(f"labels must be slices x classes, got shape {positive.shape}")
     frequency = positive.mean(axis=0) if len(positive) else np.zeros(positive.shape[1])
-    with np.errstate(divide="ignore"):
-        per_class = np.where(frequency > 0, np.sqrt(threshold / np.where(frequency > 0, frequency, 1.0)), 1.0)
+    per_class = np.where(frequency > 0, np.sqrt(threshold / np.where(frequency > 0, frequency, 1.0)), 1.0)
     per_class = np.maximum(per_class, 1.0)
     return np.where(positive, per_class[None, :], 1.0).max(axis=1, initial=1.0)
 
@@ -53,8 +52,8 @@ class RepeatFactorSampler(Sampler[int]):
 
     def __init__(self, factors: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         factors = np.asarray(factors, dtype=np.float64)
-        if factors.ndim != 1 or (factors < 1.0).any():
-            raise ValueError("repeat factors must be a 1-D array of values >= 1")
+        if factors.ndim != 1 or not (np.isfinite(factors) & (factors >= 1.0)).all():
+            raise ValueError("repeat factors must be a 1-D array of finite values >= 1")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
         self.whole = torch.from_numpy(np.floor(factors)).long()

@@ -159,9 +159,11 @@ class TrainSettings:
     max_steps: int | None = None
     sampling: Literal["uniform", "repeat_factor"] = "uniform"
     """uniform (the method) or repeat_factor: slices of rare classes drawn more often, the same
-    steps per epoch (hemo_model.training.sampling; stage 1 and the refinement)."""
+    steps per epoch (hemo_model.training.sampling; stage 1 and the refinement; a learned context
+    head, model.context conv1d/bigru, trains on whole sequences and stays uniform)."""
     repeat_threshold: float = 0.2
-    """repeat_factor: a class on fewer than this fraction of training slices is repeated sqrt(t/f) times."""
+    """repeat_factor: a class on a fraction f < t of the training slices is drawn about sqrt(t/f)
+    times as often (0.2: EDH at 4 % about 2.2x; classes above t are not lifted)."""
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs must be at least 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from hemo_model.model.storage import load_checkpoint
 from hemo_model.training.checkpointer import BEST, LAST, Checkpointer, read_last
 from hemo_model.training.config import FitConfig
 from hemo_model.training.loop import fit
+from hemo_model.training.sampling import expected_share, repeat_factors
 
 SIZE = 32
 
@@ -80,6 +82,12 @@ def test_resume_equals_uninterrupted(dataset: SliceDataset, tmp_path: Path, samp
 
 
 def test_repeat_factor_sampling_trains_on_another_mix(dataset: SliceDataset, tmp_path: Path) -> None:
+    labels = dataset.item_labels()
+    factors = repeat_factors(labels, 0.5)  # the threshold _train uses
+    frequency = np.nan_to_num(labels).mean(axis=0)
+    rarest = int(np.argmin(np.where(frequency > 0, frequency, np.inf)))
+    # This data has a class the rule lifts: the mix of draws changes, not only their order.
+    assert expected_share(factors, labels)[rarest] > frequency[rarest]
     uniform, _ = _train(dataset, tmp_path / "u", epochs=1)
     repeated, _ = _train(dataset, tmp_path / "r", epochs=1, sampling="repeat_factor")
     assert not _same_weights(uniform, repeated)

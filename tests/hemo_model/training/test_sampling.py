@@ -59,27 +59,34 @@ def test_an_epoch_has_the_datasets_length_and_repeats_rare_slices() -> None:
 def test_the_order_is_the_same_for_an_epoch_and_changes_between_epochs() -> None:
     factors = repeat_factors((np.random.default_rng(2).random((60, 3)) < 0.1).astype(np.float32), 0.3)
     first, second = RepeatFactorSampler(factors, seed=7), RepeatFactorSampler(factors, seed=7)
-    first.set_epoch(3), second.set_epoch(3)
+    first.set_epoch(3)
+    second.set_epoch(3)
     assert list(first) == list(second)
     second.set_epoch(4)
     assert list(first) != list(second)
 
 
-def test_ranks_share_one_global_order() -> None:
+def test_ranks_share_one_global_order_that_a_single_process_also_draws() -> None:
+    """Two ranks together draw the single process's order (all but its last item), interleaved as
+    DistributedSampler does: what makes two-process gradients equal one process's."""
     factors = repeat_factors((np.random.default_rng(3).random((61, 2)) < 0.05).astype(np.float32), 0.5)
-    alone = RepeatFactorSampler(factors, seed=0, num_replicas=2, rank=0)
+    single = RepeatFactorSampler(factors, seed=0)
     ranks = [RepeatFactorSampler(factors, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
-    for sampler in [alone, *ranks]:
+    for sampler in [single, *ranks]:
         sampler.set_epoch(5)
-    order = alone.global_order().tolist()
-    assert len(order) == 60  # 61 items: every rank takes 30
-    assert [len(list(r)) for r in ranks] == [30, 30]
+    order = list(single)
+    assert len(order) == 61 and len(single) == 61
+    assert [len(list(r)) for r in ranks] == [30, 30] == [len(r) for r in ranks]  # 61 items: every rank 30 steps
     interleaved = [i for pair in zip(list(ranks[0]), list(ranks[1]), strict=True) for i in pair]
-    assert interleaved == order
+    assert interleaved == order[:60]
 
 
 def test_factors_below_one_and_a_rank_outside_the_group_are_refused() -> None:
     with pytest.raises(ValueError, match=">= 1"):
         RepeatFactorSampler(np.array([1.0, 0.5]))
+    with pytest.raises(ValueError, match="finite"):
+        RepeatFactorSampler(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="finite"):
+        repeat_factors(np.zeros((3, 2)), float("inf"))
     with pytest.raises(ValueError, match="rank 2"):
         RepeatFactorSampler(np.array([1.0, 2.0]), num_replicas=2, rank=2)
