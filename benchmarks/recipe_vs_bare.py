@@ -16,7 +16,7 @@ size, image size and precision:
 
 Every model is scored on the test patients against the generator's answer key: micro-F2 and
 per-class F2 per run, then mean, standard deviation, minimum and maximum over the seeds per size.
-CPU (2 cores, bf16): about 15 min for the bare loop and 13 min for a pipeline at 48 patients, 128 px,
+CPU (2-core Xeon, bf16): 1214 s for the bare loop, 900-1130 s for a pipeline at 48 patients, 128 px,
 20 epochs. Results: <work>/results.json (every run) and the printed tables.
 Run: `.venv/bin/python benchmarks/recipe_vs_bare.py --train-sizes 48 80 --seeds 0 1 2 \\
         --variant rf="--set train.sampling=repeat_factor"`
