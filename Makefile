@@ -54,10 +54,12 @@ run: data
 
 # The suite is mostly end-to-end steps in subprocesses (imports, model export, servers): two
 # workers, one thread each (tests/conftest.py), run it in about half the time on two cores.
-# Whole files go to one worker, so a module's fixtures (servers, trained models) are built once.
+# Whole files go to one worker, so a module's fixtures (servers, trained models) are built once;
+# in collection order (tests/conftest.py puts the longest files first), not xdist's default of
+# most tests first, which started the 15-minute learning test near the end.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(KFP_STAMP) services containers lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The code's own checks, clean on every commit: style and errors (ruff), types (mypy), and the
 # architecture as a contract (import-linter: layers, a plain ML library, a light orchestration layer).

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,45 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from hemo_model.data.synth import generate_dataset
 
 TINY = {"train_patients": 4, "test_patients": 2, "image_size": 64, "seed": 7}
+# What a whole run writes under the temporary folder at its peak (checkpoints, MLflow and DVC
+# stores, DAG and Kubeflow runs), with pytest removing each passed test's folder as it ends.
+SUITE_PEAK_GIB = 10.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to start on a disk the suite would fill: a full disk fails tests far from the cause
+    (a CI run lost four end-to-end tests to "No space left on device" and "database or disk is
+    full"), one line here names the folder and what to do."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    need = float(os.environ.get("HEMO_TEST_MIN_FREE_GIB", SUITE_PEAK_GIB))
+    tmp = Path(tempfile.gettempdir())
+    free = shutil.disk_usage(tmp).free / 2**30
+    if free < need:
+        pytest.exit(
+            f"only {free:.1f} GiB free under {tmp}; the whole suite writes up to {need:.0f} GiB there: "
+            "free some space, or point TMPDIR at a larger disk (HEMO_TEST_MIN_FREE_GIB lowers the check "
+            "for a partial run)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 _SESSION_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
+# The files that take longest (minutes: trainings, a containerised DAG run, kfp.local) start
+# first. `make test` hands whole files to two workers in collection order (--no-loadscope-reorder;
+# xdist's default, most tests first, started the 4-test, 15-minute learning file near the end and
+# left one worker running alone). Longest first, the other worker fills in beside it.
+LONGEST_FIRST = (
+    "tests/e2e/test_learning.py",
+    "tests/e2e/test_stack_dag_docker.py",
+    "tests/pipelines/test_kubeflow.py",
+    "tests/e2e/test_faults.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: files keep their order
 
 
 @pytest.fixture(autouse=True)
