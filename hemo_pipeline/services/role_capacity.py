@@ -68,8 +68,10 @@ def gate_shortfall(patients: int, positive_patients: Sequence[float] | np.ndarra
         if short else [])
 
 
-def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSettings, gate: GateSettings) -> list[str]:
-    """One line per role: its size and whether it can do its job (what the pipeline does if not)."""
+def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSettings, gate: GateSettings,
+               refit: bool = False) -> list[str]:
+    """One line per role: its size and whether it can do its job (what the pipeline does if not);
+    ``refit`` (train.refit_on_val): the val patients train too and choose nothing."""
     train, val, judge = contents["train"], contents["val"], contents["gate"]
     missing = [c for c, n in zip(CLASSES, train.positive_patients, strict=True) if n == 0]
     lines = [f"  train: {train.patients} patients, positive patients {_counts(train.positive_patients)}: "
@@ -77,7 +79,9 @@ def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSetting
                 if missing else "every class has examples to learn from")]
     ok, why = val_can_choose(val, selection)
     lines.append(f"  val: {val.patients} patients, positive slices {_counts(val.positive_slices)}: "
-                 + ("can choose the epoch and whether refinement is kept" if ok else
+                 + ("train too (train.refit_on_val): the last epoch and the method's refinement move on, thresholds "
+                    "stay 0.5" if refit else
+                    "can choose the epoch and whether refinement is kept" if ok else
                     f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
                     "the last epoch and the method's refinement move on untested, and its thresholds are tuned only "
                     "for classes with evaluate.min_tune_positives positive slices"))

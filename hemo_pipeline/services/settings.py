@@ -164,6 +164,12 @@ class TrainSettings:
     repeat_threshold: float = 0.2
     """repeat_factor: a class on a fraction f < t of the training slices is drawn about sqrt(t/f)
     times as often (0.2: EDH at 4 % about 2.2x; classes above t are not lifted)."""
+    refit_on_val: bool = False
+    """A final refit: the val role's patients train too (stage 1 and refinement), once the recipe
+    is fixed. Nothing is left to choose on, so the configured epochs run and the last moves on,
+    refinement is kept untested and thresholds stay at 0.5 (`hemo evaluate` sees the val patients
+    among the trained ones); the gate role stays unseen. Off by default (the method holds val out);
+    `hemo ablate` always holds val out, since it compares recipes on it."""
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs must be at least 1")

@@ -41,6 +41,7 @@ from hemo_pipeline.services.training_setup import (
     pretrained_path,
     selection_rule,
     slice_cache,
+    val_trained,
     validator,
 )
 
@@ -67,7 +68,7 @@ def train_stage1(settings: Settings, roles: dict[str, list], out: Path, device: 
     model = build_model(spec, pretrained_path(settings.model))
     dataset = SliceDataset(roles["train"], cfg.image_size, channels=spec.channels,
                            cache=slice_cache(settings, roles["train"], cfg.image_size, spec.channels))
-    rule, rule_reason = selection_rule(settings.selection, roles["val"])
+    rule, rule_reason = selection_rule(settings.selection, roles)
     validate = validator(roles["val"], cfg.image_size, (1.0,), device, cfg.precision, settings, spec.channels,
                          settings.evaluate.batch_size)
     seen = provenance(roles, settings.split)
@@ -88,7 +89,8 @@ def train_stage1(settings: Settings, roles: dict[str, list], out: Path, device: 
         "epochs": len(result.history), "seconds": round(time.perf_counter() - started, 1),
         "train_samples_per_s": round(sum(h.samples_per_s for h in result.history) / max(len(result.history), 1), 2),
         "train_patients": len(roles["train"]), "val_patients": len(roles["val"]),
-        "selection": rule, "selection_reason": rule_reason, **sampling_summary(cfg, dataset),
+        "selection": rule, "selection_reason": rule_reason, "refit_on_val": val_trained(roles),
+        **sampling_summary(cfg, dataset),
     }
     return Stage1(result, summary, seen)
 
@@ -115,7 +117,7 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
     model = ContextModel(slice_model, spec.context_weights, freeze_batchnorm=cfg.batchnorm == "frozen")
     dataset = WindowDataset(roles["train"], spec.image_size, channels=spec.channels,
                             cache=slice_cache(settings, roles["train"], spec.image_size, spec.channels))
-    rule, rule_reason = selection_rule(settings.selection, roles["val"])
+    rule, rule_reason = selection_rule(settings.selection, roles)
     validate = validator(roles["val"], spec.image_size, tuple(spec.context_weights), device, train_cfg.precision,
                          settings, spec.channels, settings.evaluate.batch_size)
     report.nested_params({"refine": settings.to_dict()["refine"], "context": "filter", "selection_rule": rule})
@@ -138,11 +140,12 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
         slice_model.load_state_dict(initial_state)
         save_checkpoint(out / BEST, slice_model, spec, epoch=0, val_micro_f2=start_f2, provenance=seen)
         result.best_epoch, result.best_val_micro_f2 = 0, start_f2
+    untold = "val patients train too (train.refit_on_val)" if val_trained(roles) else "val role too small to tell"
     summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
                "val_micro_f2_context_before": start_f2, "seconds": round(time.perf_counter() - started, 1),
                "context": "filter", "selection": rule, "selection_reason": rule_reason,
                "kept_refinement": result.best_epoch > 0, "batchnorm": cfg.batchnorm,
-               "kept_reason": ("val role too small to tell: the method's refinement moves on" if rule == "last" else
+               "kept_reason": (f"{untold}: the method's refinement moves on" if rule == "last" else
                                "refinement beat stage 1 on val" if result.best_epoch > 0 else
                                "refinement did not beat stage 1 on val: stage 1 kept")}
     return result.history, summary
@@ -156,7 +159,7 @@ def refine_learned(settings: Settings, slice_model: torch.nn.Module, spec: Model
     sequence model."""
     report = FitReporter()
     kind, train_cfg = settings.model.context, settings.train
-    rule, rule_reason = selection_rule(settings.selection, roles["val"])
+    rule, rule_reason = selection_rule(settings.selection, roles)
     started = time.perf_counter()
     workers = settings.data.loader_workers(device.type)
     train_embedded = embed(slice_model, roles["train"], spec.image_size, device, train_cfg.precision,

@@ -36,8 +36,29 @@ def loss_from(train: TrainSettings) -> Any:
     return build_loss(train.loss, train.reduction)
 
 
-def selection_rule(selection: SelectionSettings, val_patients: list) -> tuple[str, str]:
-    """The rule this run uses and why (logged to MLflow and the step's JSON report)."""
+def fit_roles(roles: dict[str, list], train: TrainSettings) -> dict[str, list]:
+    """The roles a fit uses: as split, or with ``train.refit_on_val`` the val patients in the
+    training set too (they stay the val role, so their in-sample scores are still logged)."""
+    if not train.refit_on_val:
+        return roles
+    return {**roles, "train": [*roles["train"], *roles["val"]]}
+
+
+def val_trained(roles: dict[str, list]) -> bool:
+    """Whether any val patient is also trained on (a refit)."""
+    trained = {p.patient_key for p in roles["train"]}
+    return any(p.patient_key in trained for p in roles["val"])
+
+
+REFIT_REASON = "val patients train too (train.refit_on_val): the configured epochs run and the last moves on"
+
+
+def selection_rule(selection: SelectionSettings, roles: dict[str, list]) -> tuple[str, str]:
+    """The rule this run uses and why (logged to MLflow and the step's JSON report). A val role
+    whose patients are also trained on (a refit) cannot choose anything, whatever the rule says."""
+    val_patients = roles["val"]
+    if val_trained(roles):
+        return "last", REFIT_REASON
     if selection.rule != "auto":
         return selection.rule, f"selection.rule: {selection.rule}"
     contents = RoleContents.of([p.labels for p in val_patients], [p.patient_key for p in val_patients])

@@ -1,7 +1,8 @@
 """Evaluate the refined model on the held-out gate patients and register it as the challenger.
 
 Thresholds are tuned per class on the `val` role (for 5-slice context and for single slices;
-context logits are scaled differently) and stored with the model. The reported metrics are
+context logits are scaled differently) and stored with the model; they stay at 0.5 for a model
+that trained on its val patients (`train.refit_on_val`). The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
@@ -90,7 +91,15 @@ def run(args: argparse.Namespace) -> int:
         return single, stack_scores(scores)[0], labels, scores
 
     val_single, val_context, val_labels, _ = both_modes(roles["val"])
-    if cfg.tune_thresholds:
+    trained = set((seen or {}).get("train_patients", []))
+    refit = [p for p in roles["val"] if p.patient_key in trained]
+    if cfg.tune_thresholds and refit:
+        # the model trained on these patients (train.refit_on_val): thresholds tuned on them would
+        # fit its training scores, not new patients'
+        print(f"evaluate: thresholds kept at 0.5: {len(refit)} of the {len(roles['val'])} val scans were trained on "
+              "(train.refit_on_val), so val cannot tune them")
+        thresholds = thresholds_single = [0.5] * len(CLASSES)
+    elif cfg.tune_thresholds:
         floor = cfg.min_tune_positives
         thresholds = tune_thresholds(val_labels, val_context, min_positives=floor)
         thresholds_single = tune_thresholds(val_labels, val_single, min_positives=floor)

@@ -23,7 +23,7 @@ from hemo_pipeline.services.patient_roles import load_roles, provenance
 from hemo_pipeline.services.resume import fingerprint, resume_from
 from hemo_pipeline.services.stages import refine_filter, refine_learned
 from hemo_pipeline.services.step_args import add_common_arguments, add_resume_argument, data_root, settings_from
-from hemo_pipeline.services.training_setup import read_checkpoint
+from hemo_pipeline.services.training_setup import fit_roles, read_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.init} already has a learned context ({spec.context}); refine a stage-1 "
                         "checkpoint of `hemo train`")
     cluster, device = join_cluster(args.device)  # torchrun: one process per GPU; rank 0 logs and saves
-    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    roles = fit_roles(load_roles(data_root(args, settings), settings.split, need=("train", "val")), settings.train)
     seen = provenance(roles, settings.split, earlier=payload.get("provenance"))
     kind = settings.model.context
     current = fingerprint(settings, roles, "refine", args.init)

@@ -23,9 +23,7 @@ from hemo_pipeline.services.patient_roles import load_roles, write_split_report
 from hemo_pipeline.services.resume import fingerprint, resume_from
 from hemo_pipeline.services.stages import train_stage1
 from hemo_pipeline.services.step_args import add_common_arguments, add_resume_argument, data_root, settings_from
-from hemo_pipeline.services.training_setup import (
-    pretrained_path,
-)
+from hemo_pipeline.services.training_setup import fit_roles, pretrained_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,14 +47,15 @@ def run(args: argparse.Namespace) -> int:
         "train", epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, precision=args.precision, max_steps=args.max_steps, seed=args.seed)
     cluster, device = join_cluster(args.device)  # torchrun: one process per GPU; rank 0 logs and saves
-    roles = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    split = load_roles(data_root(args, settings), settings.split, need=("train", "val"))
+    roles = fit_roles(split, settings.train)
     pretrained_path(settings.model)  # a missing weights file fails before anything starts
     current = fingerprint(settings, roles, "train")
     last = resume_from(args.resume, args.out, current, "train")
     if not cluster.is_main:  # the other torchrun ranks train their share; rank 0 runs, logs and saves
         train_stage1(settings, roles, args.out, device, resume_from=last, run_fingerprint=current, cluster=cluster)
         return 0
-    write_split_report(args.reports / "split.json", roles, settings.split)
+    write_split_report(args.reports / "split.json", split, settings.split)
 
     tracking.configure()
     tracking.start_pipeline_run(settings, resume=last is not None)

@@ -46,3 +46,6 @@ def test_lines_say_what_each_role_cannot_do() -> None:
     assert good[0].endswith("every class has examples to learn from")
     assert good[1].endswith("can choose the epoch and whether refinement is kept")
     assert good[2].endswith("can judge promotions")
+    refit = role_lines({"train": full, "val": full, "gate": full}, SelectionSettings(), GateSettings(), refit=True)
+    assert "train too (train.refit_on_val)" in refit[1] and "can choose" not in refit[1]
+    assert refit[0] == good[0] and refit[2] == good[2]

@@ -38,3 +38,29 @@ def test_a_context_head_takes_one_sequence_per_step_without_decay() -> None:
 def test_an_unknown_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown fit stage"):
         fit_config(_settings(), "pretrain", "best", "cpu")
+
+
+def _patients(*keys: str, positives: int = 30) -> list:
+    """Stand-ins with what the selection rule reads: a patient key and (slices, 5) labels."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    return [SimpleNamespace(patient_key=k, labels=np.ones((positives, 5))) for k in keys]
+
+
+def test_a_refit_puts_val_into_training_and_leaves_nothing_to_choose() -> None:
+    from hemo_pipeline.services.training_setup import fit_roles, selection_rule
+
+    roles = {"train": _patients(*(f"t{i}" for i in range(40))), "val": _patients(*(f"v{i}" for i in range(40))),
+             "gate": _patients("g0")}
+    held_out = Settings()
+    assert fit_roles(roles, held_out.train) is roles
+    assert selection_rule(held_out.selection, roles)[0] == "best"  # 40 val patients, 30 positives per class
+    refit = fit_roles(roles, Settings().with_sets(["train.refit_on_val=true"]).train)
+    assert [p.patient_key for p in refit["train"]] == [p.patient_key for p in roles["train"] + roles["val"]]
+    assert refit["val"] is roles["val"] and refit["gate"] is roles["gate"]
+    rule, why = selection_rule(held_out.selection, refit)
+    assert rule == "last" and "train.refit_on_val" in why
+    explicit = Settings().with_sets(["selection.rule=best"]).selection  # no rule can choose on trained patients
+    assert selection_rule(explicit, refit)[0] == "last" and selection_rule(explicit, roles)[0] == "best"

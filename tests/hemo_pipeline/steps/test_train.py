@@ -146,3 +146,44 @@ def test_an_unknown_sampling_rule_is_one_line_and_exit_2(workdir: Path, capsys: 
     assert main(["train", "--max-steps", "1", "--set", "train.sampling=oversample"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.sampling" in err[0] and "repeat_factor" in err[0]
+
+
+def test_refit_on_val_trains_on_val_and_leaves_nothing_tuned_on_it(workdir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """train.refit_on_val: the val patients join stage 1 and refinement (and the checkpoint's
+    provenance, which the gate checks), the last epoch and the method's refinement move on, and
+    evaluate keeps every threshold at 0.5 instead of tuning on patients the model trained on.
+    Without it, the val patients stay out of training."""
+    from hemo_model.model.storage import load_checkpoint
+    from hemo_pipeline.services.patient_roles import load_roles
+    from hemo_pipeline.services.settings import load_settings
+
+    roles = load_roles(Path("data"), load_settings(Path("params.yaml")).split)
+    val = {p.patient_key for p in roles["val"]}
+    assert val and main(["train", "--max-steps", "1"]) == 0
+    held_out = load_checkpoint(workdir / "outputs/train/best.pt")[2]["provenance"]
+    assert not val & set(held_out["train_patients"])
+    capsys.readouterr()
+    assert main(["evaluate", "--no-register", "--model", "outputs/train/best.pt"]) == 0
+    assert "thresholds kept at 0.5:" not in capsys.readouterr().out
+
+    refit = ["--set", "train.refit_on_val=true"]
+    assert main(["train", "--max-steps", "1", *refit]) == 0
+    summary = json.loads((workdir / "reports/train.json").read_text())
+    assert summary["refit_on_val"] is True and summary["selection"] == "last"
+    assert "train.refit_on_val" in summary["selection_reason"]
+    assert summary["train_patients"] == len(roles["train"]) + len(roles["val"])
+    trained = load_checkpoint(workdir / "outputs/train/best.pt")[2]["provenance"]
+    assert val <= set(trained["train_patients"])
+
+    assert main(["refine", "--max-steps", "1", *refit]) == 0
+    refined = json.loads((workdir / "reports/refine.json").read_text())
+    assert refined["kept_refinement"] is True and "train.refit_on_val" in refined["kept_reason"]
+    assert val <= set(load_checkpoint(workdir / "outputs/refine/best.pt")[2]["provenance"]["train_patients"])
+
+    capsys.readouterr()
+    assert main(["evaluate", "--no-register", *refit]) == 0
+    assert f"thresholds kept at 0.5: {len(roles['val'])} of the {len(roles['val'])} val scans were trained on" \
+        in capsys.readouterr().out
+    report = json.loads((workdir / "reports/evaluate.json").read_text())
+    assert set(report["thresholds"].values()) == {0.5} and set(report["thresholds_single"].values()) == {0.5}
