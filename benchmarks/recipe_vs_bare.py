@@ -189,7 +189,13 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="--set k=v ..."')
     parser.add_argument("--skip-bare", action="store_true")
     parser.add_argument("--skip-shipped", action="store_true", help="only the variants")
+    parser.add_argument("--summarise", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="train nothing: print the tables over the runs in these results.json files "
+                             "(seeds or sizes run in separate invocations)")
     args = parser.parse_args()
+    if args.summarise:
+        print_tables([run for path in args.summarise for run in json.loads(path.read_text())])
+        return
     torch.set_num_threads(os.cpu_count() or 1)
     from hemo_pipeline.services.patient_roles import role_spec
     from hemo_pipeline.services.settings import load_settings
@@ -234,6 +240,11 @@ def main() -> None:
                 record(runs, args.work, where, name, tuned, time.perf_counter() - started,
                        single_micro_f2=single["micro_f2"])
                 print(f"{name}: single slice at 0.5 {single['micro_f2']:.4f}", flush=True)
+    print_tables(runs)
+
+
+def print_tables(runs: list[dict]) -> None:
+    """The tables over seeds, then what context adds over single slices per recipe."""
     summarise(runs)
     for recipe in dict.fromkeys(r["recipe"] for r in runs if "single_micro_f2" in r):
         chosen = [r for r in runs if r["recipe"] == recipe]
