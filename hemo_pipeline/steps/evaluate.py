@@ -2,7 +2,8 @@
 
 Thresholds are tuned per class on the `val` role (for 5-slice context and for single slices;
 context logits are scaled differently) and stored with the model; they stay at 0.5 for a model
-that trained on its val patients (`train.refit_on_val`). The reported metrics are
+that trained on its val patients (`train.refit_on_val`). Where val can tell, the model is served
+on single slices when they beat the 5-slice filter there (services/context_choice.py). The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
@@ -33,11 +34,13 @@ from hemo_model.metrics.classification import (
     untunable_classes,
 )
 from hemo_pipeline.services import plots, registry, tracking
+from hemo_pipeline.services.context_choice import choose_context
 from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_figure_atomic, write_json_atomic
 from hemo_pipeline.services.patient_roles import load_roles
 from hemo_pipeline.services.results import publish
+from hemo_pipeline.services.role_capacity import RoleContents, val_can_choose
 from hemo_pipeline.services.serving import score_both
 from hemo_pipeline.services.step_args import add_common_arguments, data_root, settings_from
 
@@ -111,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
                   "scans; the other classes are tuned on val")
     else:
         thresholds = thresholds_single = [0.5] * len(CLASSES)
+    if refit:
+        can_tell, why = False, "val patients were trained on (train.refit_on_val)"
+    else:
+        val_contents = RoleContents.of([p.labels for p in roles["val"]], [p.patient_key for p in roles["val"]])
+        can_tell, why = val_can_choose(val_contents, settings.selection)
+    choice = choose_context(loaded.context, can_tell, why, micro_f2(val_labels, val_context, thresholds),
+                            micro_f2(val_labels, val_single, thresholds_single))
     single_probs, context_probs, labels, scores = both_modes(roles["gate"])
 
     metrics = {f"{k}_context": v for k, v in classification_report(labels, context_probs).items()}
@@ -118,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     metrics["micro_f2_context_tuned"] = micro_f2(labels, context_probs, thresholds)
     metrics["micro_f2_single_tuned"] = micro_f2(labels, single_probs, thresholds_single)
     metrics["val_micro_f2_context_tuned"] = micro_f2(val_labels, val_context, thresholds)
+    metrics["val_micro_f2_single_tuned"] = micro_f2(val_labels, val_single, thresholds_single)
     # F2 favours recall: flagging every cell scores 5p/(4p+1) at cell prevalence p (~0.36 at the
     # original class rates). Logged so nobody mistakes a score near it for a useful model.
     metrics["micro_f2_all_positive_baseline"] = micro_f2(labels, np.ones_like(context_probs))
@@ -131,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_params({"n_val_patients": len(roles["val"]), "n_gate_patients": len(roles["gate"]),
                            "n_gate_slices": len(labels)})
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_params({"served_with_context": choice.use_context})
+        mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
                          "thresholds_single": dict(zip(CLASSES, thresholds_single)), "confusion_context": counts},
                         "evaluation/thresholds_and_confusion.json")
@@ -147,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         version = None
         if not args.no_register and seen:  # without provenance, registering was refused above
             spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
+            if not choice.use_context:  # served on single slices, at their own thresholds
+                spec = spec.replace(context_weights=(1.0,), thresholds=tuple(thresholds_single))
             # the thresholds were just tuned on this run's val patients: the version has seen them too
             tuned = sorted(set(seen.get("val_patients", [])) | {p.patient_key for p in roles["val"]})
             tuned_scans = {"val_series": sorted(set(seen.get("val_series", []))
@@ -161,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     summary["thresholds"] = dict(zip(CLASSES, thresholds))
     summary["thresholds_single"] = dict(zip(CLASSES, thresholds_single))
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
+    summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -169,4 +185,5 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['micro_f2_context']:.4f}, context + thresholds tuned on val {metrics['micro_f2_context_tuned']:.4f}"
           f" (all-positive {metrics['micro_f2_all_positive_baseline']:.4f})"
           + (f"; registered {registry.MODEL_NAME} v{version} as @{registry.CHALLENGER}" if version else ""))
+    print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'}: {choice.reason}")
     return 0
