@@ -194,7 +194,15 @@ def main() -> None:
                              "(seeds or sizes run in separate invocations)")
     args = parser.parse_args()
     if args.summarise:
-        print_tables([run for path in args.summarise for run in json.loads(path.read_text())])
+        merged: dict[tuple, dict] = {}
+        for path in args.summarise:
+            for run in json.loads(path.read_text()):
+                key = (run["size"], run["seed"], run["recipe"])
+                if key in merged:
+                    print(f"{path}: size {key[0]}, seed {key[1]}, {key[2]} already read from an earlier file; "
+                          "this file's run replaces it")
+                merged[key] = run
+        print_tables(list(merged.values()))
         return
     torch.set_num_threads(os.cpu_count() or 1)
     from hemo_pipeline.services.patient_roles import role_spec

@@ -35,7 +35,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
         return
     need = float(os.environ.get("HEMO_TEST_MIN_FREE_GIB", SUITE_PEAK_GIB))
-    tmp = Path(tempfile.gettempdir())
+    # where pytest will write: --basetemp, else PYTEST_DEBUG_TEMPROOT, else TMPDIR/the system default
+    tmp = Path(session.config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    while not tmp.exists() and tmp != tmp.parent:
+        tmp = tmp.parent
     free = shutil.disk_usage(tmp).free / 2**30
     if free < need:
         pytest.exit(

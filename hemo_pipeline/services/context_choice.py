@@ -5,8 +5,8 @@ The method's 5-tap filter helps on the method's data and on the demo, but not on
 (issue 19 saw 0.4724 with context against 0.4840 single slice). Where `val` can tell (the
 selection rule's test: enough patients and positive slices per class), each mode is scored at its
 own tuned thresholds and single slices replace the filter only when they score higher; ties and
-val roles too small to tell keep the method's filter. A learned context head (conv1d, bigru) was
-already chosen on val when it was fitted and is kept.
+val roles that may not choose (the selection rule's `last`: too small, set so, or trained on) keep
+the method's filter. A learned context head (conv1d, bigru) is kept as refinement fitted it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ class ContextChoice:
 
 def choose_context(context: str, can_tell: bool, why: str, val_f2_context: float,
                    val_f2_single: float) -> ContextChoice:
-    """``context``: the model's (filter, conv1d, bigru); ``can_tell``/``why``: whether val can
-    choose (:func:`~hemo_pipeline.services.role_capacity.val_can_choose`); the val micro-F2 of each
-    mode at its tuned thresholds."""
+    """``context``: the model's (filter, conv1d, bigru); ``can_tell``/``why``: whether val may
+    choose and why (:func:`~hemo_pipeline.services.training_setup.selection_rule` other than
+    `last`); the val micro-F2 of each mode at its tuned thresholds."""
     if context != "filter":
-        return ContextChoice(True, f"learned {context} context head (chosen on val when fitted)")
+        return ContextChoice(True, f"learned {context} context head, kept as `hemo refine` fitted it")
     if not can_tell:
         return ContextChoice(True, f"{why}: the method's 5-slice filter is kept untested")
     if val_f2_single > val_f2_context:

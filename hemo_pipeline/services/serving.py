@@ -42,25 +42,31 @@ class Served:
         return [binarize(s.probabilities, self.thresholds) for s in self.scores]
 
 
-def _compatible(models: list[LoadedModel]) -> LoadedModel:
-    """An ensemble averages logits slice by slice: its members must read the same input the same way."""
+def _compatible(models: list[LoadedModel], single_only: bool = False) -> LoadedModel:
+    """An ensemble averages logits slice by slice: its members must read the same input the same way,
+    and combine neighbouring slices the same way unless only single slices are served
+    (``single_only``: `score.context` 1)."""
     first = models[0]
     for other in models[1:]:
-        same = (other.image_size, other.input, other.context, list(other.context_weights)) == (
-            first.image_size, first.input, first.context, list(first.context_weights))
+        same = (other.image_size, other.input, other.context) == (first.image_size, first.input, first.context)
         if not same:
-            raise UserError(f"cannot ensemble {first.label} with {other.label}: image size, input, context or context "
-                            "weights differ; ensemble models trained with the same settings")
+            raise UserError(f"cannot ensemble {first.label} with {other.label}: image size, input or context differ; "
+                            "ensemble models trained with the same settings")
+        if not single_only and list(other.context_weights) != list(first.context_weights):
+            raise UserError(f"cannot ensemble {first.label} with {other.label} with context: their context weights "
+                            f"differ ({first.context_weights} and {other.context_weights}; `hemo evaluate` serves a "
+                            "version on single slices where its val role showed them better); score them with "
+                            "--context 1 (score.context) or ensemble versions served the same way")
     return first
 
 
 def score_both(model: LoadedModel | Sequence[LoadedModel], patients: Sequence[Any], device: Any, precision: str,
-               batch_size: int, workers: int = 0, progress: bool = False) -> list[Any]:
+               batch_size: int, workers: int = 0, progress: bool = False, single_only: bool = False) -> list[Any]:
     """One forward pass per slice and model, each slice decoded once; each patient's scores carry
     per-slice logits and context logits (the 5-tap filter, or the learned context head). An
     ensemble averages its members' logits before the context, as the method's 3-model ensemble."""
     models = [model] if isinstance(model, LoadedModel) else list(model)
-    first = _compatible(models)
+    first = _compatible(models, single_only)
     modules = [prepare_for_inference(m.module, device) for m in models]
     target = modules[0] if len(modules) == 1 else modules
     if first.context == "filter":
@@ -76,7 +82,8 @@ def serve(model: LoadedModel | Sequence[LoadedModel], patients: Sequence[Any], s
     (5: the model's context, 1: single slices), the stored thresholds for that mode (an ensemble:
     the mean of its members' thresholds)."""
     models = [model] if isinstance(model, LoadedModel) else list(model)
-    scores = score_both(models, patients, device, score.precision, score.batch_size, workers, progress)
+    scores = score_both(models, patients, device, score.precision, score.batch_size, workers, progress,
+                        single_only=score.context == 1)
     if score.context == 1:
         scores = [s.single() for s in scores]
     thresholds = np.mean([m.thresholds_for(score.context) for m in models], axis=0).tolist()

@@ -117,7 +117,7 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
     model = ContextModel(slice_model, spec.context_weights, freeze_batchnorm=cfg.batchnorm == "frozen")
     dataset = WindowDataset(roles["train"], spec.image_size, channels=spec.channels,
                             cache=slice_cache(settings, roles["train"], spec.image_size, spec.channels))
-    rule, rule_reason = selection_rule(settings.selection, roles)
+    rule, rule_reason = selection_rule(settings.selection, roles, seen)
     validate = validator(roles["val"], spec.image_size, tuple(spec.context_weights), device, train_cfg.precision,
                          settings, spec.channels, settings.evaluate.batch_size)
     report.nested_params({"refine": settings.to_dict()["refine"], "context": "filter", "selection_rule": rule})
@@ -140,7 +140,8 @@ def refine_filter(settings: Settings, slice_model: torch.nn.Module, spec: ModelS
         slice_model.load_state_dict(initial_state)
         save_checkpoint(out / BEST, slice_model, spec, epoch=0, val_micro_f2=start_f2, provenance=seen)
         result.best_epoch, result.best_val_micro_f2 = 0, start_f2
-    untold = "val patients train too (train.refit_on_val)" if val_trained(roles) else "val role too small to tell"
+    untold = ("val patients are among the trained ones (train.refit_on_val)" if val_trained(roles, seen)
+              else "val role too small to tell")
     summary = {"best_epoch": result.best_epoch, "best_val_micro_f2_context": result.best_val_micro_f2,
                "val_micro_f2_context_before": start_f2, "seconds": round(time.perf_counter() - started, 1),
                "context": "filter", "selection": rule, "selection_reason": rule_reason,
@@ -159,7 +160,7 @@ def refine_learned(settings: Settings, slice_model: torch.nn.Module, spec: Model
     sequence model."""
     report = FitReporter()
     kind, train_cfg = settings.model.context, settings.train
-    rule, rule_reason = selection_rule(settings.selection, roles)
+    rule, rule_reason = selection_rule(settings.selection, roles, seen)
     started = time.perf_counter()
     workers = settings.data.loader_workers(device.type)
     train_embedded = embed(slice_model, roles["train"], spec.image_size, device, train_cfg.precision,

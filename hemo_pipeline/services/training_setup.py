@@ -44,20 +44,24 @@ def fit_roles(roles: dict[str, list], train: TrainSettings) -> dict[str, list]:
     return {**roles, "train": [*roles["train"], *roles["val"]]}
 
 
-def val_trained(roles: dict[str, list]) -> bool:
-    """Whether any val patient is also trained on (a refit)."""
-    trained = {p.patient_key for p in roles["train"]}
+def val_trained(roles: dict[str, list], seen: dict[str, Any] | None = None) -> bool:
+    """Whether any val patient is trained on: in this fit (a refit), or by the model it continues
+    (``seen``: its provenance, e.g. a stage 1 trained with train.refit_on_val under a refine without)."""
+    trained = {p.patient_key for p in roles["train"]} | set((seen or {}).get("train_patients", []))
     return any(p.patient_key in trained for p in roles["val"])
 
 
-REFIT_REASON = "val patients train too (train.refit_on_val): the configured epochs run and the last moves on"
+REFIT_REASON = ("val patients are among the trained ones (train.refit_on_val): the configured epochs run and the "
+                "last moves on")
 
 
-def selection_rule(selection: SelectionSettings, roles: dict[str, list]) -> tuple[str, str]:
+def selection_rule(selection: SelectionSettings, roles: dict[str, list],
+                   seen: dict[str, Any] | None = None) -> tuple[str, str]:
     """The rule this run uses and why (logged to MLflow and the step's JSON report). A val role
-    whose patients are also trained on (a refit) cannot choose anything, whatever the rule says."""
+    whose patients are also trained on (a refit, here or in ``seen``) cannot choose anything,
+    whatever the rule says."""
     val_patients = roles["val"]
-    if val_trained(roles):
+    if val_trained(roles, seen):
         return "last", REFIT_REASON
     if selection.rule != "auto":
         return selection.rule, f"selection.rule: {selection.rule}"

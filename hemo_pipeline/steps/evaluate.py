@@ -40,9 +40,9 @@ from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_figure_atomic, write_json_atomic
 from hemo_pipeline.services.patient_roles import load_roles
 from hemo_pipeline.services.results import publish
-from hemo_pipeline.services.role_capacity import RoleContents, val_can_choose
 from hemo_pipeline.services.serving import score_both
 from hemo_pipeline.services.step_args import add_common_arguments, data_root, settings_from
+from hemo_pipeline.services.training_setup import selection_rule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         # the model trained on these patients (train.refit_on_val): thresholds tuned on them would
         # fit its training scores, not new patients'
         print(f"evaluate: thresholds kept at 0.5: {len(refit)} of the {len(roles['val'])} val scans were trained on "
-              "(train.refit_on_val), so val cannot tune them")
+              "(train.refit_on_val, or a stage trained under another split), so val cannot tune them")
         thresholds = thresholds_single = [0.5] * len(CLASSES)
     elif cfg.tune_thresholds:
         floor = cfg.min_tune_positives
@@ -114,12 +114,10 @@ def run(args: argparse.Namespace) -> int:
                   "scans; the other classes are tuned on val")
     else:
         thresholds = thresholds_single = [0.5] * len(CLASSES)
-    if refit:
-        can_tell, why = False, "val patients were trained on (train.refit_on_val)"
-    else:
-        val_contents = RoleContents.of([p.labels for p in roles["val"]], [p.patient_key for p in roles["val"]])
-        can_tell, why = val_can_choose(val_contents, settings.selection)
-    choice = choose_context(loaded.context, can_tell, why, micro_f2(val_labels, val_context, thresholds),
+    # val decides the serving mode exactly where it may choose an epoch (selection_rule: the rule
+    # in params, `auto` by the val role's size, never on patients the model trained on)
+    rule, why = selection_rule(settings.selection, {"train": [], "val": roles["val"]}, seen)
+    choice = choose_context(loaded.context, rule != "last", why, micro_f2(val_labels, val_context, thresholds),
                             micro_f2(val_labels, val_single, thresholds_single))
     single_probs, context_probs, labels, scores = both_modes(roles["gate"])
 
@@ -127,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     metrics.update({f"{k}_single": v for k, v in classification_report(labels, single_probs).items()})
     metrics["micro_f2_context_tuned"] = micro_f2(labels, context_probs, thresholds)
     metrics["micro_f2_single_tuned"] = micro_f2(labels, single_probs, thresholds_single)
+    metrics["micro_f2_served_tuned"] = (metrics["micro_f2_context_tuned"] if choice.use_context
+                                        else metrics["micro_f2_single_tuned"])
     metrics["val_micro_f2_context_tuned"] = micro_f2(val_labels, val_context, thresholds)
     metrics["val_micro_f2_single_tuned"] = micro_f2(val_labels, val_single, thresholds_single)
     # F2 favours recall: flagging every cell scores 5p/(4p+1) at cell prevalence p (~0.36 at the
@@ -185,5 +185,6 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['micro_f2_context']:.4f}, context + thresholds tuned on val {metrics['micro_f2_context_tuned']:.4f}"
           f" (all-positive {metrics['micro_f2_all_positive_baseline']:.4f})"
           + (f"; registered {registry.MODEL_NAME} v{version} as @{registry.CHALLENGER}" if version else ""))
-    print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'}: {choice.reason}")
+    print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
+          f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

@@ -26,7 +26,8 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     assert main(["evaluate", "--model", "outputs/train/best.pt"]) == 0
     report = json.loads((workdir / "reports/evaluate.json").read_text())
     assert report["served_with_context"] is True and "too small to choose on" in report["context_choice"]
-    assert "served with its context: val role too small" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "evaluate: served with its context (gate micro-F2 " in out and "): val role too small" in out
     assert tuple(_registered_spec(workdir).context_weights) == CONTEXT_WEIGHTS
 
     # let the same val role decide: the stored mode follows the val comparison at tuned thresholds
@@ -40,3 +41,39 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
         assert spec.context_weights == (1.0,) and spec.thresholds == spec.thresholds_single
     else:
         assert tuple(spec.context_weights) == CONTEXT_WEIGHTS
+
+
+def test_a_version_served_on_single_slices_scores_single_slices_at_their_thresholds(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever val says on tiny data, force the single-slice decision and check what is registered
+    is served that way: with score.context 5 it gives the single-slice probabilities and decisions at
+    the single-slice thresholds."""
+    import numpy as np
+    import torch
+
+    from hemo_model.data.patients import load_split
+    from hemo_pipeline.services.context_choice import ContextChoice
+    from hemo_pipeline.services.serving import serve
+    from hemo_pipeline.services.settings import ScoreSettings
+    from hemo_pipeline.steps import evaluate
+
+    monkeypatch.setattr(evaluate, "choose_context", lambda *args: ContextChoice(False, "forced by the test"))
+    assert main(["train", "--max-steps", "2"]) == 0
+    assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "evaluate.min_tune_positives=0"]) == 0
+    report = json.loads((workdir / "reports/evaluate.json").read_text())
+    assert report["served_with_context"] is False
+    assert report["micro_f2_served_tuned"] == report["micro_f2_single_tuned"]
+    spec = _registered_spec(workdir)
+    assert spec.context_weights == (1.0,) and spec.thresholds == spec.thresholds_single
+    assert list(spec.thresholds_single) == [report["thresholds_single"][c] for c in report["thresholds_single"]]
+
+    from hemo_pipeline.services import registry
+
+    loaded = registry.load_model(f"models:/{registry.MODEL_NAME}/"
+                                 + json.loads((workdir / "outputs/challenger.json").read_text())["version"])
+    patients = load_split(Path("data"), "train")[:2]
+    five, one = (serve(loaded, patients, ScoreSettings(context=c), torch.device("cpu")) for c in (5, 1))
+    assert five.thresholds == one.thresholds == list(spec.thresholds_single)
+    for a, b in zip(five.probabilities(), one.probabilities()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(five.decisions(), one.decisions()))

@@ -144,3 +144,27 @@ def test_sharded_scoring_merges_to_the_unsharded_files_byte_for_byte(workdir: Pa
     capsys.readouterr()
     assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 2
     assert "predictions.shard-3-of-4.csv is missing" in capsys.readouterr().err
+
+
+def test_members_served_differently_ensemble_on_single_slices_only(workdir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A version `hemo evaluate` serves on single slices (context_weights (1.0,)) and one served with
+    the 5-slice filter combine neighbours differently: with context the ensemble is one clear
+    error naming both, on single slices (--context 1) it scores."""
+    import torch
+
+    from hemo_model.model.networks import HemoNet
+    from hemo_model.model.spec import ModelSpec
+    from hemo_model.model.storage import save_checkpoint
+
+    filtered = _checkpoint(workdir / "filtered.pt", 1, [0.5] * 5)
+    torch.manual_seed(2)
+    single = workdir / "single.pt"
+    save_checkpoint(single, HemoNet(head="linear"), ModelSpec(head="linear", image_size=64, context_weights=(1.0,)))
+    models = ["--model", str(filtered), "--model", str(single)]
+    assert main(["score", *models, "--data", "data/test", "--out", "ctx.csv", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "context weights differ" in err[0] and "--context 1" in err[0]
+    assert not (workdir / "ctx.csv").exists()
+    assert main(["score", *models, "--data", "data/test", "--out", "one.csv", "--device", "cpu", "--context", "1"]) == 0
+    assert (workdir / "one.csv").is_file()

@@ -176,6 +176,11 @@ def test_refit_on_val_trains_on_val_and_leaves_nothing_tuned_on_it(workdir: Path
     trained = load_checkpoint(workdir / "outputs/train/best.pt")[2]["provenance"]
     assert val <= set(trained["train_patients"])
 
+    # a refine run without the refit still continues a model that trained on val: it may not choose on it
+    assert main(["refine", "--max-steps", "1", "--set", "selection.rule=best"]) == 0
+    mismatch = json.loads((workdir / "reports/refine.json").read_text())
+    assert mismatch["selection"] == "last" and "train.refit_on_val" in mismatch["selection_reason"]
+
     assert main(["refine", "--max-steps", "1", *refit]) == 0
     refined = json.loads((workdir / "reports/refine.json").read_text())
     assert refined["kept_refinement"] is True and "train.refit_on_val" in refined["kept_reason"]
