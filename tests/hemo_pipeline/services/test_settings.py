@@ -112,3 +112,13 @@ def test_a_number_in_exponent_form_reads_as_a_number(tmp_path: Path) -> None:
     assert settings.train.lr == 1e-4 and settings.refine.lr == 1e-7
     with pytest.raises(UserError, match="refine.lr must be a number, got 'fast'"):
         settings.with_sets(["refine.lr=fast"])
+
+
+def test_the_sampling_setting_offers_exactly_the_library_s_rules() -> None:
+    """TrainSettings needs a Literal for its typed check; it must stay the library's list."""
+    from typing import get_args, get_type_hints
+
+    from hemo_model.training.sampling import SAMPLING_RULES
+    from hemo_pipeline.services.settings import TrainSettings
+
+    assert set(get_args(get_type_hints(TrainSettings)["sampling"])) == set(SAMPLING_RULES)
