@@ -1,0 +1,59 @@
+"""Grad-CAM on networks whose answer is known, and the pointing game by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hemo_model.inference.saliency import grad_cam, pointing_hit, slice_grad_cam
+from hemo_model.model.networks import HemoNet
+
+
+class _Spotter(nn.Module):
+    """Class 0's logit is the mean of the first channel (so its map is that channel, rectified),
+    class 1's is minus it (so its map is empty wherever the channel is positive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(x[:, :1])
+        m = a.mean(dim=(1, 2, 3))
+        return torch.stack([m, -m], dim=1)
+
+
+def test_the_map_follows_what_raises_the_class() -> None:
+    x = torch.zeros(2, 3, 16, 16)
+    x[0, 0, 3, 12] = 5.0
+    x[1, 0, 10, 4], x[1, 0, 2, 2] = 2.0, 1.0
+    model = _Spotter()
+    maps = grad_cam(model, model.features, x, classes=[0, 1])
+    assert maps.shape == (2, 2, 16, 16)
+    assert np.unravel_index(maps[0, 0].argmax(), (16, 16)) == (3, 12)
+    assert np.unravel_index(maps[0, 1].argmax(), (16, 16)) == (10, 4)
+    assert maps[0, 1, 2, 2] == pytest.approx(0.5)  # half the peak's evidence, scaled by the peak
+    assert not maps[1].any()  # what lowers a class is not shown for it
+
+
+def test_hemonet_maps_have_the_slice_size_and_leave_the_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = HemoNet(head="linear").train()
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    maps = slice_grad_cam(model, images, classes=[0, 4], device=torch.device("cpu"))
+    assert maps.shape == (2, 2, 64, 64) and maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+    assert model.training and all(p.grad is None for p in model.parameters())  # no gradient left behind
+
+
+def test_pointing_game_by_hand() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:4, 2:4] = True
+    hot = np.zeros((10, 10))
+    hot[3, 3] = 1.0
+    assert pointing_hit(hot, mask) is True
+    near = np.zeros((10, 10))
+    near[3, 6] = 1.0  # 3 px right of the mask's edge column 3
+    assert pointing_hit(near, mask) is False and pointing_hit(near, mask, tolerance_px=3) is True
+    assert pointing_hit(hot, np.zeros((10, 10), dtype=bool)) is None
