@@ -3,7 +3,9 @@
 Thresholds are tuned per class on the `val` role (for 5-slice context and for single slices;
 context logits are scaled differently) and stored with the model; they stay at 0.5 for a model
 that trained on its val patients (`train.refit_on_val`). Where val can tell, the model is served
-on single slices when they beat the 5-slice filter there (services/context_choice.py). The reported metrics are
+on single slices when they beat the 5-slice filter there (services/context_choice.py). Calibration
+of the served probabilities (ECE per slice and per exam, before and after per-class temperature
+scaling fitted on val; a reliability diagram) is reported, not yet applied in serving. The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
@@ -34,6 +36,7 @@ from hemo_model.metrics.classification import (
     untunable_classes,
 )
 from hemo_pipeline.services import plots, registry, tracking
+from hemo_pipeline.services.calibration_report import calibration_report, reliability_figure
 from hemo_pipeline.services.context_choice import choose_context
 from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         single, labels = stack_scores([s.single() for s in scores])
         return single, stack_scores(scores)[0], labels, scores
 
-    val_single, val_context, val_labels, _ = both_modes(roles["val"])
+    val_single, val_context, val_labels, val_scores = both_modes(roles["val"])
     trained = set((seen or {}).get("train_patients", []))
     refit = [p for p in roles["val"] if p.patient_key in trained]
     if cfg.tune_thresholds and refit:
@@ -136,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     metrics["rsna_log_loss_context"] = rsna_log_loss(labels, context_probs)
     metrics["rsna_log_loss_single"] = rsna_log_loss(labels, single_probs)
     counts = confusion_counts(labels, context_probs, thresholds)
+    calibration = calibration_report(val_scores, scores, choice.use_context)
+    metrics.update({k: v for k, v in calibration.metrics.items() if k.startswith("ece_")})
 
     with tracking.step_run("evaluate", settings) as run:
         tracking.log_params_flat({"evaluate": settings.to_dict()["evaluate"], "model": str(args.model)})
@@ -143,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                            "n_gate_slices": len(labels)})
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_params({"served_with_context": choice.use_context})
+        mlflow.log_dict({"temperatures": dict(zip(CLASSES, calibration.temperatures)),
+                         **{k: v for k, v in calibration.metrics.items()}}, "evaluation/calibration.json")
         mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
                          "thresholds_single": dict(zip(CLASSES, thresholds_single)), "confusion_context": counts},
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             "roc.png": plots.roc_figure(labels, context_probs, "ROC, gate patients, 5-slice context"),
             "pr.png": plots.pr_figure(labels, context_probs, "precision-recall, gate patients, 5-slice context"),
             "confusion.png": plots.confusion_figure(counts, "confusion counts at the tuned thresholds, 5-slice context"),
+            "reliability.png": reliability_figure(calibration),
             "examples.png": plots.examples_figure(*_example_slices(scores, cfg.examples),
                                                   "most confident positives and negatives (gate patients)"),
         }
@@ -177,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     summary["thresholds_single"] = dict(zip(CLASSES, thresholds_single))
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
     summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
+    summary["calibration"] = {"temperatures": dict(zip(CLASSES, calibration.temperatures)), **calibration.metrics}
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -185,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['micro_f2_context']:.4f}, context + thresholds tuned on val {metrics['micro_f2_context_tuned']:.4f}"
           f" (all-positive {metrics['micro_f2_all_positive_baseline']:.4f})"
           + (f"; registered {registry.MODEL_NAME} v{version} as @{registry.CHALLENGER}" if version else ""))
+    m = calibration.metrics
+    print(f"evaluate: calibration on the gate patients as served, before -> after per-class temperatures fitted on val "
+          f"({', '.join(f'{c} {t:.2f}' for c, t in zip(CLASSES, calibration.temperatures))}): ECE slices "
+          f"{m['ece_slice_raw']:.4f} -> {m['ece_slice_calibrated']:.4f} ({m['n_gate_slices']:.0f}), exams "
+          f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

@@ -29,6 +29,13 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     out = capsys.readouterr().out
     assert "evaluate: served with its context (gate micro-F2 " in out and "): val role too small" in out
     assert tuple(_registered_spec(workdir).context_weights) == CONTEXT_WEIGHTS
+    calibration = report["calibration"]
+    assert set(calibration["temperatures"]) == {"ich", "ivh", "sah", "sdh", "edh"}
+    assert all(0 <= calibration[k] <= 1 for k in ("ece_slice_raw", "ece_slice_calibrated", "ece_exam_raw",
+                                                  "ece_exam_calibrated"))
+    assert calibration["n_gate_exams"] == report["patients"]["gate"]
+    assert (workdir / "reports/plots/reliability.png").is_file()
+    assert "evaluate: calibration on the gate patients as served" in out
 
     # let the same val role decide: the stored mode follows the val comparison at tuned thresholds
     assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "selection.min_val_patients=1",

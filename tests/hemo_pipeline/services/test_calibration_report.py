@@ -1,0 +1,41 @@
+"""The calibration report: temperatures fitted on val, ECE judged on the gate, per slice and exam,
+in the mode the version is served in."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hemo_pipeline.services.calibration_report import calibration_report, reliability_figure
+
+
+def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
+    """Sequences of 20 slices whose labels are drawn from sigmoid(u) and whose served (context)
+    logits are u * sharpen (overconfident when > 1); the single-slice logits are useless (0)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        u = rng.normal(-1.0, 2.0, size=(20, 5))
+        labels = (rng.uniform(size=u.shape) < 1 / (1 + np.exp(-u))).astype(float)
+        out.append(SimpleNamespace(patient=SimpleNamespace(labels=labels), logits=u * sharpen,
+                                   slice_logits=np.zeros_like(u)))
+    return out
+
+
+def test_temperatures_from_val_lower_the_gate_calibration_error_of_overconfident_scores() -> None:
+    report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), use_context=True)
+    assert all(t == pytest.approx(3.0, rel=0.15) for t in report.temperatures)
+    m = report.metrics
+    assert m["ece_slice_calibrated"] < m["ece_slice_raw"] / 3
+    assert (m["n_calibration_slices"], m["n_gate_slices"], m["n_gate_exams"]) == (4000, 4000, 200)
+    assert report.exam_labels.shape == (200, 6)
+    assert (report.exam_labels[:, 0] == report.exam_labels[:, 1:].max(axis=1)).all()  # any = some class
+    assert reliability_figure(report) is not None
+
+
+def test_the_served_mode_is_the_one_judged() -> None:
+    """Single-slice logits of 0 say 0.5 everywhere: a temperature cannot change that."""
+    report = calibration_report(_patients(50, 2, 3.0), _patients(50, 3, 3.0), use_context=False)
+    assert np.allclose(report.slice_probs["raw"], 0.5) and np.allclose(report.slice_probs["calibrated"], 0.5)
