@@ -1,4 +1,5 @@
-"""Temperature scaling per class: probabilities that mean what they say, decisions unchanged.
+"""Temperature scaling and Platt scaling per class: probabilities that mean what they say,
+decisions unchanged.
 
 Guo et al. (2017) found one scalar T on the logits (p = sigmoid(z / T)) fitted on held-out data
 calibrates deep networks about as well as anything richer, and it cannot change the order of the
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """A search range wide enough for any network seen here (fitted values 0.5-3), narrow enough that a
@@ -51,17 +52,60 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> tuple[float, ...
     return tuple(fit_temperature(z[:, c], y[:, c]) for c in range(z.shape[1]))
 
 
-def calibrated_probabilities(logits: np.ndarray, temperatures: Sequence[float]) -> np.ndarray:
-    """sigmoid(logits / T) with one T per class (the last axis)."""
+def fit_platt(logits: np.ndarray, labels: np.ndarray,
+              bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> tuple[float, float]:
+    """Platt scaling (Platt, 1999) as a temperature and a shift: (T, s) minimising the mean BCE of
+    sigmoid((logits - s) / T), T in ``bounds``; (1, 0) when the labels are all one value. The shift
+    is what temperature alone cannot fix: a loss such as ASL, which down-weights easy negatives,
+    moves every logit, not only its scale."""
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if z.shape != y.shape:
+        raise ValueError(f"logits and labels differ in size: {z.size} and {y.size}")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite")
+    if y.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = np.exp(params[0]), params[1]  # p = sigmoid(a z + b), a = 1 / T, b = -s / T
+        u = a * z + b
+        p = 1.0 / (1.0 + np.exp(-u))
+        residual = (p - y) / y.size
+        return float(np.mean(np.logaddexp(0.0, u) - y * u)), np.array([float(residual @ (a * z)), float(residual.sum())])
+
+    low, high = -np.log(bounds[1]), -np.log(bounds[0])
+    found = minimize(loss, x0=np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(low, high), (None, None)])
+    a, b = float(np.exp(found.x[0])), float(found.x[1])
+    return 1.0 / a, -b / a
+
+
+def fit_platt_per_class(logits: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(temperatures, shifts), one of each per column of (n, classes) logits and labels."""
+    z, y = np.asarray(logits), np.asarray(labels)
+    if z.ndim != 2 or z.shape != y.shape:
+        raise ValueError(f"expected two (n, classes) arrays of one shape, got {z.shape} and {y.shape}")
+    fitted = [fit_platt(z[:, c], y[:, c]) for c in range(z.shape[1])]
+    return tuple(t for t, _ in fitted), tuple(s for _, s in fitted)
+
+
+def calibrated_probabilities(logits: np.ndarray, temperatures: Sequence[float],
+                             shifts: Sequence[float] | None = None) -> np.ndarray:
+    """sigmoid((logits - s) / T) with one T (and s, default 0) per class (the last axis)."""
     t = np.asarray(temperatures, dtype=np.float64)
     if t.ndim != 1 or np.asarray(logits).shape[-1] != t.size or not (t > 0).all():
         raise ValueError(f"need one positive temperature per class, got {list(t)}")
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
+    s = np.zeros_like(t) if shifts is None else np.asarray(shifts, dtype=np.float64)
+    if s.shape != t.shape:
+        raise ValueError(f"need one shift per class, got {list(s)}")
+    return 1.0 / (1.0 + np.exp(-(np.asarray(logits, dtype=np.float64) - s) / t))
 
 
-def calibrated_thresholds(thresholds: Sequence[float], temperatures: Sequence[float]) -> list[float]:
+def calibrated_thresholds(thresholds: Sequence[float], temperatures: Sequence[float],
+                          shifts: Sequence[float] | None = None) -> list[float]:
     """The thresholds that make the same decisions on calibrated probabilities:
-    sigmoid(z) >= t  <=>  sigmoid(z / T) >= sigmoid(logit(t) / T)."""
+    sigmoid(z) >= t  <=>  sigmoid((z - s) / T) >= sigmoid((logit(t) - s) / T)."""
     t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-12, 1 - 1e-12)
     logit = np.log(t / (1.0 - t))
-    return (1.0 / (1.0 + np.exp(-logit / np.asarray(temperatures, dtype=np.float64)))).tolist()
+    s = 0.0 if shifts is None else np.asarray(shifts, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-(logit - s) / np.asarray(temperatures, dtype=np.float64)))).tolist()

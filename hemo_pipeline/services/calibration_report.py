@@ -1,6 +1,7 @@
 """How well the served probabilities are calibrated, per slice and per exam, before and after
-per-class temperature scaling fitted on `val` (issue 20's first measurement; serving does not
-apply the temperatures yet).
+per-class Platt scaling (a temperature and a shift of the logits) fitted on `val` (issue 20's first
+measurement; serving does not apply it yet). Temperature alone is not enough here: ASL spares easy
+negatives and so shifts the logits, which a scale cannot undo.
 
 The mode is the one the version is served in (5-slice context or single slices). Exams are the
 patients' series: a class's exam label is whether any slice shows it, its probability the
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hemo_model import CLASSES
-from hemo_model.inference.calibration import calibrated_probabilities, fit_temperatures
+from hemo_model.inference.calibration import calibrated_probabilities, fit_platt_per_class
 from hemo_model.inference.exam import exam_probabilities
 from hemo_model.metrics.calibration import expected_calibration_error, reliability
 
@@ -28,6 +29,7 @@ EXAM_COLUMNS = ("any", *CLASSES)
 @dataclass(frozen=True)
 class CalibrationReport:
     temperatures: tuple[float, ...]
+    shifts: tuple[float, ...]
     metrics: dict[str, float]
     """ece_{slice,exam}_{raw,calibrated}, n_slices, n_exams"""
     slice_probs: dict[str, np.ndarray]
@@ -56,11 +58,11 @@ def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], us
     """Temperatures fitted on the val scores' served logits, judged on the gate scores."""
     val_logits = np.concatenate(_served_logits(val_scores, use_context))
     val_labels = np.concatenate([s.patient.labels for s in val_scores])
-    temperatures = fit_temperatures(val_logits, val_labels)
+    temperatures, shifts = fit_platt_per_class(val_logits, val_labels)
     gate_logits = _served_logits(gate_scores, use_context)
     gate_labels = [np.asarray(s.patient.labels) for s in gate_scores]
     raw = [1.0 / (1.0 + np.exp(-z)) for z in gate_logits]
-    scaled = [calibrated_probabilities(z, temperatures) for z in gate_logits]
+    scaled = [calibrated_probabilities(z, temperatures, shifts) for z in gate_logits]
     slice_labels = np.concatenate(gate_labels)
     slice_probs = {"raw": np.concatenate(raw), "calibrated": np.concatenate(scaled)}
     exam_raw, exam_labels = _exam_table(raw, gate_labels)
@@ -70,7 +72,7 @@ def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], us
     metrics.update({f"ece_exam_{k}": expected_calibration_error(exam_labels, v, bins) for k, v in exam_probs.items()})
     metrics.update({"n_calibration_slices": float(len(val_labels)), "n_gate_slices": float(len(slice_labels)),
                     "n_gate_exams": float(len(exam_labels))})
-    return CalibrationReport(temperatures, metrics, slice_probs, slice_labels, exam_probs, exam_labels)
+    return CalibrationReport(temperatures, shifts, metrics, slice_probs, slice_labels, exam_probs, exam_labels)
 
 
 def reliability_figure(report: CalibrationReport, bins: int = 10) -> Any:
@@ -90,6 +92,6 @@ def reliability_figure(report: CalibrationReport, bins: int = 10) -> Any:
         ax.set(xlabel="mean predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
                title=f"gate {name}, n = {len(labels)}")
         ax.legend(loc="upper left")
-    fig.suptitle("calibration: temperatures fitted per class on val")
+    fig.suptitle("calibration: Platt scaling (temperature and shift) fitted per class on val")
     fig.tight_layout()
     return fig

@@ -4,8 +4,8 @@ Thresholds are tuned per class on the `val` role (for 5-slice context and for si
 context logits are scaled differently) and stored with the model; they stay at 0.5 for a model
 that trained on its val patients (`train.refit_on_val`). Where val can tell, the model is served
 on single slices when they beat the 5-slice filter there (services/context_choice.py). Calibration
-of the served probabilities (ECE per slice and per exam, before and after per-class temperature
-scaling fitted on val; a reliability diagram) is reported, not yet applied in serving. The reported metrics are
+of the served probabilities (ECE per slice and per exam, before and after per-class Platt scaling
+fitted on val; a reliability diagram) is reported, not yet applied in serving. The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_params({"served_with_context": choice.use_context})
         mlflow.log_dict({"temperatures": dict(zip(CLASSES, calibration.temperatures)),
+                         "shifts": dict(zip(CLASSES, calibration.shifts)),
                          **{k: v for k, v in calibration.metrics.items()}}, "evaluation/calibration.json")
         mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
@@ -185,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     summary["thresholds_single"] = dict(zip(CLASSES, thresholds_single))
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
     summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
-    summary["calibration"] = {"temperatures": dict(zip(CLASSES, calibration.temperatures)), **calibration.metrics}
+    summary["calibration"] = {"temperatures": dict(zip(CLASSES, calibration.temperatures)),
+                              "shifts": dict(zip(CLASSES, calibration.shifts)), **calibration.metrics}
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -194,9 +196,9 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['micro_f2_context']:.4f}, context + thresholds tuned on val {metrics['micro_f2_context_tuned']:.4f}"
           f" (all-positive {metrics['micro_f2_all_positive_baseline']:.4f})"
           + (f"; registered {registry.MODEL_NAME} v{version} as @{registry.CHALLENGER}" if version else ""))
-    m = calibration.metrics
-    print(f"evaluate: calibration on the gate patients as served, before -> after per-class temperatures fitted on val "
-          f"({', '.join(f'{c} {t:.2f}' for c, t in zip(CLASSES, calibration.temperatures))}): ECE slices "
+    m, fitted = calibration.metrics, zip(CLASSES, calibration.temperatures, calibration.shifts)
+    print(f"evaluate: calibration on the gate patients as served, before -> after Platt scaling fitted on val "
+          f"(T, shift: {', '.join(f'{c} {t:.2f} {b:+.2f}' for c, t, b in fitted)}): ECE slices "
           f"{m['ece_slice_raw']:.4f} -> {m['ece_slice_calibrated']:.4f} ({m['n_gate_slices']:.0f}), exams "
           f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "

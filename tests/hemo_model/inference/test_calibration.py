@@ -54,3 +54,18 @@ def test_one_temperature_per_class_and_a_class_without_both_labels_keeps_one() -
 def test_a_temperature_per_class_and_positive(temperatures: list[float]) -> None:
     with pytest.raises(ValueError, match="one positive temperature per class"):
         calibrated_probabilities(np.zeros((3, 1)), temperatures)
+
+
+def test_platt_recovers_a_shift_and_a_scale_that_temperature_alone_cannot() -> None:
+    from hemo_model.inference.calibration import fit_platt
+
+    logits, labels = _overconfident(100_000, 2.0, seed=4)
+    shifted = logits + 1.5  # every logit moved up, as a loss that spares easy negatives leaves them
+    temperature, shift = fit_platt(shifted, labels)
+    assert temperature == pytest.approx(2.0, rel=0.05) and shift == pytest.approx(1.5, abs=0.1)
+    platt = calibrated_probabilities(shifted[:, None], [temperature], [shift])[:, 0]
+    only_t = calibrated_probabilities(shifted[:, None], [fit_temperature(shifted, labels)])[:, 0]
+    assert expected_calibration_error(labels, platt) < 0.01 < expected_calibration_error(labels, only_t)
+    raw = 1.0 / (1.0 + np.exp(-shifted))
+    moved = calibrated_thresholds([0.5], [temperature], [shift])[0]
+    assert np.array_equal(raw >= 0.5, platt >= moved)  # the same decisions

@@ -24,9 +24,10 @@ def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
     return out
 
 
-def test_temperatures_from_val_lower_the_gate_calibration_error_of_overconfident_scores() -> None:
+def test_platt_scaling_from_val_lowers_the_gate_calibration_error_of_overconfident_scores() -> None:
     report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), use_context=True)
     assert all(t == pytest.approx(3.0, rel=0.15) for t in report.temperatures)
+    assert all(abs(b) < 0.5 for b in report.shifts)  # no shift was applied
     m = report.metrics
     assert m["ece_slice_calibrated"] < m["ece_slice_raw"] / 3
     assert (m["n_calibration_slices"], m["n_gate_slices"], m["n_gate_exams"]) == (4000, 4000, 200)
@@ -36,6 +37,10 @@ def test_temperatures_from_val_lower_the_gate_calibration_error_of_overconfident
 
 
 def test_the_served_mode_is_the_one_judged() -> None:
-    """Single-slice logits of 0 say 0.5 everywhere: a temperature cannot change that."""
-    report = calibration_report(_patients(50, 2, 3.0), _patients(50, 3, 3.0), use_context=False)
-    assert np.allclose(report.slice_probs["raw"], 0.5) and np.allclose(report.slice_probs["calibrated"], 0.5)
+    """Single-slice logits of 0 say 0.5 everywhere: calibrated, a constant score can only become the
+    class's rate on val."""
+    val = _patients(50, 2, 3.0)
+    report = calibration_report(val, _patients(50, 3, 3.0), use_context=False)
+    rates = np.concatenate([p.patient.labels for p in val]).mean(axis=0)
+    assert np.allclose(report.slice_probs["raw"], 0.5)
+    assert np.allclose(report.slice_probs["calibrated"], rates, atol=1e-3)
