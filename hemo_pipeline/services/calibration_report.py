@@ -1,6 +1,7 @@
 """How well the served probabilities are calibrated, per slice and per exam, before and after
-per-class Platt scaling (a temperature and a shift of the logits) fitted on `val` (issue 20's first
-measurement; serving does not apply it yet). Temperature alone is not enough here: ASL spares easy
+per-class Platt scaling (a temperature and a shift of the logits) fitted on `val`, slices first and
+then the exam columns on the val exams (issue 20's first measurement; serving does not apply it
+yet). Temperature alone is not enough here: ASL spares easy
 negatives and so shifts the logits, which a scale cannot undo.
 
 The mode is the one the version is served in (5-slice context or single slices). Exams are the
@@ -38,6 +39,11 @@ class CalibrationReport:
     exam_labels: np.ndarray
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
 def _served_logits(scores: Sequence[Any], use_context: bool) -> list[np.ndarray]:
     return [s.logits if use_context else s.slice_logits for s in scores]
 
@@ -66,17 +72,23 @@ def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], us
     slice_labels = np.concatenate(gate_labels)
     slice_probs = {"raw": np.concatenate(raw), "calibrated": np.concatenate(scaled)}
     exam_raw, exam_labels = _exam_table(raw, gate_labels)
-    exam_scaled, _ = _exam_table(scaled, gate_labels)
+    # the max over a series' calibrated slices is not itself calibrated (the more slices, the higher):
+    # the exam columns get their own Platt scaling, fitted on the val exams
+    val_exams, val_exam_labels = _exam_table(
+        [calibrated_probabilities(z, temperatures, shifts) for z in _served_logits(val_scores, use_context)],
+        [np.asarray(s.patient.labels) for s in val_scores])
+    exam_t, exam_s = fit_platt_per_class(_logit(val_exams), val_exam_labels)
+    exam_scaled = calibrated_probabilities(_logit(_exam_table(scaled, gate_labels)[0]), exam_t, exam_s)
     exam_probs = {"raw": exam_raw, "calibrated": exam_scaled}
     metrics = {f"ece_slice_{k}": expected_calibration_error(slice_labels, v, bins) for k, v in slice_probs.items()}
     metrics.update({f"ece_exam_{k}": expected_calibration_error(exam_labels, v, bins) for k, v in exam_probs.items()})
-    metrics.update({"n_calibration_slices": float(len(val_labels)), "n_gate_slices": float(len(slice_labels)),
-                    "n_gate_exams": float(len(exam_labels))})
+    metrics.update({"n_calibration_slices": float(len(val_labels)), "n_calibration_exams": float(len(val_exams)),
+                    "n_gate_slices": float(len(slice_labels)), "n_gate_exams": float(len(exam_labels))})
     return CalibrationReport(temperatures, shifts, metrics, slice_probs, slice_labels, exam_probs, exam_labels)
 
 
 def reliability_figure(report: CalibrationReport, bins: int = 10) -> Any:
-    """Reliability diagrams, slices and exams, raw and after temperature scaling."""
+    """Reliability diagrams, slices and exams, raw and after Platt scaling."""
     from hemo_pipeline.services.plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))

@@ -13,11 +13,12 @@ from hemo_pipeline.services.calibration_report import calibration_report, reliab
 
 def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
     """Sequences of 20 slices whose labels are drawn from sigmoid(u) and whose served (context)
-    logits are u * sharpen (overconfident when > 1); the single-slice logits are useless (0)."""
+    logits are u * sharpen (overconfident when > 1); the single-slice logits are useless (0). Half
+    the patients are unlikely to bleed at all, so exams are positive and negative."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        u = rng.normal(-1.0, 2.0, size=(20, 5))
+        u = rng.normal(rng.choice([-6.0, -1.0]), 2.0, size=(20, 5))
         labels = (rng.uniform(size=u.shape) < 1 / (1 + np.exp(-u))).astype(float)
         out.append(SimpleNamespace(patient=SimpleNamespace(labels=labels), logits=u * sharpen,
                                    slice_logits=np.zeros_like(u)))
@@ -30,7 +31,9 @@ def test_platt_scaling_from_val_lowers_the_gate_calibration_error_of_overconfide
     assert all(abs(b) < 0.5 for b in report.shifts)  # no shift was applied
     m = report.metrics
     assert m["ece_slice_calibrated"] < m["ece_slice_raw"] / 3
-    assert (m["n_calibration_slices"], m["n_gate_slices"], m["n_gate_exams"]) == (4000, 4000, 200)
+    assert m["ece_exam_calibrated"] < m["ece_exam_raw"] / 2  # the exam columns have their own scaling
+    assert (m["n_calibration_slices"], m["n_calibration_exams"], m["n_gate_slices"], m["n_gate_exams"]) == (
+        4000, 200, 4000, 200)
     assert report.exam_labels.shape == (200, 6)
     assert (report.exam_labels[:, 0] == report.exam_labels[:, 1:].max(axis=1)).all()  # any = some class
     assert reliability_figure(report) is not None
