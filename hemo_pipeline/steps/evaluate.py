@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
     summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
     summary["calibration"] = {"temperatures": dict(zip(CLASSES, calibration.temperatures)),
-                              "shifts": dict(zip(CLASSES, calibration.shifts)), **calibration.metrics}
+                              "shifts": dict(zip(CLASSES, calibration.shifts)), **calibration.metrics,
+                              "fitted_on_trained_patients": bool(refit)}
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -200,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluate: calibration on the gate patients as served, before -> after Platt scaling fitted on val "
           f"(T, shift: {', '.join(f'{c} {t:.2f} {b:+.2f}' for c, t, b in fitted)}): ECE slices "
           f"{m['ece_slice_raw']:.4f} -> {m['ece_slice_calibrated']:.4f} ({m['n_gate_slices']:.0f}), exams "
-          f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)")
+          f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)"
+          + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients"
+             if refit else ""))
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

@@ -191,4 +191,5 @@ def test_refit_on_val_trains_on_val_and_leaves_nothing_tuned_on_it(workdir: Path
     assert f"thresholds kept at 0.5: {len(roles['val'])} of the {len(roles['val'])} val scans were trained on" \
         in capsys.readouterr().out
     report = json.loads((workdir / "reports/evaluate.json").read_text())
+    assert report["calibration"]["fitted_on_trained_patients"] is True
     assert set(report["thresholds"].values()) == {0.5} and set(report["thresholds_single"].values()) == {0.5}
