@@ -26,16 +26,22 @@ def _mean_bce(logits: np.ndarray, labels: np.ndarray, temperature: float) -> flo
     return float(np.mean(np.logaddexp(0.0, z) - labels * z))  # softplus(z) - y z, stable for any z
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
-    """The T in ``bounds`` minimising the mean BCE of sigmoid(logits / T) against 0/1 ``labels``
-    (one class); 1.0 when the labels are all one value."""
+def _one_class(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One class's logits and 0/1 labels as flat float arrays of one size, the logits finite."""
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if z.shape != y.shape:
         raise ValueError(f"logits and labels differ in size: {z.size} and {y.size}")
     if not np.isfinite(z).all():
         raise ValueError("logits must be finite")
+    return z, y
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The T in ``bounds`` minimising the mean BCE of sigmoid(logits / T) against 0/1 ``labels``
+    (one class); 1.0 when the labels are all one value."""
+    z, y = _one_class(logits, labels)
     if y.size == 0 or y.min() == y.max():
         return 1.0
     low, high = np.log(bounds[0]), np.log(bounds[1])
@@ -58,12 +64,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray,
     sigmoid((logits - s) / T), T in ``bounds``; (1, 0) when the labels are all one value. The shift
     is what temperature alone cannot fix: a loss such as ASL, which down-weights easy negatives,
     moves every logit, not only its scale."""
-    z = np.asarray(logits, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    if z.shape != y.shape:
-        raise ValueError(f"logits and labels differ in size: {z.size} and {y.size}")
-    if not np.isfinite(z).all():
-        raise ValueError("logits must be finite")
+    z, y = _one_class(logits, labels)
     if y.size == 0 or y.min() == y.max():
         return 1.0, 0.0
 
