@@ -120,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     # val decides the serving mode exactly where it may choose an epoch (selection_rule: the rule
     # in params, `auto` by the val role's size, never on patients the model trained on)
     rule, why = selection_rule(settings.selection, {"train": [], "val": roles["val"]}, seen)
-    choice = choose_context(loaded.context, rule != "last", why, micro_f2(val_labels, val_context, thresholds),
-                            micro_f2(val_labels, val_single, thresholds_single))
+    val_f2_context = micro_f2(val_labels, val_context, thresholds)
+    val_f2_single = micro_f2(val_labels, val_single, thresholds_single)
+    choice = choose_context(loaded.context, rule != "last", why, val_f2_context, val_f2_single)
     single_probs, context_probs, labels, scores = both_modes(roles["gate"])
 
     metrics = {f"{k}_context": v for k, v in classification_report(labels, context_probs).items()}
@@ -130,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     metrics["micro_f2_single_tuned"] = micro_f2(labels, single_probs, thresholds_single)
     metrics["micro_f2_served_tuned"] = (metrics["micro_f2_context_tuned"] if choice.use_context
                                         else metrics["micro_f2_single_tuned"])
-    metrics["val_micro_f2_context_tuned"] = micro_f2(val_labels, val_context, thresholds)
-    metrics["val_micro_f2_single_tuned"] = micro_f2(val_labels, val_single, thresholds_single)
+    metrics["val_micro_f2_context_tuned"] = val_f2_context
+    metrics["val_micro_f2_single_tuned"] = val_f2_single
     # F2 favours recall: flagging every cell scores 5p/(4p+1) at cell prevalence p (~0.36 at the
     # original class rates). Logged so nobody mistakes a score near it for a useful model.
     metrics["micro_f2_all_positive_baseline"] = micro_f2(labels, np.ones_like(context_probs))
