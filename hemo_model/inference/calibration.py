@@ -58,15 +58,20 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> tuple[float, ...
     return tuple(fit_temperature(z[:, c], y[:, c]) for c in range(z.shape[1]))
 
 
-def fit_platt(logits: np.ndarray, labels: np.ndarray,
-              bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> tuple[float, float]:
+def fit_platt(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+              smoothed: bool = False) -> tuple[float, float]:
     """Platt scaling (Platt, 1999) as a temperature and a shift: (T, s) minimising the mean BCE of
     sigmoid((logits - s) / T), T in ``bounds``; (1, 0) when the labels are all one value. The shift
     is what temperature alone cannot fix: a loss such as ASL, which down-weights easy negatives,
-    moves every logit, not only its scale."""
+    moves every logit, not only its scale. ``smoothed``: Platt's own targets, (n+ + 1) / (n+ + 2)
+    for positives and 1 / (n- + 2) for negatives instead of 1 and 0, so that a handful of separable
+    examples (a dozen val exams) cannot drive T to its bound and the probabilities to 0 and 1."""
     z, y = _one_class(logits, labels)
     if y.size == 0 or y.min() == y.max():
         return 1.0, 0.0
+    if smoothed:
+        positives, negatives = y.sum(), y.size - y.sum()
+        y = np.where(y > 0.5, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         a, b = np.exp(params[0]), params[1]  # p = sigmoid(a z + b), a = 1 / T, b = -s / T
@@ -81,12 +86,21 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray,
     return 1.0 / a, -b / a
 
 
-def fit_platt_per_class(logits: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(temperatures, shifts), one of each per column of (n, classes) logits and labels."""
+def fit_platt_per_class(logits: np.ndarray, labels: np.ndarray, min_each: int = 1,
+                        smoothed: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(temperatures, shifts), one of each per column of (n, classes) logits and labels. A column
+    with fewer than ``min_each`` positives or negatives gets the fit pooled over all columns: a
+    class without a positive in val (EDH, often) is better served by the other classes' scale and
+    shift than by none, and a few positives give a noisy fit."""
     z, y = np.asarray(logits), np.asarray(labels)
     if z.ndim != 2 or z.shape != y.shape:
         raise ValueError(f"expected two (n, classes) arrays of one shape, got {z.shape} and {y.shape}")
-    fitted = [fit_platt(z[:, c], y[:, c]) for c in range(z.shape[1])]
+    if min_each < 1:
+        raise ValueError(f"min_each must be at least 1, got {min_each}")
+    pooled = fit_platt(z.ravel(), y.ravel(), smoothed=smoothed)
+    positives = y.sum(axis=0)
+    own = (positives >= min_each) & (len(y) - positives >= min_each)
+    fitted = [fit_platt(z[:, c], y[:, c], smoothed=smoothed) if own[c] else pooled for c in range(z.shape[1])]
     return tuple(t for t, _ in fitted), tuple(s for _, s in fitted)
 
 

@@ -21,8 +21,11 @@ from typing import Any
 
 from hemo_model import CLASSES
 
-SPEC_FORMAT = "hemo-model-spec/1"
+SPEC_FORMAT = "hemo-model-spec/2"
 """The format name written into every spec; a spec with another is refused."""
+READABLE_FORMATS = ("hemo-model-spec/1", SPEC_FORMAT)
+"""Formats this release reads: /1 predates calibration (read as uncalibrated, ``calibration`` None);
+/2 must carry the ``calibration`` key (null where none was fitted)."""
 
 ARCHITECTURES: dict[str, str] = {
     "resnet34": "torchvision ResNet34 with the method's or a linear head (hemo_model.model.HemoNet)",
@@ -40,6 +43,68 @@ MAX_CONTEXT_WIDTH = 15
 
 class SpecError(ValueError):
     """A model spec this code cannot use; the message names the key and what is wrong."""
+
+
+EXAM_COLUMNS = ("any", *CLASSES)
+"""The exam-level columns: any hemorrhage, then each class."""
+CALIBRATION_MODES = ("context", "single")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the served logits become probabilities that mean what they say, and the triage cut-offs
+    on them, as fitted by `hemo evaluate` on the `val` role (issue 20).
+
+    Slices: per class p = sigmoid((z - shift) / temperature) on the logits of the scoring mode
+    the version is served in (``mode``); a score in the other mode is left uncalibrated. Exams: the
+    exam rule (max over slices) of the calibrated slice probabilities, then a second Platt scaling
+    per exam column (any, then the five classes): the max over a series is not itself calibrated.
+    Triage on the calibrated P(any): low risk below ``low_risk_below``, high risk above
+    ``high_risk_above``, else defer (:mod:`hemo_model.inference.triage`); ``low_risk_below`` 0 means
+    val had too few positive exams to call any exam low risk at ``low_risk_target``."""
+
+    mode: str
+    slice_temperatures: tuple[float, ...]
+    slice_shifts: tuple[float, ...]
+    exam_rule: str
+    exam_temperatures: tuple[float, ...]
+    exam_shifts: tuple[float, ...]
+    low_risk_below: float
+    high_risk_above: float
+    low_risk_target: float
+    high_risk_target: float
+    n_slices: int
+    n_exams: int
+    n_positive_exams: int
+    fitted_on_trained_patients: bool
+    """The val patients were trained on (train.refit_on_val): the calibration is optimistic."""
+
+    def __post_init__(self) -> None:
+        for name in ("slice_temperatures", "slice_shifts", "exam_temperatures", "exam_shifts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check_calibration(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Calibration:
+        if not isinstance(raw, Mapping):
+            raise SpecError(f"calibration must be a JSON object or null, got {type(raw).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(raw) - set(known)), [k for k in known if k not in raw]
+        if unknown or missing:
+            raise SpecError(f"calibration: unknown key(s) {unknown}, missing key(s) {missing}")
+        flag = raw["fitted_on_trained_patients"]
+        if not isinstance(flag, bool):
+            raise SpecError(f"calibration.fitted_on_trained_patients must be true or false, got {flag!r}")
+        return cls(
+            mode=_text(raw, "mode"), exam_rule=_text(raw, "exam_rule"),
+            slice_temperatures=_numbers(raw, "slice_temperatures"), slice_shifts=_numbers(raw, "slice_shifts"),
+            exam_temperatures=_numbers(raw, "exam_temperatures"), exam_shifts=_numbers(raw, "exam_shifts"),
+            low_risk_below=_number(raw, "low_risk_below"), high_risk_above=_number(raw, "high_risk_above"),
+            low_risk_target=_number(raw, "low_risk_target"), high_risk_target=_number(raw, "high_risk_target"),
+            n_slices=_integer(raw, "n_slices"), n_exams=_integer(raw, "n_exams"),
+            n_positive_exams=_integer(raw, "n_positive_exams"),
+            fitted_on_trained_patients=flag,
+        )
 
 
 def _default_thresholds() -> tuple[float, ...]:
@@ -67,6 +132,9 @@ class ModelSpec:
     thresholds_single: tuple[float, ...] = field(default_factory=_default_thresholds)
     """The same for single-slice scores: context logits are scaled differently (weights sum to 1.3)."""
     classes: tuple[str, ...] = CLASSES
+    calibration: Calibration | None = None
+    """Fitted on `val` by `hemo evaluate` and applied by `hemo score`; None: probabilities as the
+    network gives them (a checkpoint before evaluate, or a spec of format /1)."""
 
     def __post_init__(self) -> None:
         for name in ("context_weights", "thresholds", "thresholds_single", "classes"):
@@ -89,17 +157,23 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, with the format name first."""
-        values = dataclasses.asdict(self)
-        return {"format": SPEC_FORMAT, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+
+        return {"format": SPEC_FORMAT, **plain(dataclasses.asdict(self))}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ModelSpec:
         """The spec in ``raw`` (as :meth:`to_dict` wrote it), or :class:`SpecError`."""
         if not isinstance(raw, Mapping):
             raise SpecError(f"a model spec must be a JSON object, got {type(raw).__name__}")
-        if raw.get("format") != SPEC_FORMAT:
-            raise SpecError(f"format {raw.get('format')!r} is not one this release reads ({SPEC_FORMAT!r})")
+        if raw.get("format") not in READABLE_FORMATS:
+            raise SpecError(f"format {raw.get('format')!r} is not one this release reads {READABLE_FORMATS}")
         known = [f.name for f in dataclasses.fields(cls)]
+        if raw["format"] != SPEC_FORMAT:  # /1: written before calibration existed
+            known.remove("calibration")
         unknown = sorted(set(raw) - set(known) - {"format"})
         if unknown:
             raise SpecError(f"unknown key(s) {unknown} (known: {', '.join(known)})")
@@ -111,6 +185,7 @@ class ModelSpec:
             image_size=_integer(raw, "image_size"), input=_text(raw, "input"), context=_text(raw, "context"),
             context_weights=_numbers(raw, "context_weights"), thresholds=_numbers(raw, "thresholds"),
             thresholds_single=_numbers(raw, "thresholds_single"), classes=_texts(raw, "classes"),
+            calibration=None if raw.get("calibration") is None else Calibration.from_dict(raw["calibration"]),
         )
 
 
@@ -135,6 +210,26 @@ def _check(spec: ModelSpec) -> None:
         values = getattr(spec, name)
         require(len(values) == len(CLASSES) and all(0.0 <= t <= 1.0 for t in values),
                 f"{name} must be {len(CLASSES)} numbers in [0, 1], got {list(values)}")
+
+
+def _check_calibration(c: Calibration) -> None:
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise SpecError(f"calibration: {message}")
+
+    require(c.mode in CALIBRATION_MODES, f"mode {c.mode!r}: known {CALIBRATION_MODES}")
+    require(c.exam_rule == "max", f"exam_rule {c.exam_rule!r}: known ('max',)")
+    for name, width in (("slice_temperatures", len(CLASSES)), ("slice_shifts", len(CLASSES)),
+                        ("exam_temperatures", len(EXAM_COLUMNS)), ("exam_shifts", len(EXAM_COLUMNS))):
+        values = getattr(c, name)
+        require(len(values) == width and all(math.isfinite(v) for v in values),
+                f"{name} must be {width} finite numbers, got {list(values)}")
+    require(all(t > 0 for t in (*c.slice_temperatures, *c.exam_temperatures)), "temperatures must be positive")
+    require(all(0.0 < t < 1.0 for t in (c.low_risk_target, c.high_risk_target)), "targets must be in (0, 1)")
+    require(all(-1.0 <= v <= 2.0 and math.isfinite(v) for v in (c.low_risk_below, c.high_risk_above)),
+            "cut-offs must be probabilities (or just outside [0, 1] where a bin is closed)")
+    require(min(c.n_slices, c.n_exams, c.n_positive_exams) >= 0 and c.n_positive_exams <= c.n_exams,
+            "counts must be non-negative, positive exams at most the exams")
 
 
 def _text(raw: Mapping[str, Any], key: str) -> str:

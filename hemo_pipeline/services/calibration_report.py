@@ -1,90 +1,150 @@
-"""How well the served probabilities are calibrated, per slice and per exam, before and after
-per-class Platt scaling (a temperature and a shift of the logits) fitted on `val`, slices first and
-then the exam columns on the val exams (issue 20's first measurement; serving does not apply it
-yet). Temperature alone is not enough here: ASL spares easy
-negatives and so shifts the logits, which a scale cannot undo.
+"""How well the served probabilities are calibrated, per slice and per exam, before and after the
+calibration `hemo evaluate` fits on `val` and stores in the spec (per-class Platt scaling of the
+slice logits, then of the exam columns; :mod:`hemo_model.inference.calibrated`), and what the
+triage bins fitted on val do on the gate patients. Temperature alone is not enough here: ASL
+spares easy negatives and so shifts the logits, which a scale cannot undo.
 
 The mode is the one the version is served in (5-slice context or single slices). Exams are the
 patients' series: a class's exam label is whether any slice shows it, its probability the
-exam rule's (max over slices, :mod:`hemo_model.inference.exam`), and "any hemorrhage" a sixth
-column. Every figure comes with the number of slices or exams it rests on: on a dozen gate exams an
-exam-level ECE is a rough reading.
+exam rule's (max over slices), and "any hemorrhage" a sixth column. Every figure comes with the
+number of slices or exams it rests on: on a dozen gate exams an exam-level ECE is a rough reading.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from hemo_model import CLASSES
-from hemo_model.inference.calibration import calibrated_probabilities, fit_platt_per_class
-from hemo_model.inference.exam import exam_probabilities
+from hemo_model.inference.calibrated import exam_labels, exam_table, fit_calibration, score_exam, slice_probabilities
+from hemo_model.inference.triage import triage_report
 from hemo_model.metrics.calibration import expected_calibration_error, reliability
-
-EXAM_COLUMNS = ("any", *CLASSES)
+from hemo_model.model.spec import EXAM_COLUMNS, Calibration
 
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    temperatures: tuple[float, ...]
-    shifts: tuple[float, ...]
+    calibration: Calibration
     metrics: dict[str, float]
-    """ece_{slice,exam}_{raw,calibrated}, n_slices, n_exams"""
+    """ece_{slice,exam}_{raw,calibrated}, n_* counts"""
+    triage: dict[str, Any]
+    """:func:`hemo_model.inference.triage.triage_report` on the gate exams"""
     slice_probs: dict[str, np.ndarray]
     slice_labels: np.ndarray
     exam_probs: dict[str, np.ndarray]
     exam_labels: np.ndarray
+    exam_bins: np.ndarray
+    exam_names: list[str]
 
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        return self.calibration.slice_temperatures
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(q / (1 - q))
+    @property
+    def shifts(self) -> tuple[float, ...]:
+        return self.calibration.slice_shifts
 
 
 def _served_logits(scores: Sequence[Any], use_context: bool) -> list[np.ndarray]:
     return [s.logits if use_context else s.slice_logits for s in scores]
 
 
-def _exam_table(per_patient_probs: list[np.ndarray], per_patient_labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(exams, 6) probabilities and labels: any hemorrhage, then each class."""
-    probs, labels = [], []
-    for p, y in zip(per_patient_probs, per_patient_labels, strict=True):
-        anything, per_class = exam_probabilities(p)
-        probs.append(np.r_[anything, per_class])
-        positive = np.asarray(y).astype(bool)
-        labels.append(np.r_[positive.any(), positive.any(axis=0)])
-    return np.array(probs, dtype=np.float64), np.array(labels, dtype=np.float64)
-
-
 def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], use_context: bool,
+                       low_risk_target: float, high_risk_target: float, fitted_on_trained_patients: bool = False,
                        bins: int = 10) -> CalibrationReport:
-    """Temperatures fitted on the val scores' served logits, judged on the gate scores."""
-    val_logits = np.concatenate(_served_logits(val_scores, use_context))
-    val_labels = np.concatenate([s.patient.labels for s in val_scores])
-    temperatures, shifts = fit_platt_per_class(val_logits, val_labels)
+    """The calibration fitted on the val scores' served logits, judged on the gate scores."""
+    calibration = fit_calibration(_served_logits(val_scores, use_context),
+                                  [np.asarray(s.patient.labels) for s in val_scores],
+                                  "context" if use_context else "single", low_risk_target, high_risk_target,
+                                  fitted_on_trained_patients)
     gate_logits = _served_logits(gate_scores, use_context)
     gate_labels = [np.asarray(s.patient.labels) for s in gate_scores]
-    raw = [1.0 / (1.0 + np.exp(-z)) for z in gate_logits]
-    scaled = [calibrated_probabilities(z, temperatures, shifts) for z in gate_logits]
+    raw = [slice_probabilities(z, None) for z in gate_logits]
     slice_labels = np.concatenate(gate_labels)
-    slice_probs = {"raw": np.concatenate(raw), "calibrated": np.concatenate(scaled)}
-    exam_raw, exam_labels = _exam_table(raw, gate_labels)
-    # the max over a series' calibrated slices is not itself calibrated (the more slices, the higher):
-    # the exam columns get their own Platt scaling, fitted on the val exams
-    val_exams, val_exam_labels = _exam_table(
-        [calibrated_probabilities(z, temperatures, shifts) for z in _served_logits(val_scores, use_context)],
-        [np.asarray(s.patient.labels) for s in val_scores])
-    exam_t, exam_s = fit_platt_per_class(_logit(val_exams), val_exam_labels)
-    exam_scaled = calibrated_probabilities(_logit(_exam_table(scaled, gate_labels)[0]), exam_t, exam_s)
-    exam_probs = {"raw": exam_raw, "calibrated": exam_scaled}
+    slice_probs = {"raw": np.concatenate(raw),
+                   "calibrated": np.concatenate([slice_probabilities(z, calibration) for z in gate_logits])}
+    exams = [score_exam(z, calibration) for z in gate_logits]
+    truth = exam_labels(gate_labels)
+    exam_probs = {"raw": exam_table(raw), "calibrated": np.array([e.probabilities for e in exams])}
+    exam_bins = np.array([e.bin for e in exams])
     metrics = {f"ece_slice_{k}": expected_calibration_error(slice_labels, v, bins) for k, v in slice_probs.items()}
-    metrics.update({f"ece_exam_{k}": expected_calibration_error(exam_labels, v, bins) for k, v in exam_probs.items()})
-    metrics.update({"n_calibration_slices": float(len(val_labels)), "n_calibration_exams": float(len(val_exams)),
-                    "n_gate_slices": float(len(slice_labels)), "n_gate_exams": float(len(exam_labels))})
-    return CalibrationReport(temperatures, shifts, metrics, slice_probs, slice_labels, exam_probs, exam_labels)
+    metrics.update({f"ece_exam_{k}": expected_calibration_error(truth, v, bins) for k, v in exam_probs.items()})
+    metrics.update({"n_calibration_slices": float(calibration.n_slices), "n_calibration_exams": float(calibration.n_exams),
+                    "n_gate_slices": float(len(slice_labels)), "n_gate_exams": float(len(truth))})
+    return CalibrationReport(calibration, metrics, triage_report(exam_bins, truth[:, 0]), slice_probs, slice_labels,
+                             exam_probs, truth, exam_bins, [s.patient.dirname for s in gate_scores])
+
+
+def _rate(k: int, n: int, interval: tuple[float, float]) -> str:
+    if n == 0:
+        return "n/a (none)"
+    return f"{k}/{n} = {k / n:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def low_risk_needs(target: float) -> int:
+    """Positive calibration exams needed before any exam can be called low risk at ``target``."""
+    return math.ceil(1.0 / target - 1.0 - 1e-9)
+
+
+def triage_line(report: CalibrationReport) -> str:
+    """One line: the cut-offs fitted on val and what they did on the gate exams."""
+    c, t = report.calibration, report.triage
+    low = (f"low risk below P(any) {c.low_risk_below:.3f}" if 0.0 < c.low_risk_below <= 1.0 else
+           f"no low-risk bin ({c.n_positive_exams} positive val exams; {low_risk_needs(c.low_risk_target)} needed "
+           f"for a false-negative rate <= {c.low_risk_target:g})")
+    high = (f"high risk above {c.high_risk_above:.3f}" if 0.0 <= c.high_risk_above < 1.0 else "no high-risk bin")
+    missed = _rate(t["positives_low_risk"], t["positives"], t["low_risk_false_negative_rate_interval"])
+    alarms = _rate(t["negatives_high_risk"], t["negatives"], t["high_risk_false_positive_rate_interval"])
+    deferred = _rate(t["deferred"], t["exams"], t["deferral_fraction_interval"])
+    return (f"triage cut-offs fitted on {c.n_exams} val exams: {low}, {high}; on the {t['exams']} gate exams "
+            f"bleeds called low risk {missed}, non-bleeds called high risk {alarms}, deferred {deferred} "
+            "(95 % Clopper-Pearson)")
+
+
+def triage_markdown(report: CalibrationReport, stored: bool) -> str:
+    """reports/triage_report.md: what a reader of the worklist needs to trust it, from the gate patients."""
+    c, t, m = report.calibration, report.triage, report.metrics
+    lines = [
+        "# Triage report (gate patients)",
+        "",
+        "Written by `hemo evaluate`. Calibration and triage cut-offs are fitted on the `val` role and judged "
+        "here on the gate patients, which neither training nor fitting saw"
+        + (" (except: the model trained on the val patients, train.refit_on_val, so the calibration is optimistic)"
+           if c.fitted_on_trained_patients else "") + ". "
+        + ("They are stored with the registered version and applied by `hemo score`." if stored else
+           "evaluate.calibrate is false: they are reported, not stored; `hemo score` defers every exam."),
+        "",
+        "## Triage",
+        "",
+        f"- {triage_line(report)}.",
+        f"- Targets: bleeding exams called low risk <= {c.low_risk_target:g}, exams without a bleed called "
+        f"high risk <= {c.high_risk_target:g} (split conformal risk control on {c.n_exams} val exams, "
+        f"{c.n_positive_exams} with a bleed).",
+        f"- **Bleeds that reached low risk: {t['positives_low_risk']} of {t['positives']}.**",
+        "",
+        "## Calibration (expected calibration error, 10 bins)",
+        "",
+        "| level | n | before | after |",
+        "|---|---|---|---|",
+        f"| slices | {m['n_gate_slices']:.0f} | {m['ece_slice_raw']:.4f} | {m['ece_slice_calibrated']:.4f} |",
+        f"| exams (any + 5 types) | {m['n_gate_exams']:.0f} x 6 | {m['ece_exam_raw']:.4f} | {m['ece_exam_calibrated']:.4f} |",
+        "",
+        "![reliability](plots/reliability.png)",
+        "",
+        "## Gate exams",
+        "",
+        "| exam | bleed | P(any) | bin |",
+        "|---|---|---|---|",
+    ]
+    for name, truth, probs, bin_ in zip(report.exam_names, report.exam_labels, report.exam_probs["calibrated"],
+                                        report.exam_bins, strict=True):
+        lines.append(f"| {name} | {', '.join(col for col, y in zip(EXAM_COLUMNS[1:], truth[1:]) if y) or 'none'} "
+                     f"| {probs[0]:.3f} | {bin_} |")
+    return "\n".join(lines) + "\n"
+
 
 
 def reliability_figure(report: CalibrationReport, bins: int = 10) -> Any:

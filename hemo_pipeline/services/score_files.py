@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hemo_model import CLASSES
+
 DEFAULT_MODEL = "models:/hemorrhage-classifier@champion"
 
 
@@ -25,3 +27,14 @@ def shard_out(out: Path, index: int, count: int) -> Path:
 
 def sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f"{path.stem}_{suffix}{path.suffix}")
+
+
+EXAM_CSV_COLUMNS = ("dirname", "slices", "any", *CLASSES, "triage", "calibrated",
+                    "evidence_any", *(f"evidence_{c}" for c in CLASSES))
+"""The per-exam file of `hemo score`: probabilities (any, then each type), triage bin, whether the
+version's calibration was applied (1/0), and the evidence slices (files, ';'-separated)."""
+
+
+def exams_file(out: Path) -> Path:
+    """The per-exam file written beside the slice predictions ``out`` (outputs/exams.csv by default)."""
+    return out.with_name("exams.csv")

@@ -16,6 +16,7 @@ import numpy as np
 from hemo_model.inference.precision import prepare_for_inference
 from hemo_model.inference.scoring import score_sequence_model, score_sequences
 from hemo_model.metrics.classification import binarize
+from hemo_model.model.spec import Calibration
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.registry import LoadedModel
 from hemo_pipeline.services.settings import ScoreSettings
@@ -30,6 +31,10 @@ class Served:
     scores: list[Any]  # hemo_model.inference.SequenceScores, one per patient
     thresholds: list[float]
     context: int
+    calibration: Calibration | None = None
+    """The version's calibration where it applies to these scores (one model, the mode it was fitted
+    in); None otherwise, and ``uncalibrated_reason`` says why."""
+    uncalibrated_reason: str = ""
 
     @property
     def model(self) -> LoadedModel:
@@ -87,4 +92,25 @@ def serve(model: LoadedModel | Sequence[LoadedModel], patients: Sequence[Any], s
     if score.context == 1:
         scores = [s.single() for s in scores]
     thresholds = np.mean([m.thresholds_for(score.context) for m in models], axis=0).tolist()
-    return Served(models, scores, thresholds, score.context)
+    calibration, reason = _calibration(models, score.context)
+    return Served(models, scores, thresholds, score.context, calibration, reason)
+
+
+def served_mode(model: LoadedModel, context: int) -> str:
+    """"context" or "single": what the scores of `score.context` ``context`` are for this model (a
+    version `hemo evaluate` serves on single slices has the one context weight 1.0)."""
+    single = context == 1 or (model.context == "filter" and list(model.context_weights) == [1.0])
+    return "single" if single else "context"
+
+
+def _calibration(models: list[LoadedModel], context: int) -> tuple[Calibration | None, str]:
+    calibration = models[0].spec.calibration
+    if len(models) > 1:
+        return None, "an ensemble's averaged logits were never calibrated (each member was, alone)"
+    if calibration is None:
+        return None, f"{models[0].label} carries no calibration (evaluate.calibrate off, or not through `hemo evaluate`)"
+    mode = served_mode(models[0], context)
+    if calibration.mode != mode:
+        return None, (f"{models[0].label} was calibrated for {calibration.mode} scores, these are {mode} scores "
+                      f"(score.context {context})")
+    return calibration, ""

@@ -230,6 +230,18 @@ class EvaluateSettings:
     """A class with fewer positive slices in `val` keeps threshold 0.5 (said in one line): tuned on a
     handful of slices, a threshold fits them, not the class. 0 tunes every class."""
     examples: int = 8
+    calibrate: bool = True
+    """Fit the calibration and the triage cut-offs on `val` and store them with the model (issue 20);
+    `hemo score` applies them. Off: probabilities as the network gives them, every exam deferred."""
+    low_risk_fnr: float = 0.05
+    """Triage target: the expected fraction of bleeding exams called "low risk" (conformal risk
+    control on the val exams: at least 1 / target - 1 positive val exams are needed to open the bin)."""
+    high_risk_fpr: float = 0.10
+    """Triage target: the expected fraction of exams without a bleed called "high risk"."""
+
+    def check(self) -> None:
+        _require(0.0 < self.low_risk_fnr < 1.0 and 0.0 < self.high_risk_fpr < 1.0,
+                 "evaluate.low_risk_fnr and evaluate.high_risk_fpr must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,11 @@ class ScoreSettings:
     context: Literal[1, 5] = 5
     precision: Precision = "fp32"
     batch_size: int = 32
+    evidence_slices: int = 3
+    """Per exam, the most suspicious slices named in outputs/exams.csv (for any hemorrhage and per type)."""
+
+    def check(self) -> None:
+        _require(self.evidence_slices >= 1, "score.evidence_slices must be at least 1")
 
 
 SECTIONS: dict[str, type] = {

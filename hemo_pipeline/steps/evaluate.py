@@ -35,12 +35,19 @@ from hemo_model.metrics.classification import (
     tune_thresholds,
     untunable_classes,
 )
+from hemo_model.model.spec import EXAM_COLUMNS
 from hemo_pipeline.services import plots, registry, tracking
-from hemo_pipeline.services.calibration_report import calibration_report, reliability_figure
+from hemo_pipeline.services.calibration_report import (
+    CalibrationReport,
+    calibration_report,
+    reliability_figure,
+    triage_line,
+    triage_markdown,
+)
 from hemo_pipeline.services.context_choice import choose_context
 from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
-from hemo_pipeline.services.files import write_figure_atomic, write_json_atomic
+from hemo_pipeline.services.files import write_figure_atomic, write_json_atomic, write_text_atomic
 from hemo_pipeline.services.patient_roles import load_roles
 from hemo_pipeline.services.results import publish
 from hemo_pipeline.services.serving import score_both
@@ -73,6 +80,19 @@ def _example_slices(scores: list, n: int) -> tuple[list[np.ndarray], list[str]]:
         top = ", ".join(f"{c} {p:.2f}" for c, p in sorted(zip(CLASSES, probs), key=lambda t: -t[1])[:2])
         captions.append(f"{patient.dirname} k={k}\ntrue: {truth}\npred: {top}")
     return images, captions
+
+
+def _calibration_dict(report: CalibrationReport) -> dict[str, object]:
+    """The fitted calibration for evaluate.json and MLflow, each number named by its class or column."""
+    c = report.calibration
+    return {"mode": c.mode, "temperatures": dict(zip(CLASSES, c.slice_temperatures)),
+            "shifts": dict(zip(CLASSES, c.slice_shifts)),
+            "exam_temperatures": dict(zip(EXAM_COLUMNS, c.exam_temperatures)),
+            "exam_shifts": dict(zip(EXAM_COLUMNS, c.exam_shifts)),
+            "low_risk_below": c.low_risk_below, "high_risk_above": c.high_risk_above,
+            "low_risk_target": c.low_risk_target, "high_risk_target": c.high_risk_target,
+            "val_exams": c.n_exams, "val_positive_exams": c.n_positive_exams,
+            "fitted_on_trained_patients": c.fitted_on_trained_patients}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,8 +160,11 @@ def run(args: argparse.Namespace) -> int:
     metrics["rsna_log_loss_context"] = rsna_log_loss(labels, context_probs)
     metrics["rsna_log_loss_single"] = rsna_log_loss(labels, single_probs)
     counts = confusion_counts(labels, context_probs, thresholds)
-    calibration = calibration_report(val_scores, scores, choice.use_context)
+    calibration = calibration_report(val_scores, scores, choice.use_context, cfg.low_risk_fnr, cfg.high_risk_fpr,
+                                     fitted_on_trained_patients=bool(refit))
     metrics.update({k: v for k, v in calibration.metrics.items() if k.startswith("ece_")})
+    triage = calibration.triage
+    metrics.update({f"triage_{k}": float(v) for k, v in triage.items() if isinstance(v, (int, float))})
 
     with tracking.step_run("evaluate", settings) as run:
         tracking.log_params_flat({"evaluate": settings.to_dict()["evaluate"], "model": str(args.model)})
@@ -149,9 +172,8 @@ def run(args: argparse.Namespace) -> int:
                            "n_gate_slices": len(labels)})
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_params({"served_with_context": choice.use_context})
-        mlflow.log_dict({"temperatures": dict(zip(CLASSES, calibration.temperatures)),
-                         "shifts": dict(zip(CLASSES, calibration.shifts)),
-                         **{k: v for k, v in calibration.metrics.items()}}, "evaluation/calibration.json")
+        mlflow.log_dict({"calibration": _calibration_dict(calibration),
+                         **calibration.metrics, "triage_on_gate": triage}, "evaluation/calibration.json")
         mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
                          "thresholds_single": dict(zip(CLASSES, thresholds_single)), "confusion_context": counts},
@@ -167,11 +189,15 @@ def run(args: argparse.Namespace) -> int:
         for name, figure in figures.items():
             write_figure_atomic(args.reports / "plots" / name, figure, dpi=90)
             tracking.log_figure(figure, name)
+        report_md = triage_markdown(calibration, stored=cfg.calibrate)
+        write_text_atomic(args.reports / "triage_report.md", report_md)
+        mlflow.log_text(report_md, "evaluation/triage_report.md")
         version = None
         if not args.no_register and seen:  # without provenance, registering was refused above
             spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
             if not choice.use_context:  # served on single slices, at their own thresholds
                 spec = spec.replace(context_weights=(1.0,), thresholds=tuple(thresholds_single))
+            spec = spec.replace(calibration=calibration.calibration if cfg.calibrate else None)
             # the thresholds were just tuned on this run's val patients: the version has seen them too
             tuned = sorted(set(seen.get("val_patients", [])) | {p.patient_key for p in roles["val"]})
             tuned_scans = {"val_series": sorted(set(seen.get("val_series", []))
@@ -187,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
     summary["thresholds_single"] = dict(zip(CLASSES, thresholds_single))
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
     summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
-    summary["calibration"] = {"temperatures": dict(zip(CLASSES, calibration.temperatures)),
-                              "shifts": dict(zip(CLASSES, calibration.shifts)), **calibration.metrics,
-                              "fitted_on_trained_patients": bool(refit)}
+    summary["calibration"] = {**_calibration_dict(calibration), **calibration.metrics,
+                              "stored_with_model": cfg.calibrate}
+    summary["triage_on_gate"] = triage
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -205,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
           f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)"
           + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients"
              if refit else ""))
+    print(f"evaluate: {triage_line(calibration)}")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

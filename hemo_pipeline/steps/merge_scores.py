@@ -4,7 +4,7 @@
 <out>.shard-I-of-N.csv and its siblings; after all N have run (Airflow dynamic task mapping, a
 Kubeflow parallel-for, any batch system), this step checks that every shard used the same model
 versions, context, precision and thresholds, puts the rows back in folder order and writes <out>,
-<out>_leaderboard.csv, <out>_probabilities.csv and <out>_models.json atomically: byte for byte what
+<out>_leaderboard.csv, <out>_probabilities.csv, <out>_models.json and the per-exam file atomically: byte for byte what
 one unsharded run writes (on the CPU; GPUs may differ in the last bits between batchings).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from hemo_model import CLASSES
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_csv_atomic, write_json_atomic
-from hemo_pipeline.services.score_files import shard_out, sibling
+from hemo_pipeline.services.score_files import EXAM_CSV_COLUMNS, exams_file, shard_out, sibling
 
 SLICE_KEY = re.compile(r"(?P<hash>[A-Za-z0-9]+)_(?P<k>[0-9]+)(?:\.(?:jpg|png)|_(?P<cls>[a-z]+))")
 """A slice id of a shard file, matched whole (``fullmatch``): ``<hash>_<k>.jpg`` (or ``.png``) in the
@@ -30,6 +30,7 @@ would let ``"x_1.jpg\n"`` or ``"x_1;anything"`` through into the merged files.""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/predictions.csv"), help="the unsharded file to write")
     parser.add_argument("--shards", type=int, required=True, help="N, the number of shards that were scored")
+    parser.add_argument("--exams", type=Path, help="the unsharded per-exam file (default: exams.csv beside --out)")
 
 
 def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -47,6 +48,20 @@ def _order(slice_id: str) -> tuple[str, int, int]:
     if match is None or (match["cls"] is not None and match["cls"] not in CLASSES):
         raise UserError(f"unexpected slice id {slice_id!r} in a shard file")
     return match["hash"], int(match["k"]), CLASSES.index(match["cls"]) if match["cls"] else -1
+
+
+def _merged_exams(shards: list[Path]) -> tuple[list[str], list[list[str]]]:
+    """The shards' per-exam rows in folder order (patient folders sorted), each exam once."""
+    rows: list[list[str]] = []
+    for shard in shards:
+        header, shard_rows = _rows(shard)
+        if header != list(EXAM_CSV_COLUMNS):
+            raise UserError(f"{shard} has header {header}, expected {list(EXAM_CSV_COLUMNS)}")
+        rows += shard_rows
+    names = [row[0] for row in rows]
+    if len(set(names)) != len(names):
+        raise UserError(f"an exam appears in two shards of {shards[0]}; merge only shards of one --shards count")
+    return list(EXAM_CSV_COLUMNS), sorted(rows, key=lambda row: row[0])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if len(set(ids)) != len(ids):
             raise UserError(f"a slice appears in two shards of {target}; merge only shards of one --shards count")
         merged[target] = (header, sorted(rows, key=lambda row: _order(row[id_column])))
+    exams = args.exams or exams_file(args.out)
+    merged[exams] = _merged_exams([shard_out(exams, i, args.shards) for i in range(args.shards)])
     for target, (header, rows) in merged.items():
         write_csv_atomic(target, header, rows)
     write_json_atomic(args.out.with_name(f"{args.out.stem}_models.json"), meta[0])

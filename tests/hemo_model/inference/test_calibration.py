@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from hemo_model.inference.calibration import (
+    TEMPERATURE_BOUNDS,
     calibrated_probabilities,
     calibrated_thresholds,
+    fit_platt,
+    fit_platt_per_class,
     fit_temperature,
     fit_temperatures,
 )
@@ -69,3 +72,28 @@ def test_platt_recovers_a_shift_and_a_scale_that_temperature_alone_cannot() -> N
     raw = 1.0 / (1.0 + np.exp(-shifted))
     moved = calibrated_thresholds([0.5], [temperature], [shift])[0]
     assert np.array_equal(raw >= 0.5, platt >= moved)  # the same decisions
+
+
+def test_a_class_without_positives_takes_the_pooled_fit() -> None:
+    """EDH often has no positive val slice: it gets the scale and shift fitted over all classes,
+    not the identity, and a class with enough of both keeps its own."""
+    logits, labels = _overconfident(20_000, 3.0, seed=7)
+    z = np.stack([logits, logits, logits - 50.0], axis=1)  # column 2: every label 0 below
+    y = np.stack([labels, labels, np.zeros_like(labels)], axis=1)
+    temperatures, shifts = fit_platt_per_class(z, y, min_each=10)
+    pooled = fit_platt(z.ravel(), y.ravel())
+    assert (temperatures[2], shifts[2]) == pytest.approx(pooled)
+    assert temperatures[0] == pytest.approx(3.0, rel=0.05) and temperatures[2] != pytest.approx(1.0, abs=0.05)
+    assert fit_platt_per_class(z, y)[0][2] == pytest.approx(pooled[0])  # min_each 1: still no positive
+
+
+def test_smoothed_targets_keep_a_separable_handful_finite() -> None:
+    """Eight separable examples: plain Platt sharpens to the temperature bound (probabilities 0 and
+    1), Platt's smoothed targets stop well short of it."""
+    z, y = np.array([-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0]), np.array([0, 0, 0, 0, 1, 1, 1, 1.0])
+    plain, _ = fit_platt(z, y)
+    smoothed, _ = fit_platt(z, y, smoothed=True)
+    assert plain == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.01)
+    assert smoothed > 5 * TEMPERATURE_BOUNDS[0]
+    top = calibrated_probabilities(np.array([[2.0]]), [smoothed])[0, 0]
+    assert 0.8 < top < 0.95  # about (n+ + 1) / (n+ + 2) = 5/6 at the most confident positive

@@ -8,7 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hemo_pipeline.services.calibration_report import calibration_report, reliability_figure
+from hemo_pipeline.services.calibration_report import (
+    calibration_report,
+    reliability_figure,
+    triage_line,
+    triage_markdown,
+)
 
 
 def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
@@ -17,16 +22,16 @@ def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
     the patients are unlikely to bleed at all, so exams are positive and negative."""
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
+    for i in range(n):
         u = rng.normal(rng.choice([-6.0, -1.0]), 2.0, size=(20, 5))
         labels = (rng.uniform(size=u.shape) < 1 / (1 + np.exp(-u))).astype(float)
-        out.append(SimpleNamespace(patient=SimpleNamespace(labels=labels), logits=u * sharpen,
+        out.append(SimpleNamespace(patient=SimpleNamespace(labels=labels, dirname=f"ID_{seed}x{i:03d}"), logits=u * sharpen,
                                    slice_logits=np.zeros_like(u)))
     return out
 
 
 def test_platt_scaling_from_val_lowers_the_gate_calibration_error_of_overconfident_scores() -> None:
-    report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), use_context=True)
+    report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), True, 0.05, 0.1)
     assert all(t == pytest.approx(3.0, rel=0.15) for t in report.temperatures)
     assert all(abs(b) < 0.5 for b in report.shifts)  # no shift was applied
     m = report.metrics
@@ -43,7 +48,32 @@ def test_the_served_mode_is_the_one_judged() -> None:
     """Single-slice logits of 0 say 0.5 everywhere: calibrated, a constant score can only become the
     class's rate on val."""
     val = _patients(50, 2, 3.0)
-    report = calibration_report(val, _patients(50, 3, 3.0), use_context=False)
+    report = calibration_report(val, _patients(50, 3, 3.0), False, 0.05, 0.1)
     rates = np.concatenate([p.patient.labels for p in val]).mean(axis=0)
     assert np.allclose(report.slice_probs["raw"], 0.5)
     assert np.allclose(report.slice_probs["calibrated"], rates, atol=1e-3)
+
+
+def test_the_triage_report_counts_the_gate_exams_it_names() -> None:
+    """The bins on the gate exams are the stored cut-offs' (checked exam by exam), the counts in the
+    line and the markdown are those exams', and a bleed called low risk is counted as one."""
+    report = calibration_report(_patients(120, 4, 2.0), _patients(80, 5, 2.0), True, 0.1, 0.1)
+    c, t = report.calibration, report.triage
+    p_any = report.exam_probs["calibrated"][:, 0]
+    expected = np.where(p_any < c.low_risk_below, "low_risk", np.where(p_any > c.high_risk_above, "high_risk", "defer"))
+    assert (report.exam_bins == expected).all()
+    bleeding = report.exam_labels[:, 0].astype(bool)
+    assert t["positives_low_risk"] == int(((report.exam_bins == "low_risk") & bleeding).sum())
+    assert t["exams"] == 80 and t["positives"] == int(bleeding.sum())
+    assert c.low_risk_below > 0  # enough bleeding val exams at 10 %: the bin is open
+    line = triage_line(report)
+    assert f"on the 80 gate exams bleeds called low risk {t['positives_low_risk']}/{t['positives']}" in line
+    text = triage_markdown(report, stored=True)
+    assert f"Bleeds that reached low risk: {t['positives_low_risk']} of {t['positives']}" in text
+    assert sum(row.startswith("| ID_5x") for row in text.splitlines()) == 80
+
+
+def test_too_few_bleeding_val_exams_say_how_many_are_needed() -> None:
+    report = calibration_report(_patients(12, 6, 2.0), _patients(10, 7, 2.0), True, 0.05, 0.1)
+    assert report.calibration.low_risk_below == 0.0
+    assert "no low-risk bin (" in triage_line(report) and "19 needed for a false-negative rate <= 0.05" in triage_line(report)

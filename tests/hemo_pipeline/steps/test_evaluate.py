@@ -36,6 +36,13 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     assert calibration["n_gate_exams"] == report["patients"]["gate"]
     assert (workdir / "reports/plots/reliability.png").is_file()
     assert "evaluate: calibration on the gate patients as served" in out
+    # the calibration fitted on val travels in the registered spec, for the served mode
+    stored = _registered_spec(workdir).calibration
+    assert stored is not None and stored.mode == "context" and stored.n_exams == report["patients"]["val"]
+    assert tuple(calibration["temperatures"].values()) == stored.slice_temperatures
+    assert report["triage_on_gate"]["exams"] == report["patients"]["gate"]
+    assert "evaluate: triage cut-offs fitted on " in out
+    assert "Bleeds that reached low risk: " in (workdir / "reports/triage_report.md").read_text()
 
     # let the same val role decide: the stored mode follows the val comparison at tuned thresholds
     assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "selection.min_val_patients=1",
@@ -84,3 +91,6 @@ def test_a_version_served_on_single_slices_scores_single_slices_at_their_thresho
     for a, b in zip(five.probabilities(), one.probabilities()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert all(np.array_equal(a, b) for a, b in zip(five.decisions(), one.decisions()))
+    # its calibration was fitted on single-slice scores, and applies in both scoring modes
+    assert spec.calibration is not None and spec.calibration.mode == "single"
+    assert five.calibration == one.calibration == spec.calibration

@@ -74,6 +74,117 @@ def _checkpoint(path: Path, seed: int, thresholds: list[float]) -> Path:
     return path
 
 
+def _calibration(**changes: object):  # noqa: ANN202 - a Calibration
+    from hemo_model.model.spec import Calibration
+
+    values: dict[str, object] = dict(
+        mode="context", slice_temperatures=(2.0, 1.5, 1.0, 0.5, 3.0), slice_shifts=(1.0, -0.5, 0.0, 2.0, 0.5),
+        exam_rule="max", exam_temperatures=(1.2, 1.0, 1.0, 1.0, 1.0, 1.0), exam_shifts=(0.3, 0.0, 0.0, 0.0, 0.0, 0.0),
+        low_risk_below=0.2, high_risk_above=0.6, low_risk_target=0.05, high_risk_target=0.1, n_slices=100,
+        n_exams=40, n_positive_exams=20, fitted_on_trained_patients=False)
+    values.update(changes)
+    return Calibration(**values)  # type: ignore[arg-type]
+
+
+def _calibrated_checkpoint(path: Path, seed: int, calibration: object) -> Path:
+    import torch
+
+    from hemo_model.model.networks import HemoNet
+    from hemo_model.model.spec import ModelSpec
+    from hemo_model.model.storage import save_checkpoint
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(head="linear", image_size=64, thresholds=[0.4, 0.5, 0.6, 0.5, 0.3], calibration=calibration)
+    save_checkpoint(path, HemoNet(head="linear"), spec)
+    return path
+
+
+def _exams(path: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with path.open() as handle:
+        return {row["dirname"]: row for row in csv.DictReader(handle)}
+
+
+def test_calibration_in_the_spec_moves_probabilities_not_decisions(workdir: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The version's calibration is applied to every probability `hemo score` writes (slices and
+    exams, hand-computed here from the raw scores of the same weights), the 0/1 flags stay those of
+    the raw probabilities at the stored thresholds, and each exam's bin follows the stored cut-offs."""
+    import json
+
+    import numpy as np
+
+    calibration = _calibration()
+    _calibrated_checkpoint(workdir / "raw.pt", 5, None)
+    _calibrated_checkpoint(workdir / "cal.pt", 5, calibration)
+    for name in ("raw", "cal"):
+        assert main(["score", "--model", f"{name}.pt", "--data", "data/test", "--out", f"{name}/p.csv",
+                     "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(calibrated, triage cut-offs of the version)" in out and "carries no calibration" in out
+    assert (workdir / "raw/p.csv").read_bytes() == (workdir / "cal/p.csv").read_bytes()  # the same decisions
+    raw, cal = _probabilities(workdir / "raw/p_probabilities.csv"), _probabilities(workdir / "cal/p_probabilities.csv")
+    t, s = np.array(calibration.slice_temperatures), np.array(calibration.slice_shifts)
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        return np.log(q / (1 - q))
+
+    usable = 0
+    for slice_id, p in raw.items():
+        p = np.array(p)
+        ok = (p > 1e-3) & (p < 1 - 1e-3)  # the CSV rounds to 6 decimals
+        expected = 1 / (1 + np.exp(-(logit(p) - s) / t))
+        assert np.allclose(np.array(cal[slice_id])[ok], expected[ok], atol=5e-4), slice_id
+        usable += int(ok.sum())
+    assert usable > 50
+    models = json.loads((workdir / "cal/p_models.json").read_text())
+    assert models["calibrated"] is True and models["triage"]["low_risk_below"] == 0.2
+    decided = {row.split(",")[1]: [int(x) for x in row.strip().split(",")[2:]]
+               for row in (workdir / "cal/p.csv").read_text().splitlines()[1:]}
+    for slice_id, p in cal.items():  # calibrated probabilities at the calibrated thresholds: the same flags
+        margin = np.abs(np.array(p) - np.array(models["thresholds_calibrated"])) > 1e-5
+        assert (((np.array(p) >= models["thresholds_calibrated"]) == np.array(decided[slice_id], bool))[margin]).all()
+
+    raw_exams, cal_exams = _exams(workdir / "raw/exams.csv"), _exams(workdir / "cal/exams.csv")
+    patients = sorted(p.name for p in (workdir / "data/test").iterdir())
+    assert sorted(cal_exams) == patients and sorted(raw_exams) == patients
+    for dirname, row in cal_exams.items():
+        slices = {k: v for k, v in cal.items() if k.startswith(dirname[3:] + "_")}
+        assert int(row["slices"]) == len(slices)
+        per_class = np.array(list(slices.values())).max(axis=0)
+        exam_t, exam_s = np.array(calibration.exam_temperatures), np.array(calibration.exam_shifts)
+        expected = 1 / (1 + np.exp(-(logit(np.r_[per_class.max(), per_class]) - exam_s) / exam_t))
+        got = np.array([float(row[c]) for c in ("any", "ich", "ivh", "sah", "sdh", "edh")])
+        assert np.allclose(got, expected, atol=2e-3), dirname
+        p_any = got[0]
+        assert row["triage"] == ("low_risk" if p_any < 0.2 else "high_risk" if p_any > 0.6 else "defer")
+        assert row["calibrated"] == "1" and raw_exams[dirname]["triage"] == "defer"
+        assert raw_exams[dirname]["calibrated"] == "0"
+        top = row["evidence_any"].split(";")
+        assert len(top) == min(3, len(slices)) and all((workdir / "data/test" / dirname / name).is_file() for name in top)
+        assert max(slices[top[0]]) == max(max(v) for v in slices.values())  # the most suspicious slice first
+
+
+def test_calibration_is_not_applied_where_it_was_not_fitted(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A calibration fitted on 5-slice context scores does not calibrate single-slice scores, nor an
+    ensemble's averaged logits: both score uncalibrated, every exam deferred, and the line says why."""
+    import json
+
+    a = _calibrated_checkpoint(workdir / "a.pt", 1, _calibration())
+    b = _calibrated_checkpoint(workdir / "b.pt", 2, _calibration())
+    assert main(["score", "--model", str(a), "--data", "data/test", "--out", "single/p.csv", "--device", "cpu",
+                 "--context", "1"]) == 0
+    assert "calibrated for context scores, these are single scores (score.context 1)" in capsys.readouterr().out
+    assert main(["score", "--model", str(a), "--model", str(b), "--data", "data/test", "--out", "ens/p.csv",
+                 "--device", "cpu"]) == 0
+    assert "an ensemble's averaged logits were never calibrated" in capsys.readouterr().out
+    for folder in ("single", "ens"):
+        assert json.loads((workdir / folder / "p_models.json").read_text())["calibrated"] is False
+        assert {row["triage"] for row in _exams(workdir / folder / "exams.csv").values()} == {"defer"}
+
+
 def _probabilities(path: Path) -> dict[str, list[float]]:
     import csv
 
@@ -136,7 +247,7 @@ def test_sharded_scoring_merges_to_the_unsharded_files_byte_for_byte(workdir: Pa
         assert main(["score", *common, "--out", "sharded/predictions.csv", "--shard", f"{index}/4"]) == 0
     assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 0
     for name in ("predictions.csv", "predictions_leaderboard.csv", "predictions_probabilities.csv",
-                 "predictions_models.json"):
+                 "predictions_models.json", "exams.csv"):
         assert (workdir / "sharded" / name).read_bytes() == (workdir / "whole" / name).read_bytes(), name
     shard_rows = [sum(1 for _ in (workdir / f"sharded/predictions.shard-{i}-of-4.csv").open()) - 1 for i in range(4)]
     assert all(n > 0 for n in shard_rows) and sum(shard_rows) == sum(1 for _ in (workdir / "whole/predictions.csv").open()) - 1
