@@ -68,3 +68,16 @@ def examples_figure(images: list[np.ndarray], captions: list[str], title: str) -
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def saliency_overlay_figure(pixels: np.ndarray, saliency: np.ndarray, title: str) -> Any:
+    """A slice with its saliency map over it and the map's peak marked: where the answer rests."""
+    fig, ax = plt.subplots(figsize=(4, 4.3))
+    ax.imshow(pixels, cmap="gray")
+    ax.imshow(np.ma.masked_less(saliency, 0.05), cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
+    y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    ax.plot(x, y, "w+", markersize=12)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.text(0.5, 0.01, "derived image, not for diagnosis", ha="center", fontsize=7)
+    return fig

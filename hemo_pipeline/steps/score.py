@@ -44,6 +44,7 @@ from hemo_pipeline.services import registry, tracking
 from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_csv_atomic, write_json_atomic
+from hemo_pipeline.services.overlays import write_overlays
 from hemo_pipeline.services.results import publish
 from hemo_pipeline.services.score_files import DEFAULT_MODEL, EXAM_CSV_COLUMNS, exams_file, shard_out, shard_spec, sibling
 from hemo_pipeline.services.serving import serve
@@ -60,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="score.precision")
     parser.add_argument("--batch-size", type=int, help="score.batch_size")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--overlays", type=Path, metavar="DIR",
+                        help="write a saliency overlay (occlusion sensitivity) of each exam's top evidence slice per "
+                             "flagged type as DIR/<exam>_<type>.png and log them to MLflow (one forward pass per "
+                             "square: seconds per slice on a CPU)")
     parser.add_argument("--format", choices=["dlcv", "rsna"], default="dlcv",
                         help="rsna: also write <out>_rsna.csv, the RSNA submission (needs --mapping)")
     parser.add_argument("--mapping", type=Path, help="with --format rsna: the mapping file of `hemo import-dicom`")
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     long_rows: list[list] = []
     prob_rows: list[list] = []
     exam_rows: list[list] = []
+    overlays: list[Path] = []
     for s, predicted in zip(served.scores, served.decisions()):
         probs = slice_probabilities(s.logits, served.calibration)
         exam = score_exam(s.logits, served.calibration, cfg.evidence_slices)
@@ -107,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         exam_rows.append([s.patient.dirname, len(names), *np.round(exam.probabilities, 6).tolist(), exam.bin,
                           int(served.calibration is not None),
                           *(";".join(names[k] for k in slices) for slices in (exam.evidence[-1], *exam.evidence[:-1]))])
+        if args.overlays is not None:
+            overlays += write_overlays(args.overlays, models, s.patient, predicted, exam.evidence, device)
         for k, path in enumerate(s.patient.paths):
             labels_rows.append([s.patient.dirname, path.name, *predicted[k].tolist()])
             prob_rows.append([s.patient.dirname, path.name, *np.round(probs[k], 6).tolist()])
@@ -146,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_param("calibrated", calibration is not None)
         mlflow.log_artifact(str(out), artifact_path="predictions")
         mlflow.log_artifact(str(exams_out), artifact_path="predictions")
+        for overlay in overlays:
+            mlflow.log_artifact(str(overlay), artifact_path="overlays")
     publish("score", {"model_version": loaded.version, "model_versions": [m.version for m in models],
                       "slices": len(labels_rows), "patients": len(patients)})
     version = ", ".join(f"{uri} v{m.version}" if m.version else uri for uri, m in zip(uris, models))
@@ -155,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"score: {len(exam_rows)} exams -> {exams_out}: " + ", ".join(f"{n} {b}" for b, n in bins.items())
           + (" (calibrated, triage cut-offs of the version)" if calibration is not None else
              f" (not calibrated: {served.uncalibrated_reason}; every exam deferred)"))
+    if args.overlays is not None:
+        print(f"score: {len(overlays)} saliency overlays (occlusion sensitivity) -> {args.overlays}")
     return 0
 
 

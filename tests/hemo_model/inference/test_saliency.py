@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hemo_model.inference.saliency import grad_cam, pointing_hit, slice_grad_cam
+from hemo_model.inference.saliency import grad_cam, occlusion_map, pointing_hit, slice_grad_cam
 from hemo_model.model.networks import HemoNet
 
 
@@ -57,3 +57,27 @@ def test_pointing_game_by_hand() -> None:
     near[3, 6] = 1.0  # 3 px right of the mask's edge column 3
     assert pointing_hit(near, mask) is False and pointing_hit(near, mask, tolerance_px=3) is True
     assert pointing_hit(hot, np.zeros((10, 10), dtype=bool)) is None
+
+
+class _Region(nn.Module):
+    """Class 0's logit rises with the brightness of rows 4-7, columns 8-11 (first channel) and
+    ignores everything else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spot = x[:, 0, 4:8, 8:12].mean(dim=(1, 2))
+        return torch.stack([spot, torch.zeros_like(spot)], dim=1)
+
+
+def test_occlusion_points_at_the_region_the_answer_rests_on_and_restores_the_mode() -> None:
+    image = torch.full((1, 16, 16), 100, dtype=torch.uint8)
+    image[0, 4:8, 8:12] = 250  # a bright lesion on tissue: filling it with the tissue value lowers class 0
+    image[0, 12:16, 0:4] = 250  # as bright, but the model ignores it
+    model = _Region().train()
+    saliency = occlusion_map(model, image, 0, torch.device("cpu"), patch=4, stride=2)
+    assert saliency.shape == (16, 16) and saliency.max() == pytest.approx(1.0)
+    lesion = np.zeros((16, 16), dtype=bool)
+    lesion[4:8, 8:12] = True
+    assert pointing_hit(saliency, lesion) is True
+    assert not saliency[12:, :4].any()  # occluding what the model ignores changes nothing
+    assert model.training
+    assert not occlusion_map(model, image, 1, torch.device("cpu"), patch=4, stride=2).any()  # a flat class: no map

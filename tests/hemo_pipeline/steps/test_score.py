@@ -279,3 +279,27 @@ def test_members_served_differently_ensemble_on_single_slices_only(workdir: Path
     assert not (workdir / "ctx.csv").exists()
     assert main(["score", *models, "--data", "data/test", "--out", "one.csv", "--device", "cpu", "--context", "1"]) == 0
     assert (workdir / "one.csv").is_file()
+
+
+def test_overlays_are_drawn_for_each_flagged_type_on_its_top_evidence_slice(workdir: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A threshold of 0 flags SAH in every exam, thresholds of 1 flag only what saturates (an
+    untrained network saturates some logits): exactly the flagged (exam, type) pairs are drawn, as
+    PNGs named by the pipeline's exam folder and type."""
+    import csv
+
+    from PIL import Image
+
+    model = _checkpoint(workdir / "m.pt", 6, [1.0, 1.0, 0.0, 1.0, 1.0])
+    assert main(["score", "--model", str(model), "--data", "data/test", "--out", "p.csv", "--device", "cpu",
+                 "--overlays", "overlays"]) == 0
+    with (workdir / "p.csv").open() as handle:
+        flagged = {f"{row['dirname']}_{c}.png" for row in csv.DictReader(handle)
+                   for c in ("ich", "ivh", "sah", "sdh", "edh") if row[c] == "1"}
+    drawn = sorted(p.name for p in (workdir / "overlays").iterdir())
+    patients = sorted(p.name for p in (workdir / "data/test").iterdir())
+    assert set(drawn) == flagged and {f"{d}_sah.png" for d in patients} <= flagged
+    assert len(flagged) < 5 * len(patients)  # not everything: the test can tell flagged from not
+    with Image.open(workdir / "overlays" / drawn[0]) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    assert f"score: {len(drawn)} saliency overlays (occlusion sensitivity) -> overlays" in capsys.readouterr().out

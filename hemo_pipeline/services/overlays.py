@@ -1,0 +1,47 @@
+"""Saliency overlays for `hemo score --overlays`: for each exam and each type it flags, the top
+evidence slice with its occlusion-sensitivity map (:func:`hemo_model.inference.saliency.occlusion_map`;
+why occlusion rather than Grad-CAM is measured there), written as PNG next to nothing else.
+
+The map explains the single-slice network (the one forward pass a slice gets); a version served
+with its 5-slice context decides from neighbouring slices too, which the map does not show. An
+ensemble's maps are its first member's. Files are named by the pipeline's exam folder and type only,
+never by anything from a DICOM header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hemo_model import CLASSES
+from hemo_model.data.images import read_pixels
+from hemo_model.inference.saliency import occlusion_map
+from hemo_pipeline.services.files import write_figure_atomic
+from hemo_pipeline.services.plots import plt, saliency_overlay_figure
+
+
+def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.ndarray,
+                   evidence: list[list[int]], device: torch.device) -> list[Path]:
+    """One overlay per type some slice of ``patient`` is flagged for (``flags``: slices x types),
+    drawn on that type's most suspicious slice (``evidence``); returns the files written."""
+    model = models[0]
+    size = model.image_size
+    written = []
+    for index, name in enumerate(CLASSES):
+        if not flags[:, index].any():
+            continue
+        k = evidence[index][0]
+        image = torch.from_numpy(read_pixels(patient.paths[k], size, model.channels))
+        module = model.module.to(device)
+        saliency = occlusion_map(module, image, index, device, patch=max(size // 8, 4), stride=max(size // 16, 2))
+        figure = saliency_overlay_figure(image[0].numpy(), saliency,
+                                         f"{patient.dirname} slice {patient.paths[k].name}: {name}")
+        target = folder / f"{patient.dirname}_{name}.png"
+        write_figure_atomic(target, figure, dpi=90)
+        plt.close(figure)
+        written.append(target)
+    return written
