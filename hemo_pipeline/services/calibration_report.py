@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hemo_model.inference.calibrated import exam_labels, exam_table, fit_calibration, score_exam, slice_probabilities
-from hemo_model.inference.triage import triage_report
+from hemo_model.inference.triage import clopper_pearson, triage_report
 from hemo_model.metrics.calibration import expected_calibration_error, reliability
 from hemo_model.model.spec import EXAM_COLUMNS, Calibration
 
@@ -32,6 +32,9 @@ class CalibrationReport:
     """ece_{slice,exam}_{raw,calibrated}, n_* counts"""
     triage: dict[str, Any]
     """:func:`hemo_model.inference.triage.triage_report` on the gate exams"""
+    exam_decisions: dict[str, Any]
+    """Exam-level sensitivity and specificity for any hemorrhage of the served 0/1 flags (an exam is
+    flagged when any slice is flagged for any type), with counts and exact intervals"""
     slice_probs: dict[str, np.ndarray]
     slice_labels: np.ndarray
     exam_probs: dict[str, np.ndarray]
@@ -53,9 +56,10 @@ def _served_logits(scores: Sequence[Any], use_context: bool) -> list[np.ndarray]
 
 
 def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], use_context: bool,
-                       low_risk_target: float, high_risk_target: float, fitted_on_trained_patients: bool = False,
-                       bins: int = 10) -> CalibrationReport:
-    """The calibration fitted on the val scores' served logits, judged on the gate scores."""
+                       low_risk_target: float, high_risk_target: float, thresholds: Sequence[float],
+                       fitted_on_trained_patients: bool = False, bins: int = 10) -> CalibrationReport:
+    """The calibration fitted on the val scores' served logits, judged on the gate scores; the exam
+    decisions at the served ``thresholds``."""
     calibration = fit_calibration(_served_logits(val_scores, use_context),
                                   [np.asarray(s.patient.labels) for s in val_scores],
                                   "context" if use_context else "single", low_risk_target, high_risk_target,
@@ -74,8 +78,29 @@ def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], us
     metrics.update({f"ece_exam_{k}": expected_calibration_error(truth, v, bins) for k, v in exam_probs.items()})
     metrics.update({"n_calibration_slices": float(calibration.n_slices), "n_calibration_exams": float(calibration.n_exams),
                     "n_gate_slices": float(len(slice_labels)), "n_gate_exams": float(len(truth))})
-    return CalibrationReport(calibration, metrics, triage_report(exam_bins, truth[:, 0]), slice_probs, slice_labels,
+    flagged = np.array([(p >= np.asarray(thresholds)).any() for p in raw])
+    return CalibrationReport(calibration, metrics, triage_report(exam_bins, truth[:, 0]),
+                             exam_decision_report(flagged, truth[:, 0].astype(bool)), slice_probs, slice_labels,
                              exam_probs, truth, exam_bins, [s.patient.dirname for s in gate_scores])
+
+
+def exam_decision_report(flagged: np.ndarray, bleeding: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity of exam-level flags, with their counts and 95 % exact intervals."""
+    found, positives = int((flagged & bleeding).sum()), int(bleeding.sum())
+    cleared, negatives = int((~flagged & ~bleeding).sum()), int((~bleeding).sum())
+    return {"exams": len(flagged), "positives": positives, "negatives": negatives,
+            "true_positives": found, "true_negatives": cleared,
+            "sensitivity": found / positives if positives else float("nan"),
+            "sensitivity_interval": clopper_pearson(found, positives),
+            "specificity": cleared / negatives if negatives else float("nan"),
+            "specificity_interval": clopper_pearson(cleared, negatives)}
+
+
+def exam_decision_line(decisions: dict[str, Any]) -> str:
+    d = decisions
+    return (f"exam-level flags (any type on any slice) on {d['exams']} gate exams: sensitivity "
+            f"{_rate(d['true_positives'], d['positives'], d['sensitivity_interval'])}, specificity "
+            f"{_rate(d['true_negatives'], d['negatives'], d['specificity_interval'])}")
 
 
 def _rate(k: int, n: int, interval: tuple[float, float]) -> str:
@@ -124,6 +149,8 @@ def triage_markdown(report: CalibrationReport, stored: bool) -> str:
         f"high risk <= {c.high_risk_target:g} (split conformal risk control on {c.n_exams} val exams, "
         f"{c.n_positive_exams} with a bleed).",
         f"- **Bleeds that reached low risk: {t['positives_low_risk']} of {t['positives']}.**",
+        f"- The 0/1 flags at the stored thresholds, per exam: {exam_decision_line(report.exam_decisions)} "
+        "(95 % Clopper-Pearson).",
         "",
         "## Calibration (expected calibration error, 10 bins)",
         "",

@@ -40,6 +40,7 @@ from hemo_pipeline.services import plots, registry, tracking
 from hemo_pipeline.services.calibration_report import (
     CalibrationReport,
     calibration_report,
+    exam_decision_line,
     reliability_figure,
     triage_line,
     triage_markdown,
@@ -161,10 +162,13 @@ def run(args: argparse.Namespace) -> int:
     metrics["rsna_log_loss_single"] = rsna_log_loss(labels, single_probs)
     counts = confusion_counts(labels, context_probs, thresholds)
     calibration = calibration_report(val_scores, scores, choice.use_context, cfg.low_risk_fnr, cfg.high_risk_fpr,
+                                     thresholds if choice.use_context else thresholds_single,
                                      fitted_on_trained_patients=bool(refit))
     metrics.update({k: v for k, v in calibration.metrics.items() if k.startswith("ece_")})
     triage = calibration.triage
     metrics.update({f"triage_{k}": float(v) for k, v in triage.items() if isinstance(v, (int, float))})
+    metrics.update({f"exam_{k}": float(v) for k, v in calibration.exam_decisions.items()
+                    if k in ("sensitivity", "specificity")})
 
     with tracking.step_run("evaluate", settings) as run:
         tracking.log_params_flat({"evaluate": settings.to_dict()["evaluate"], "model": str(args.model)})
@@ -216,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     summary["calibration"] = {**_calibration_dict(calibration), **calibration.metrics,
                               "stored_with_model": cfg.calibrate}
     summary["triage_on_gate"] = triage
+    summary["exam_decisions_on_gate"] = calibration.exam_decisions
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -231,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
           f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)"
           + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients"
              if refit else ""))
+    print(f"evaluate: {exam_decision_line(calibration.exam_decisions)} (95 % Clopper-Pearson)")
     print(f"evaluate: {triage_line(calibration)}")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")

@@ -4,7 +4,9 @@ the champion, the predictions, and how to open the MLflow UI."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 from hemo_pipeline.services.tracking import is_embedded, tracking_uri
@@ -17,6 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _rate(k: int, n: int, interval: list[float]) -> str:
+    return f"{k}/{n} = {k / n:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if n else "n/a"
+
+
+def _exam_lines(evaluation: dict) -> list[str]:
+    """Exam-level figures on the gate patients: the flags, calibration, triage (issue 20)."""
+    lines = []
+    d, c, t = (evaluation.get(k) for k in ("exam_decisions_on_gate", "calibration", "triage_on_gate"))
+    if d:
+        sensitivity = _rate(d["true_positives"], d["positives"], d["sensitivity_interval"])
+        specificity = _rate(d["true_negatives"], d["negatives"], d["specificity_interval"])
+        lines.append(f"exams (gate, {d['exams']}): sensitivity {sensitivity}, specificity {specificity} (95 % exact)")
+    if c and "ece_exam_calibrated" in c:
+        lines.append(f"calibration (ECE, gate): slices {c['ece_slice_raw']:.4f} -> {c['ece_slice_calibrated']:.4f}, "
+                     f"exams {c['ece_exam_raw']:.4f} -> {c['ece_exam_calibrated']:.4f}"
+                     + ("" if c.get("stored_with_model", True) else " (not stored: evaluate.calibrate false)"))
+    if t:
+        missed = _rate(t["positives_low_risk"], t["positives"], t["low_risk_false_negative_rate_interval"])
+        deferred = _rate(t["deferred"], t["exams"], t["deferral_fraction_interval"])
+        lines.append(f"triage (gate): bleeds called low risk {missed}, deferred {deferred}; reports/triage_report.md")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"held-out gate patients, micro-F2: single slice {evaluation['micro_f2_single']:.4f} | 5-slice context "
                      f"{evaluation['micro_f2_context']:.4f} | context + tuned thresholds "
                      f"{evaluation['micro_f2_context_tuned']:.4f}")
+        lines += _exam_lines(evaluation)
     if gate:
         verdict = "promoted to @champion" if gate["promoted"] else "not promoted"
         lines.append(f"gate: challenger v{gate['challenger_version']} {verdict} ({gate['reason']}); "
@@ -41,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         rows = sum(1 for _ in args.predictions.open()) - 1
         lines.append(f"predictions: {args.predictions} ({rows} slices) and "
                      f"{args.predictions.with_name(args.predictions.stem + '_leaderboard.csv')}")
+    exams = args.predictions.with_name("exams.csv")
+    if exams.is_file():
+        with exams.open(newline="") as handle:
+            bins = Counter(row["triage"] for row in csv.DictReader(handle))
+        lines.append(f"exams: {exams} ({sum(bins.values())} exams: "
+                     + ", ".join(f"{bins.get(b, 0)} {b}" for b in ("high_risk", "defer", "low_risk")) + ")")
     uri = tracking_uri()
     if is_embedded():
         lines.append("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db "

@@ -31,7 +31,7 @@ def _patients(n: int, seed: int, sharpen: float) -> list[SimpleNamespace]:
 
 
 def test_platt_scaling_from_val_lowers_the_gate_calibration_error_of_overconfident_scores() -> None:
-    report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), True, 0.05, 0.1)
+    report = calibration_report(_patients(200, 0, 3.0), _patients(200, 1, 3.0), True, 0.05, 0.1, [0.5] * 5)
     assert all(t == pytest.approx(3.0, rel=0.15) for t in report.temperatures)
     assert all(abs(b) < 0.5 for b in report.shifts)  # no shift was applied
     m = report.metrics
@@ -48,7 +48,7 @@ def test_the_served_mode_is_the_one_judged() -> None:
     """Single-slice logits of 0 say 0.5 everywhere: calibrated, a constant score can only become the
     class's rate on val."""
     val = _patients(50, 2, 3.0)
-    report = calibration_report(val, _patients(50, 3, 3.0), False, 0.05, 0.1)
+    report = calibration_report(val, _patients(50, 3, 3.0), False, 0.05, 0.1, [0.5] * 5)
     rates = np.concatenate([p.patient.labels for p in val]).mean(axis=0)
     assert np.allclose(report.slice_probs["raw"], 0.5)
     assert np.allclose(report.slice_probs["calibrated"], rates, atol=1e-3)
@@ -57,7 +57,7 @@ def test_the_served_mode_is_the_one_judged() -> None:
 def test_the_triage_report_counts_the_gate_exams_it_names() -> None:
     """The bins on the gate exams are the stored cut-offs' (checked exam by exam), the counts in the
     line and the markdown are those exams', and a bleed called low risk is counted as one."""
-    report = calibration_report(_patients(120, 4, 2.0), _patients(80, 5, 2.0), True, 0.1, 0.1)
+    report = calibration_report(_patients(120, 4, 2.0), _patients(80, 5, 2.0), True, 0.1, 0.1, [0.5] * 5)
     c, t = report.calibration, report.triage
     p_any = report.exam_probs["calibrated"][:, 0]
     expected = np.where(p_any < c.low_risk_below, "low_risk", np.where(p_any > c.high_risk_above, "high_risk", "defer"))
@@ -74,6 +74,20 @@ def test_the_triage_report_counts_the_gate_exams_it_names() -> None:
 
 
 def test_too_few_bleeding_val_exams_say_how_many_are_needed() -> None:
-    report = calibration_report(_patients(12, 6, 2.0), _patients(10, 7, 2.0), True, 0.05, 0.1)
+    report = calibration_report(_patients(12, 6, 2.0), _patients(10, 7, 2.0), True, 0.05, 0.1, [0.5] * 5)
     assert report.calibration.low_risk_below == 0.0
     assert "no low-risk bin (" in triage_line(report) and "19 needed for a false-negative rate <= 0.05" in triage_line(report)
+
+
+def test_exam_flags_count_an_exam_once_whatever_slice_or_type_flags_it() -> None:
+    report = calibration_report(_patients(40, 8, 2.0), _patients(30, 9, 2.0), True, 0.1, 0.1, [0.5] * 5)
+    gate = _patients(30, 9, 2.0)
+    flagged = np.array([(1 / (1 + np.exp(-p.logits)) >= 0.5).any() for p in gate])
+    bleeding = np.array([p.patient.labels.any() for p in gate])
+    d = report.exam_decisions
+    assert (d["true_positives"], d["positives"]) == (int((flagged & bleeding).sum()), int(bleeding.sum()))
+    assert (d["true_negatives"], d["negatives"]) == (int((~flagged & ~bleeding).sum()), int((~bleeding).sum()))
+    low, high = d["sensitivity_interval"]
+    assert low <= d["sensitivity"] <= high
+    never = calibration_report(_patients(40, 8, 2.0), gate, True, 0.1, 0.1, [1.0] * 5).exam_decisions
+    assert never["true_positives"] == 0 and never["true_negatives"] == never["negatives"]
