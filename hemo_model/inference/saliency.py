@@ -12,7 +12,7 @@ data the generator's lesion masks give the answer.
 Occlusion sensitivity (Zeiler and Fergus, 2014) is what `hemo score --overlays` draws: on the
 phantom (make run's 128 px model, benchmarks/saliency_pointing.py, 4 patients) Grad-CAM's maximum
 fell within tolerance of the lesion on 0/9 ICH, 3/24 SAH and 7/13 SDH flagged slices (layer3; fewer
-at layer4), occlusion's on 8/9, 19/24 and 4/13; filling the ICH lesion lowered the probability
+at layer4), occlusion's on 8/9, 17/24 and 6/13; filling the ICH lesion lowered the probability
 (0.55 -> 0.31) where filling Grad-CAM's peak did not. Grad-CAM's 4x4 (layer4) or 8x8 (layer3) grid at
 128 px is too coarse for small lesions; occlusion costs one forward pass per square instead.
 """
@@ -77,8 +77,9 @@ def slice_grad_cam(model: nn.Module, images: torch.Tensor, classes: Sequence[int
 def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, device: torch.device,
                   patch: int, stride: int, batch_size: int = 64) -> np.ndarray:
     """Occlusion sensitivity (Zeiler and Fergus, 2014) of one uint8 slice (C, H, W) for one class:
-    each ``patch`` x ``patch`` square (every ``stride`` px) is filled with the slice's median
-    tissue value (the median of its non-air pixels: a bleed replaced by brain, not by a black hole)
+    the non-air pixels of each ``patch`` x ``patch`` square (every ``stride`` px) are set to the
+    slice's median tissue value (the median of its non-air pixels: a bleed replaced by brain, not by
+    a black hole; air is left as it is, since tissue painted outside the head is itself a finding)
     and the drop in the class's probability is spread over the square; the map (H, W) is the mean
     drop per pixel, negative drops clipped to 0, scaled to [0, 1] by its maximum. It asks the model
     directly which pixels its answer rests on, at the cost of one forward pass per square; on the
@@ -96,7 +97,8 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
             chunk = corners[start:start + batch_size]
             occluded = image[None].repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
-                occluded[i, :, y:y + patch, x:x + patch] = fill
+                square = occluded[i, :, y:y + patch, x:x + patch]
+                square[square > 0] = fill  # air stays air: tissue painted outside the head is a new finding
             probs = torch.sigmoid(model(to_model_input(occluded, device)).float())[:, class_index].cpu().numpy()
             for (y, x), p in zip(chunk, probs):
                 drop[y:y + patch, x:x + patch] += base - p

@@ -35,7 +35,7 @@ def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.
         if not flags[:, index].any():
             continue
         k = evidence[index][0]
-        image = torch.from_numpy(read_pixels(patient.paths[k], size, model.channels))
+        image = torch.from_numpy(np.array(read_pixels(patient.paths[k], size, model.channels)))  # writable copy
         module = model.module.to(device)
         saliency = occlusion_map(module, image, index, device, patch=max(size // 8, 4), stride=max(size // 16, 2))
         figure = saliency_overlay_figure(image[0].numpy(), saliency,
