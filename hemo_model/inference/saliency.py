@@ -88,8 +88,7 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
     model.eval()
     try:
         c, h, w = image.shape
-        tissue = image[image > 0]
-        fill = int(tissue.float().median().item()) if tissue.numel() else 0
+        fill = [int(ch[ch > 0].float().median().item()) if (ch > 0).any() else 0 for ch in image]  # per window
         corners = [(y, x) for y in range(0, max(h - patch, 0) + 1, stride) for x in range(0, max(w - patch, 0) + 1, stride)]
         base = torch.sigmoid(model(to_model_input(image[None], device)).float())[0, class_index].item()
         drop, cover = np.zeros((h, w)), np.zeros((h, w))
@@ -97,8 +96,9 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
             chunk = corners[start:start + batch_size]
             occluded = image[None].repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
-                square = occluded[i, :, y:y + patch, x:x + patch]
-                square[square > 0] = fill  # air stays air: tissue painted outside the head is a new finding
+                for channel, value in enumerate(fill):
+                    square = occluded[i, channel, y:y + patch, x:x + patch]
+                    square[square > 0] = value  # air stays air: tissue painted outside the head is a new finding
             probs = torch.sigmoid(model(to_model_input(occluded, device)).float())[:, class_index].cpu().numpy()
             for (y, x), p in zip(chunk, probs):
                 drop[y:y + patch, x:x + patch] += base - p

@@ -24,8 +24,9 @@ from hemo_model import CLASSES
 SPEC_FORMAT = "hemo-model-spec/2"
 """The format name written into every spec; a spec with another is refused."""
 READABLE_FORMATS = ("hemo-model-spec/1", SPEC_FORMAT)
-"""Formats this release reads: /1 predates calibration (read as uncalibrated, ``calibration`` None);
-/2 must carry the ``calibration`` key (null where none was fitted)."""
+"""Formats this release reads: /1 predates calibration (read as uncalibrated, ``calibration`` None;
+an uncalibrated spec is still written as /1, so an older release reads it); /2 must carry the
+``calibration`` key."""
 
 ARCHITECTURES: dict[str, str] = {
     "resnet34": "torchvision ResNet34 with the method's or a linear head (hemo_model.model.HemoNet)",
@@ -162,7 +163,11 @@ class ModelSpec:
                 return {k: plain(v) for k, v in value.items()}
             return list(value) if isinstance(value, tuple) else value
 
-        return {"format": SPEC_FORMAT, **plain(dataclasses.asdict(self))}
+        values = plain(dataclasses.asdict(self))
+        if self.calibration is None:  # readable by the release before calibration (rollbacks, older hosts)
+            del values["calibration"]
+            return {"format": READABLE_FORMATS[0], **values}
+        return {"format": SPEC_FORMAT, **values}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ModelSpec:

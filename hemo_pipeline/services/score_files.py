@@ -36,5 +36,6 @@ version's calibration was applied (1/0), and the evidence slices (files, ';'-sep
 
 
 def exams_file(out: Path) -> Path:
-    """The per-exam file written beside the slice predictions ``out`` (outputs/exams.csv by default)."""
-    return out.with_name("exams.csv")
+    """The per-exam file written beside the slice predictions ``out``: exams.csv beside the default
+    predictions.csv, <stem>_exams.csv beside any other name (two scorings in one folder keep theirs)."""
+    return out.with_name("exams.csv" if out.stem == "predictions" else f"{out.stem}_exams.csv")

@@ -108,7 +108,8 @@ def _calibration(models: list[LoadedModel], context: int) -> tuple[Calibration |
     if len(models) > 1:
         return None, "an ensemble's averaged logits were never calibrated (each member was, alone)"
     if calibration is None:
-        return None, f"{models[0].label} carries no calibration (evaluate.calibrate off, or not through `hemo evaluate`)"
+        return None, (f"{models[0].label} carries no calibration (not through `hemo evaluate` of this release, "
+                      "evaluate.calibrate off, or trained on its val patients: train.refit_on_val)")
     mode = served_mode(models[0], context)
     if calibration.mode != mode:
         return None, (f"{models[0].label} was calibrated for {calibration.mode} scores, these are {mode} scores "

@@ -3,9 +3,12 @@
 Thresholds are tuned per class on the `val` role (for 5-slice context and for single slices;
 context logits are scaled differently) and stored with the model; they stay at 0.5 for a model
 that trained on its val patients (`train.refit_on_val`). Where val can tell, the model is served
-on single slices when they beat the 5-slice filter there (services/context_choice.py). Calibration
-of the served probabilities (ECE per slice and per exam, before and after per-class Platt scaling
-fitted on val; a reliability diagram) is reported, not yet applied in serving. The reported metrics are
+on single slices when they beat the 5-slice filter there (services/context_choice.py). The
+calibration of the served probabilities and the triage cut-offs are fitted on val, judged on the
+gate (ECE per slice and per exam before and after, a reliability diagram, the bins' rates,
+reports/triage_report.md) and stored in the version's spec for `hemo score`, except for a model
+that trained on its val patients: cut-offs fitted on its own training exams would let new bleeds
+into "low risk", so such a version carries none (every exam deferred). The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
 slice vs 5-slice context at 0.5 (the leaderboard convention) and at the tuned thresholds, per-class
 F2/precision/recall/ROC-AUC, the all-positive baseline and RSNA's weighted log loss. Logs ROC/PR curves, confusion counts
@@ -19,7 +22,9 @@ version in --out (outputs/challenger.json) for the gate.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -94,6 +99,17 @@ def _calibration_dict(report: CalibrationReport) -> dict[str, object]:
             "low_risk_target": c.low_risk_target, "high_risk_target": c.high_risk_target,
             "val_exams": c.n_exams, "val_positive_exams": c.n_positive_exams,
             "fitted_on_trained_patients": c.fitted_on_trained_patients}
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN: a rate without a denominator (no gate positives, say) is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
             spec = loaded.spec.replace(thresholds=tuple(thresholds), thresholds_single=tuple(thresholds_single))
             if not choice.use_context:  # served on single slices, at their own thresholds
                 spec = spec.replace(context_weights=(1.0,), thresholds=tuple(thresholds_single))
-            spec = spec.replace(calibration=calibration.calibration if cfg.calibrate else None)
+            # a calibration fitted on patients the model trained on is optimistic: never stored
+            spec = spec.replace(calibration=calibration.calibration if cfg.calibrate and not refit else None)
             # the thresholds were just tuned on this run's val patients: the version has seen them too
             tuned = sorted(set(seen.get("val_patients", [])) | {p.patient_key for p in roles["val"]})
             tuned_scans = {"val_series": sorted(set(seen.get("val_series", []))
@@ -218,9 +235,9 @@ def run(args: argparse.Namespace) -> int:
     summary["patients"] = {"val": len(roles["val"]), "gate": len(roles["gate"])}
     summary["served_with_context"], summary["context_choice"] = choice.use_context, choice.reason
     summary["calibration"] = {**_calibration_dict(calibration), **calibration.metrics,
-                              "stored_with_model": cfg.calibrate}
-    summary["triage_on_gate"] = triage
-    summary["exam_decisions_on_gate"] = calibration.exam_decisions
+                              "stored_with_model": cfg.calibrate and not refit}
+    summary["triage_on_gate"] = _finite_or_null(triage)
+    summary["exam_decisions_on_gate"] = _finite_or_null(calibration.exam_decisions)
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -234,8 +251,8 @@ def run(args: argparse.Namespace) -> int:
           f"(T, shift: {', '.join(f'{c} {t:.2f} {b:+.2f}' for c, t, b in fitted)}): ECE slices "
           f"{m['ece_slice_raw']:.4f} -> {m['ece_slice_calibrated']:.4f} ({m['n_gate_slices']:.0f}), exams "
           f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)"
-          + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients"
-             if refit else ""))
+          + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients, "
+             "not stored with the version (hemo score defers every exam)" if refit else ""))
     print(f"evaluate: {exam_decision_line(calibration.exam_decisions)} (95 % Clopper-Pearson)")
     print(f"evaluate: {triage_line(calibration)}")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "

@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from hemo_model import CLASSES
@@ -30,7 +31,7 @@ would let ``"x_1.jpg\n"`` or ``"x_1;anything"`` through into the merged files.""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/predictions.csv"), help="the unsharded file to write")
     parser.add_argument("--shards", type=int, required=True, help="N, the number of shards that were scored")
-    parser.add_argument("--exams", type=Path, help="the unsharded per-exam file (default: exams.csv beside --out)")
+    parser.add_argument("--exams", type=Path, help="the unsharded per-exam file (default: as `hemo score` names it)")
 
 
 def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -95,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
         merged[target] = (header, sorted(rows, key=lambda row: _order(row[id_column])))
     exams = args.exams or exams_file(args.out)
     merged[exams] = _merged_exams([shard_out(exams, i, args.shards) for i in range(args.shards)])
+    slices_per_exam = Counter(row[0] for row in merged[args.out][1])
+    exam_counts = {row[0]: row[1] for row in merged[exams][1]}
+    if exam_counts != {name: str(n) for name, n in slices_per_exam.items()}:
+        raise UserError(f"the exam shards of {exams} do not match the slice shards of {args.out} (exams or slice "
+                        "counts differ: files of another run?); score every shard again")
     for target, (header, rows) in merged.items():
         write_csv_atomic(target, header, rows)
     write_json_atomic(args.out.with_name(f"{args.out.stem}_models.json"), meta[0])

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"registry URI or checkpoint (default {DEFAULT_MODEL}); repeat for an ensemble")
     parser.add_argument("--data", type=Path, default=Path("data/test"), help="folder of ID_<hash>/ patient folders")
     parser.add_argument("--out", type=Path, default=Path("outputs/predictions.csv"), help="DLCV-format CSV to write")
-    parser.add_argument("--exams", type=Path, help="per-exam CSV to write (default: exams.csv beside --out)")
+    parser.add_argument("--exams", type=Path, help="per-exam CSV to write (default: exams.csv beside the default "
+                                                   "--out, <stem>_exams.csv beside any other)")
     parser.add_argument("--context", type=int, choices=[1, 5], help="5-slice context or single slice (score.context)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="score.precision")
     parser.add_argument("--batch-size", type=int, help="score.batch_size")
@@ -88,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UserError(str(exc)) from exc
     out, exams_out = args.out, args.exams or exams_file(args.out)
+    written = {args.out, *(sibling(args.out, k) for k in ("leaderboard", "probabilities", "rsna")),
+               args.out.with_name(f"{args.out.stem}_models.json")}
+    if exams_out in written:
+        raise UserError(f"--exams {exams_out} is one of the files --out {args.out} writes; name another file")
     if args.shard is not None:
         index, count = args.shard
         patients = patients[index::count]  # folder order: each patient in exactly one shard

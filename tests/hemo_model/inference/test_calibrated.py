@@ -59,11 +59,11 @@ def test_low_risk_misses_stay_within_the_target_on_new_exams() -> None:
     rates = []
     for seed in range(40):
         fitted = fit_calibration(*_exams(200, seed=100 + seed), "context", 0.1, 0.1)
+        assert fitted.low_risk_below > 0.0  # every bin open: the rate can exceed the target
         logits, labels = _exams(200, seed=1000 + seed)
         p_any = np.array([score_exam(z, fitted).probabilities[0] for z in logits])
         bleeding = exam_labels(labels)[:, 0].astype(bool)
         rates.append(np.mean(triage_bins(p_any, fitted)[bleeding] == LOW))
-    assert fitted.low_risk_below > 0.0  # the bin is open: the test can fail
     assert np.mean(rates) <= 0.1 + 0.02, np.mean(rates)
 
 

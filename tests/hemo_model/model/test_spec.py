@@ -26,18 +26,26 @@ def test_a_calibrated_spec_survives_json() -> None:
 
 def test_a_spec_of_the_first_format_reads_as_uncalibrated() -> None:
     raw = ModelSpec(image_size=64).to_dict()
-    del raw["calibration"]
-    raw["format"] = "hemo-model-spec/1"
     assert ModelSpec.from_dict(raw).calibration is None
     raw["calibration"] = None  # /1 never had the key: it is refused as unknown there
     with pytest.raises(SpecError, match="unknown key"):
         ModelSpec.from_dict(raw)
 
 
-def test_the_current_format_must_say_calibration_even_when_none() -> None:
+def test_an_uncalibrated_spec_is_written_in_the_format_an_older_release_reads() -> None:
     raw = ModelSpec(image_size=64).to_dict()
+    assert raw["format"] == "hemo-model-spec/1" and "calibration" not in raw
+    assert ModelSpec.from_dict(raw) == ModelSpec(image_size=64)
+
+
+def test_the_current_format_must_say_calibration() -> None:
+    raw = ModelSpec(image_size=64, calibration=_calibration()).to_dict()
+    assert raw["format"] == "hemo-model-spec/2"
     del raw["calibration"]
     with pytest.raises(SpecError, match="missing key.*calibration"):
+        ModelSpec.from_dict(raw)
+    raw["calibration"] = [1, 2]
+    with pytest.raises(SpecError, match="calibration must be a JSON object"):
         ModelSpec.from_dict(raw)
 
 

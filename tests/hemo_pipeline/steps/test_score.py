@@ -147,7 +147,7 @@ def test_calibration_in_the_spec_moves_probabilities_not_decisions(workdir: Path
         margin = np.abs(np.array(p) - np.array(models["thresholds_calibrated"])) > 1e-5
         assert (((np.array(p) >= models["thresholds_calibrated"]) == np.array(decided[slice_id], bool))[margin]).all()
 
-    raw_exams, cal_exams = _exams(workdir / "raw/exams.csv"), _exams(workdir / "cal/exams.csv")
+    raw_exams, cal_exams = _exams(workdir / "raw/p_exams.csv"), _exams(workdir / "cal/p_exams.csv")
     patients = sorted(p.name for p in (workdir / "data/test").iterdir())
     assert sorted(cal_exams) == patients and sorted(raw_exams) == patients
     for dirname, row in cal_exams.items():
@@ -182,7 +182,7 @@ def test_calibration_is_not_applied_where_it_was_not_fitted(workdir: Path, capsy
     assert "an ensemble's averaged logits were never calibrated" in capsys.readouterr().out
     for folder in ("single", "ens"):
         assert json.loads((workdir / folder / "p_models.json").read_text())["calibrated"] is False
-        assert {row["triage"] for row in _exams(workdir / folder / "exams.csv").values()} == {"defer"}
+        assert {row["triage"] for row in _exams(workdir / folder / "p_exams.csv").values()} == {"defer"}
 
 
 def _probabilities(path: Path) -> dict[str, list[float]]:
@@ -251,6 +251,14 @@ def test_sharded_scoring_merges_to_the_unsharded_files_byte_for_byte(workdir: Pa
         assert (workdir / "sharded" / name).read_bytes() == (workdir / "whole" / name).read_bytes(), name
     shard_rows = [sum(1 for _ in (workdir / f"sharded/predictions.shard-{i}-of-4.csv").open()) - 1 for i in range(4)]
     assert all(n > 0 for n in shard_rows) and sum(shard_rows) == sum(1 for _ in (workdir / "whole/predictions.csv").open()) - 1
+    stale = workdir / "sharded/exams.shard-1-of-4.csv"  # an exam shard of another run: refused, not merged
+    good = stale.read_text()
+    header, *rows = good.splitlines()
+    stale.write_text("\n".join([header, *(",".join([f"ID_ff{i:08d}", *row.split(",")[1:]]) for i, row in enumerate(rows))]) + "\n")
+    capsys.readouterr()
+    assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 2
+    assert "do not match the slice shards" in capsys.readouterr().err
+    stale.write_text(good)
     (workdir / "sharded/predictions.shard-3-of-4.csv").unlink()
     capsys.readouterr()
     assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 2
@@ -303,3 +311,15 @@ def test_overlays_are_drawn_for_each_flagged_type_on_its_top_evidence_slice(work
     with Image.open(workdir / "overlays" / drawn[0]) as image:
         assert image.format == "PNG" and image.size[0] > 100
     assert f"score: {len(drawn)} saliency overlays (occlusion sensitivity) -> overlays" in capsys.readouterr().out
+
+
+def test_the_exams_file_follows_the_predictions_name_and_never_overwrites_them(workdir: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    model = _checkpoint(workdir / "m.pt", 7, [0.5] * 5)
+    common = ["--model", str(model), "--data", "data/test", "--device", "cpu"]
+    assert main(["score", *common, "--out", "out/run_a.csv"]) == 0
+    assert (workdir / "out/run_a_exams.csv").is_file() and not (workdir / "out/exams.csv").exists()
+    capsys.readouterr()
+    assert main(["score", *common, "--out", "out/run_b.csv", "--exams", "out/run_b_probabilities.csv"]) == 2
+    assert "--exams out/run_b_probabilities.csv is one of the files --out out/run_b.csv writes" in _error(capsys)
+    assert not (workdir / "out/run_b.csv").exists()

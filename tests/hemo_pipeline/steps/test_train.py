@@ -192,4 +192,5 @@ def test_refit_on_val_trains_on_val_and_leaves_nothing_tuned_on_it(workdir: Path
         in capsys.readouterr().out
     report = json.loads((workdir / "reports/evaluate.json").read_text())
     assert report["calibration"]["fitted_on_trained_patients"] is True
+    assert report["calibration"]["stored_with_model"] is False  # cut-offs fitted on its own training exams
     assert set(report["thresholds"].values()) == {0.5} and set(report["thresholds_single"].values()) == {0.5}
