@@ -254,7 +254,8 @@ def test_sharded_scoring_merges_to_the_unsharded_files_byte_for_byte(workdir: Pa
     stale = workdir / "sharded/exams.shard-1-of-4.csv"  # an exam shard of another run: refused, not merged
     good = stale.read_text()
     header, *rows = good.splitlines()
-    stale.write_text("\n".join([header, *(",".join([f"ID_ff{i:08d}", *row.split(",")[1:]]) for i, row in enumerate(rows))]) + "\n")
+    renamed = [",".join([f"ID_ff{i:08d}", *row.split(",")[1:]]) for i, row in enumerate(rows)]
+    stale.write_text("\n".join([header, *renamed]) + "\n")
     capsys.readouterr()
     assert main(["merge-scores", "--out", "sharded/predictions.csv", "--shards", "4"]) == 2
     assert "do not match the slice shards" in capsys.readouterr().err
