@@ -140,7 +140,8 @@ def triage_markdown(report: CalibrationReport, stored: bool) -> str:
         + (" (except: the model trained on the val patients, train.refit_on_val, so the calibration is optimistic)"
            if c.fitted_on_trained_patients else "") + ". "
         + ("They are stored with the registered version and applied by `hemo score`." if stored else
-           "evaluate.calibrate is false: they are reported, not stored; `hemo score` defers every exam."),
+           "They are reported, not stored (evaluate.calibrate false, or a model trained on its val patients): "
+           "`hemo score` defers every exam."),
         "",
         "## Triage",
         "",

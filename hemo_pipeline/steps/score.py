@@ -9,7 +9,8 @@ the scoring mode), the leaderboard long form (ID,prediction with <hash>_<k>_<cls
 <out>_leaderboard.csv and the probabilities as <out>_probabilities.csv, all atomically (temp file +
 rename), and logs the model version used.
 
-Per exam (series, one patient folder), --exams (default exams.csv beside --out) holds one row: the
+Per exam (series, one patient folder), --exams (default: exams.csv beside the default --out,
+<stem>_exams.csv beside any other) holds one row: the
 probability of any hemorrhage and of each type (max over slices), the triage bin (low_risk, defer,
 high_risk) and the evidence slices (the score.evidence_slices most suspicious slice files for any
 and per type, most suspicious first). Where the version carries the calibration `hemo evaluate`
