@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import warnings
 from collections import Counter
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from hemo_model.data.layout import DataError
+from hemo_model.data.subgroups import UNKNOWN, dicom_subgroups, scanner_group
 from hemo_model.data.synth import window
 
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -105,6 +107,11 @@ class SliceHeader:
     """BurnedInAnnotation says the pixels may show identifying text (anything but NO)."""
     patient_id: str = field(default="", repr=False)
     """PatientID, kept in memory only to key the patient (hashed with the salt); never written."""
+    scanner: str = UNKNOWN
+    """The vendor group of Manufacturer (:func:`~hemo_model.data.subgroups.scanner_group`): a
+    closed vocabulary, never the header's text."""
+    thickness_mm: float | None = None
+    """SliceThickness (0018,0050), None when absent or not a number."""
 
     @property
     def normal(self) -> np.ndarray:
@@ -275,12 +282,33 @@ def _classify(path: Path, ds: object, pixel_length: int | None, max_pixels: int,
         columns=int(get("Columns", 0)),
         burned_in=burned_in,
         patient_id=str(get("PatientID", "") or "").strip(),
+        scanner=scanner_group(str(get("Manufacturer", "") or ""), str(get("ManufacturerModelName", "") or "")),
+        thickness_mm=_thickness(get),
     )
     if not header.series_uid or not header.sop_uid or not header.rows or not header.columns:
         return "no_geometry"
     if abs(float(header.normal[2])) < _AXIAL_MIN_COS:
         return "not_axial"
     return header
+
+
+def _thickness(get: Callable) -> float | None:
+    """SliceThickness in mm; a missing or malformed value is unknown, never a reason to drop the slice."""
+    try:
+        value = float(get("SliceThickness"))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def series_subgroups(series: Series) -> dict[str, str]:
+    """The series' row of ``subgroups.csv``: the vendor group, the thickness band (SliceThickness,
+    else the spacing between slices) and the matrix band, all from the first slice in z order."""
+    first = series.slices[0]
+    thickness = first.thickness_mm
+    if thickness is None and len(series.positions) > 1:
+        thickness = float(np.median(np.diff(series.positions)))
+    return dicom_subgroups(first.scanner, thickness, first.rows, first.columns)
 
 
 def scan_folder(folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:

@@ -13,7 +13,9 @@ exercise the same things the real task does:
   slices carry information (what the 5-slice context method exploits);
 * labels follow from what is drawn: a slice is positive for a class only where the lesion's
   visible area on that slice reaches ``MIN_VISIBLE_AREA``;
-* distractors that are bright but not blood (calcifications, skull-base bone) and CT noise.
+* distractors that are bright but not blood (calcifications, skull-base bone) and CT noise;
+* two scanners whose HU differ by a few units (``subgroups.csv``), so results by scanner, as
+  CLAIM and TRIPOD+AI ask for, have something to compare.
 
 Everything is deterministic for a seed: patient ``i`` of a split depends only on
 ``(seed, split, i)``, not on how many patients are generated.
@@ -32,6 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from hemo_model import CLASSES, LABEL_COLUMNS
+from hemo_model.data.subgroups import PHANTOM_SCANNERS, SUBGROUPS_FILE, write_subgroups
 
 # Hounsfield units of the tissues we draw.
 HU_AIR = -1000.0
@@ -49,6 +52,7 @@ MIN_VISIBLE_AREA = 0.0035
 lesion is considered too small to see on a slice and the slice is not labelled for it."""
 
 SPLIT_IDS = {"train": 0, "test": 1}
+SCANNERS = tuple(PHANTOM_SCANNERS)
 
 # Per-patient probability of each lesion type, and its half-extent in slices. Calibrated so
 # per-slice positive rates land near the original data (ich .117, ivh .082, sah .116,
@@ -117,6 +121,9 @@ class Patient:
     texture_seed: int
     lesions: list[Lesion] = field(default_factory=list)
     calcifications: list[Calcification] = field(default_factory=list)
+    scanner: str = "Phantom-A"
+    """Which of :data:`~hemo_model.data.subgroups.PHANTOM_SCANNERS` scanned this patient: its HU
+    offset is added to every pixel, so results by scanner have two groups that differ mildly."""
 
     @property
     def dirname(self) -> str:
@@ -165,6 +172,9 @@ def sample_patient(seed: int, split: str, index: int) -> Patient:
         sulcus_phase=float(rng.uniform(0, 2 * math.pi)),
         noise_sigma=float(rng.uniform(2.5, 5.0)),
         texture_seed=int(rng.integers(0, 2**31 - 1)),
+        # a stream of its own: the scanner leaves every other draw (and so every earlier data set's
+        # anatomy and labels) as it was
+        scanner=SCANNERS[int(np.random.default_rng([seed, SPLIT_IDS[split], index, 11]).integers(len(SCANNERS)))],
     )
     for kind in CLASSES:
         prob, (h_low, h_high) = LESION_PRIOR[kind]
@@ -326,6 +336,7 @@ def render_slice(patient: Patient, k: int, size: int) -> SliceRender:
         hu[mask] = lesion.hu + 0.5 * texture[mask]
 
     hu += rng.normal(0.0, patient.noise_sigma, size=hu.shape).astype(np.float32)
+    hu += np.float32(PHANTOM_SCANNERS[patient.scanner])
     labels = {name: int(masks[name].sum() * g.pixel_area >= MIN_VISIBLE_AREA) for name in CLASSES}
     return SliceRender(hu=hu, masks=masks, labels=labels)
 
@@ -385,6 +396,18 @@ def _write_jpeg(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels, mode="L").save(path, format="JPEG", quality=95)
 
 
+def _patients(seed: int, split: str, n_patients: int) -> list[Patient]:
+    """The split's patients, each in a folder of its own."""
+    patients, seen = [], set()
+    for index in range(n_patients):
+        patient = sample_patient(seed, split, index)
+        if patient.hash in seen:  # 40-bit hashes: astronomically rare, but never write two into one folder
+            patient.hash = f"{patient.hash}{index:x}"
+        seen.add(patient.hash)
+        patients.append(patient)
+    return patients
+
+
 def write_split(
     out: Path,
     split: str,
@@ -400,12 +423,9 @@ def write_split(
         from tqdm import tqdm
 
         iterator = tqdm(range(n_patients), desc=f"synth {split}", unit="patient")
-    seen: set[str] = set()
+    patients = _patients(seed, split, n_patients)
     for index in iterator:  # type: ignore[union-attr]
-        patient = sample_patient(seed, split, index)
-        if patient.hash in seen:  # 40-bit hashes: astronomically rare, but never write two into one folder
-            patient.hash = f"{patient.hash}{index:x}"
-        seen.add(patient.hash)
+        patient = patients[index]
         folder = out / split / patient.dirname
         folder.mkdir(parents=True, exist_ok=True)
         for k, render in iter_patient_slices(patient, image_size):
@@ -441,4 +461,7 @@ def generate_dataset(
     write_labels(out / "train.csv", train_rows)
     test_rows = write_split(out, "test", test_patients, image_size, seed, progress)
     write_labels(out / ANSWER_KEY_NAME, test_rows)
+    write_subgroups(out / SUBGROUPS_FILE, {patient.dirname: {"scanner": patient.scanner}
+                                           for split, n in (("train", train_patients), ("test", test_patients))
+                                           for patient in _patients(seed, split, n)})
     return {"train_slices": len(train_rows), "test_slices": len(test_rows)}

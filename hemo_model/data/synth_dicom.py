@@ -23,6 +23,7 @@ import numpy as np
 from hemo_model import CLASSES
 from hemo_model.data.dicom import stored_range
 from hemo_model.data.rsna import SUBMISSION_TYPES, TYPE_TO_CLASS, instance_key
+from hemo_model.data.subgroups import PHANTOM_MANUFACTURER
 from hemo_model.data.synth import SPLIT_IDS, iter_patient_slices, render_slice, sample_patient
 
 LABELS_NAME = "train_labels.csv"
@@ -85,7 +86,7 @@ def ct_slice(hu: np.ndarray, *, study_uid: str, series_uid: str, sop_uid: str, z
              phi: dict[str, str], storage: Storage = UNSIGNED_12, padding_mask: np.ndarray | None = None,
              orientation: Sequence[float] = (1, 0, 0, 0, 1, 0), position: Sequence[float] | None = None,
              spacing_mm: float = 0.5, localizer: bool = False, modality: str = "CT",
-             frame_uid: str | None = None, series_number: int = 2) -> object:
+             frame_uid: str | None = None, series_number: int = 2, scanner: str = "Phantom-A") -> object:
     """One CT Image Storage dataset (preamble set, so STOW-RS sends a valid Part 10 file)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
@@ -108,7 +109,7 @@ def ct_slice(hu: np.ndarray, *, study_uid: str, series_uid: str, sop_uid: str, z
     ds.Modality = modality
     ds.SeriesNumber = series_number
     ds.SeriesDescription = "TOPOGRAM" if localizer else f"AXIAL {SLICE_SPACING_MM:g}mm BRAIN"
-    ds.Manufacturer, ds.ManufacturerModelName = "hemo-pipeline", "phantom"
+    ds.Manufacturer, ds.ManufacturerModelName = PHANTOM_MANUFACTURER, scanner
     ds.BodyPartExamined = "HEAD"
     ds.FrameOfReferenceUID = frame_uid or series_uid
     ds.PositionReferenceIndicator = ""
@@ -155,13 +156,14 @@ def patient_series(seed: int, split: str, index: int, image_size: int,
         datasets.append(ct_slice(render.hu, study_uid=study, series_uid=series, frame_uid=frame,
                                  sop_uid=_uid(seed, split, index, "sop", k), z=z0 + SLICE_SPACING_MM * k,
                                  instance=k + 1, phi=phi, storage=storage, padding_mask=outside,
-                                 spacing_mm=spacing))
+                                 spacing_mm=spacing, scanner=patient.scanner))
         labels.append(render.labels)
     middle = render_slice(patient, patient.n_slices // 2, image_size).hu
     datasets.append(ct_slice(middle, study_uid=study, series_uid=_uid(seed, split, index, "scout"), frame_uid=frame,
                              sop_uid=_uid(seed, split, index, "scout-sop"), z=0.0, instance=1, phi=phi,
                              orientation=(1, 0, 0, 0, 0, -1), spacing_mm=spacing, localizer=True, series_number=1,
-                             position=(-image_size * spacing / 2, 0.0, z0 + SLICE_SPACING_MM * patient.n_slices)))
+                             position=(-image_size * spacing / 2, 0.0, z0 + SLICE_SPACING_MM * patient.n_slices),
+                             scanner=patient.scanner))
     return datasets, labels
 
 

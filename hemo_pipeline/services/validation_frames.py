@@ -29,6 +29,7 @@ from hemo_model.data.layout import (
     slice_path,
 )
 from hemo_model.data.series_index import FINGERPRINT, PATIENT_KEY, SERIES_COLUMNS, SERIES_FILE
+from hemo_model.data.subgroups import SUBGROUPS_FILE, header_problem, row_problem
 from hemo_pipeline.services.errors import UserError
 
 
@@ -41,6 +42,8 @@ class Frames:
     files: pd.DataFrame
     series: pd.DataFrame | None = None
     """One row per line of series.csv (patient keys, pixel fingerprints), None without the file."""
+    subgroups: pd.DataFrame | None = None
+    """One row per line of subgroups.csv (scanner, thickness, matrix bands), None without the file."""
 
 
 def shown(name: str) -> str:
@@ -105,6 +108,34 @@ def series_frame(data: Path) -> pd.DataFrame | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
     return pd.DataFrame(rows, columns=["item", "dirname", "pixels_sha256", "well_formed", "has_folder"])
+
+
+def subgroups_frame(data: Path) -> pd.DataFrame | None:
+    """``subgroups.csv`` one row per line, with what is wrong with it (the reader's own rules) and
+    whether its folder exists; None when the data set has no such file."""
+    import csv
+
+    path = data / SUBGROUPS_FILE
+    if not path.is_file():
+        return None
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            bad_header = header_problem(header)
+            for raw in reader:
+                if not any(cell.strip() for cell in raw):
+                    continue
+                problem = bad_header or row_problem(header, raw)
+                dirname = raw[0] if raw else ""
+                rows.append({"item": f"subgroups.csv row {reader.line_num} ({shown(dirname)}"
+                                     + (f": {problem}" if problem else "") + ")",
+                             "dirname": dirname or None, "well_formed": problem is None,
+                             "has_folder": problem is None and any((data / s / dirname).is_dir() for s in SPLITS)})
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
+    return pd.DataFrame(rows, columns=["item", "dirname", "well_formed", "has_folder"])
 
 
 def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, max_slices: int) -> pd.DataFrame:
@@ -217,4 +248,4 @@ def build_frames(
     else:
         images = pd.DataFrame(columns=["item", "exists", "inside", "decodes", "mode", "width", "height", "size"])
     return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files,
-                  series=series_frame(data))
+                  series=series_frame(data), subgroups=subgroups_frame(data))

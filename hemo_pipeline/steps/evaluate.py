@@ -6,7 +6,8 @@ that trained on its val patients (`train.refit_on_val`). Where val can tell, the
 on single slices when they beat the 5-slice filter there (services/context_choice.py). The
 calibration of the served probabilities and the triage cut-offs are fitted on val, judged on the
 gate (ECE per slice and per exam before and after, a reliability diagram, the bins' rates,
-reports/triage_report.md) and stored in the version's spec for `hemo score`, except for a model
+each exam-level figure again per subgroup of subgroups.csv (scanner, thickness, matrix) with its
+interval, reports/triage_report.md) and stored in the version's spec for `hemo score`, except for a model
 that trained on its val patients: cut-offs fitted on its own training exams would let new bleeds
 into "low risk", so such a version carries none (every exam deferred). The reported metrics are
 measured on the `gate` role, which no training or selection decision has seen: micro-F2 single
@@ -31,6 +32,8 @@ import numpy as np
 
 from hemo_model import CLASSES
 from hemo_model.data.images import read_slice
+from hemo_model.data.layout import DataError
+from hemo_model.data.subgroups import read_subgroups
 from hemo_model.inference.scoring import stack_scores
 from hemo_model.metrics.classification import (
     classification_report,
@@ -47,6 +50,8 @@ from hemo_pipeline.services.calibration_report import (
     calibration_report,
     exam_decision_line,
     reliability_figure,
+    subgroup_lines,
+    subgroup_report,
     triage_line,
     triage_markdown,
 )
@@ -124,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.model} records no training patients (written by an older release); re-run "
                         "`hemo train` and `hemo refine` so the gate can check that no model saw its patients")
     device = resolve_device(args.device)
-    roles = load_roles(data_root(args, settings), settings.split, need=("val", "gate"))
+    root = data_root(args, settings)
+    roles = load_roles(root, settings.split, need=("val", "gate"))
+    try:
+        groups = read_subgroups(root)  # refused before any scoring, not after minutes of it
+    except DataError as exc:
+        raise UserError(f"{exc} (or run `hemo validate`)") from exc
 
     def both_modes(patients: list) -> tuple:
         """(single-slice probs, context probs, labels, context scores): one forward pass per slice."""
@@ -181,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
                                      thresholds if choice.use_context else thresholds_single,
                                      fitted_on_trained_patients=bool(refit))
     metrics.update({k: v for k, v in calibration.metrics.items() if k.startswith("ece_")})
+    subgroups = subgroup_report(calibration, groups)
     triage = calibration.triage
     metrics.update({f"triage_{k}": float(v) for k, v in triage.items() if isinstance(v, (int, float))})
     metrics.update({f"exam_{k}": float(v) for k, v in calibration.exam_decisions.items()
@@ -194,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_params({"served_with_context": choice.use_context})
         mlflow.log_dict({"calibration": _calibration_dict(calibration),
                          **calibration.metrics, "triage_on_gate": triage}, "evaluation/calibration.json")
+        mlflow.log_dict({"subgroups_on_gate": _finite_or_null(subgroups)}, "evaluation/subgroups.json")
         mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
                          "thresholds_single": dict(zip(CLASSES, thresholds_single)), "confusion_context": counts},
@@ -209,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         for name, figure in figures.items():
             write_figure_atomic(args.reports / "plots" / name, figure, dpi=90)
             tracking.log_figure(figure, name)
-        report_md = triage_markdown(calibration, stored=cfg.calibrate)
+        report_md = triage_markdown(calibration, stored=cfg.calibrate, subgroups=subgroups)
         write_text_atomic(args.reports / "triage_report.md", report_md)
         mlflow.log_text(report_md, "evaluation/triage_report.md")
         version = None
@@ -238,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                               "stored_with_model": cfg.calibrate and not refit}
     summary["triage_on_gate"] = _finite_or_null(triage)
     summary["exam_decisions_on_gate"] = _finite_or_null(calibration.exam_decisions)
+    summary["subgroups_on_gate"] = _finite_or_null(subgroups)
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -255,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
              "not stored with the version (hemo score defers every exam)" if refit else ""))
     print(f"evaluate: {exam_decision_line(calibration.exam_decisions)} (95 % Clopper-Pearson)")
     print(f"evaluate: {triage_line(calibration)}")
+    for line in subgroup_lines(subgroups):
+        print(f"evaluate: by subgroup, {line}")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

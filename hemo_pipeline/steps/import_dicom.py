@@ -10,7 +10,9 @@ out and counted.
 Each series becomes a patient folder <out>/<split>/ID_<hash>/<hash>_<k>.jpg (brain window, 8-bit
 gray; with --windows brain,subdural,bone a lossless RGB PNG per slice, one window per channel), k
 in z order. <hash> is a salted hash of the SeriesInstanceUID: no header value (names, IDs, dates,
-UIDs) reaches the data folder, the report, the output or MLflow. With --labels (RSNA
+UIDs) reaches the data folder, the report, the output or MLflow. Each series' subgroups for the
+results by subgroup go to <out>/subgroups.csv in closed vocabularies only: the vendor group of
+Manufacturer (GE, Siemens, ..., other), the slice thickness band and the matrix band. With --labels (RSNA
 ID_<image>_<type>,Label) the series go to train/ and train.csv. Series with a gap, uneven spacing,
 mixed sizes or a slice count outside validate.min_slices..max_slices are reported; with
 --reject-irregular they are left out. The data folder is replaced as a whole (staged beside it);
@@ -46,6 +48,7 @@ from hemo_model.data.dicom import (
     read_series_hu,
     scan_folder,
     series_key,
+    series_subgroups,
     windowed,
 )
 from hemo_model.data.layout import LABELS_FILE, SPLITS, DataError, read_label_rows
@@ -59,6 +62,7 @@ from hemo_model.data.series_index import (
     pixel_fingerprint,
     read_series_index,
 )
+from hemo_model.data.subgroups import SUBGROUPS_FILE, read_subgroups, subgroup_rows
 from hemo_pipeline.services import dicom_output, tracking
 from hemo_pipeline.services.dicom_output import DEFAULT_SALT_FILE, existing_patients, resolve_salt, staged
 from hemo_pipeline.services.dicomweb import check_study_uids, fetch, limits_from, parse_service_root
@@ -218,10 +222,10 @@ def _select(series_list: list, plan: Plan, labels: Any, outcome: Outcome) -> lis
 
 
 def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) -> tuple[list, list]:
-    """Write every chosen series into the staging folder, and its row into series.csv (its patient's
-    key, its pixel fingerprint); return train.csv rows and mapping rows. A series whose pixels are
-    already in the data folder under another name is refused (a re-import with another salt);
-    the same pixels twice in this import are written once."""
+    """Write every chosen series into the staging folder, its row into series.csv (its patient's
+    key, its pixel fingerprint) and into subgroups.csv (scanner, thickness, matrix); return
+    train.csv rows and mapping rows. A series whose pixels are already in the data folder under
+    another name is refused (a re-import with another salt); the same pixels twice in this import are written once."""
     taken = existing_patients(work)
     # of two series with the same pixels the first is written: one with a PatientID keeps its patient
     chosen = sorted(chosen, key=lambda pair: not pair[0].patient_id)
@@ -237,6 +241,7 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
     on_disk = {d.name for split in SPLITS if (work / split).is_dir() for d in (work / split).iterdir() if d.is_dir()}
     # checked in run() before staging; a row whose folder was removed is dropped (its scan may come back)
     index = {d: r for d, r in read_series_index(work).items() if d in on_disk}
+    groups = {d: g for d, g in read_subgroups(work).items() if d in on_disk}
     outcome.unkeyed_earlier = len(on_disk - set(index))
     owner = {r.pixels_sha256: r.dirname for r in index.values() if r.pixels_sha256}
     earlier = set(index)  # folders of earlier imports; the rest of ``owner`` is this import's
@@ -263,6 +268,7 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
         studies.setdefault(patient, set()).add(series.study_uid)
         outcome.without_patient_id += not series.patient_id
         index[dirname] = SeriesRecord(dirname, patient, pixels)
+        groups[dirname] = series_subgroups(series)
         folder = work / plan.split / dirname
         folder.mkdir(parents=True)
         for k, (header, hu) in enumerate(zip(series.slices, volume)):
@@ -273,6 +279,7 @@ def _write(work: Path, chosen: list, plan: Plan, salt: str, outcome: Outcome) ->
         outcome.series_kept += 1
         outcome.slices += len(series.slices)
     write_csv_atomic(work / SERIES_FILE, list(SERIES_COLUMNS), index_rows(index.values()))
+    write_csv_atomic(work / SUBGROUPS_FILE, *subgroup_rows(groups))
     outcome.most_studies = max((len(v) for v in studies.values()), default=0)
     return label_rows, mapping_rows
 
@@ -371,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args, settings)
     try:
         read_series_index(args.out)  # a malformed index is refused before anything is read or decoded
+        read_subgroups(args.out)
     except DataError as exc:
         raise UserError(str(exc)) from exc
     salt, salt_source = resolve_salt(args.salt_file, {"data": args.out, "reports": args.reports},

@@ -41,6 +41,12 @@ def _exam_lines(evaluation: dict) -> list[str]:
         missed = _rate(t["positives_low_risk"], t["positives"], t["low_risk_false_negative_rate_interval"])
         deferred = _rate(t["deferred"], t["exams"], t["deferral_fraction_interval"])
         lines.append(f"triage (gate): bleeds called low risk {missed}, deferred {deferred}; reports/triage_report.md")
+    for r in evaluation.get("subgroups_on_gate") or []:
+        ece = r.get("ece_exam_calibrated")
+        lines.append(f"  {r['column']} {r['value']} ({r['exams']} exams): sensitivity "
+                     f"{_rate(r['true_positives'], r['positives'], r['sensitivity_interval'])}, specificity "
+                     f"{_rate(r['true_negatives'], r['negatives'], r['specificity_interval'])}"
+                     + (f", exam ECE {ece:.4f}" if ece is not None else ""))
     return lines
 
 

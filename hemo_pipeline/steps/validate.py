@@ -3,8 +3,8 @@
 Checks train.csv (exact columns, 0/1 labels without gaps, unique well-formed IDs that match
 their patient folder, safe paths), every patient sequence of train/ and test/ (22-40 slices,
 indices 0..n-1 without gap or duplicate) and every image (inside the data folder, decodes,
-8-bit grayscale, or RGB for model.input windows3,
-expected size; no file in train/ without a label row). Each check is reported on its own line
+8-bit grayscale, or RGB for model.input windows3, expected size; no file in train/ without a label
+row), and series.csv and subgroups.csv where present. Each check is reported on its own line
 naming the first offending patients/files. A JSON summary and GX Data Docs (HTML) are written to
 --reports, each replaced whole (a temp file or folder, then a rename or exchange), so a failed or
 interrupted run leaves the previous report. Exit 0 when all checks pass, 1 when any fails; the
@@ -78,6 +78,23 @@ def _series_specs() -> list[CheckSpec]:
         CheckSpec("series.pixels.unique", "series", e.ExpectColumnValuesToBeUnique(column="pixels_sha256"),
                   "two folders hold the same scan (same pixels): remove one folder, its train.csv and series.csv rows"),
         CheckSpec("series.folder_exists", "series", e.ExpectColumnValuesToBeInSet(column="has_folder", value_set=[True]),
+                  "a row names a folder that is in neither train/ nor test/; remove the row or restore the folder"),
+    ]
+
+
+def _subgroup_specs() -> list[CheckSpec]:
+    """Checks of subgroups.csv (from `hemo import-dicom` or `hemo synth`): a bad row would report a
+    figure for the wrong scanner or band, or `hemo evaluate` would refuse the file."""
+    e = gx.expectations
+    return [
+        CheckSpec("subgroups.well_formed", "subgroups",
+                  e.ExpectColumnValuesToBeInSet(column="well_formed", value_set=[True]),
+                  "subgroups.csv rows must be ID_<hash> and one coarse value per column (letters, digits, spaces, "
+                  "'._<>-'); fix the rows named or restore the file (dvc checkout)"),
+        CheckSpec("subgroups.dirname.unique", "subgroups", e.ExpectColumnValuesToBeUnique(column="dirname"),
+                  "each series folder may have one row only; remove the duplicate rows"),
+        CheckSpec("subgroups.folder_exists", "subgroups",
+                  e.ExpectColumnValuesToBeInSet(column="has_folder", value_set=[True]),
                   "a row names a folder that is in neither train/ nor test/; remove the row or restore the folder"),
     ]
 
@@ -167,6 +184,7 @@ def _gx_frames(frames: Any) -> dict[str, Any]:
         "images": images,
         "files": frames.files,
         **({"series": frames.series} if frames.series is not None else {}),
+        **({"subgroups": frames.subgroups} if frames.subgroups is not None else {}),
     }
 
 
@@ -289,6 +307,8 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
                    accepted_sizes(frames.images, image_size, min_image_size), model_input)
     if frames.series is not None:
         specs += _series_specs()
+    if frames.subgroups is not None:
+        specs += _subgroup_specs()
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
     if reports is None:

@@ -210,3 +210,34 @@ def test_files_that_cannot_be_looked_at_are_counted_not_raised(tmp_path: Path, m
     monkeypatch.setattr(os, "stat", stat)
     scan = scan_folder(tmp_path)
     assert scan.files == 5 and scan.skipped == {"unreadable": 2} and len(scan.slices) == 3
+
+
+def test_a_series_subgroups_come_from_its_headers_in_closed_vocabularies(tmp_path: Path) -> None:
+    """Vendor group, thickness band (SliceThickness, else the spacing) and matrix band: no free
+    header text (the model name, an institution) reaches the row."""
+    from hemo_model.data.dicom import series_subgroups
+
+    datasets = series_datasets(hu_volume(4), name="siemens", spacing=1.0)
+    for ds in datasets:
+        ds.Manufacturer, ds.ManufacturerModelName = "SIEMENS", "SOMATOM at St. Elsewhere"
+        ds.SliceThickness = 0.625
+    write(datasets, tmp_path / "a")
+    unlabelled = series_datasets(hu_volume(4), name="no-thickness", spacing=2.5)
+    for ds in unlabelled:
+        ds.Manufacturer = "Acme Imaging, Ward 4"
+        del ds.SliceThickness
+    write(unlabelled, tmp_path / "b")
+    rows = [series_subgroups(s) for s in group_series(scan_folder(tmp_path).slices, 1, 40)]
+    assert {r["scanner"]: r["thickness"] for r in rows} == {"Siemens": "0-1.5mm", "other": "1.5-3mm"}
+    assert {r["matrix"] for r in rows} == {"<512"}
+
+
+def test_a_malformed_slice_thickness_is_unknown_not_a_skipped_slice(tmp_path: Path) -> None:
+    from pydicom.dataelem import RawDataElement
+
+    datasets = series_datasets(hu_volume(3), name="bad-thickness")
+    for ds in datasets:  # written as raw bytes: pydicom refuses to set a DS that is not a number
+        ds[0x00180050] = RawDataElement(0x00180050, "DS", 6, b"thick ", 0, True, True)
+    write(datasets, tmp_path)
+    scan = scan_folder(tmp_path)
+    assert len(scan.slices) == 3 and {h.thickness_mm for h in scan.slices} == {None}

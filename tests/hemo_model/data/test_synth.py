@@ -137,3 +137,30 @@ def test_class_rates_close_to_the_original() -> None:
     for c in CLASSES:
         assert abs(counts[c] / total - target[c]) < 0.03, (c, counts[c] / total)
     assert counts["edh"] < min(counts[c] for c in ("ich", "ivh", "sah", "sdh"))  # EDH is the rare one
+
+
+def test_the_second_scanner_shifts_every_pixel_by_its_offset_and_nothing_else() -> None:
+    """The scanner is a mild calibration drift: the same patient on Phantom-B reads 4 HU higher
+    everywhere, with the same lesions and labels."""
+    import dataclasses
+
+    from hemo_model.data.subgroups import PHANTOM_SCANNERS
+
+    patient = sample_patient(0, "train", 3)
+    on = {name: render_slice(dataclasses.replace(patient, scanner=name), patient.n_slices // 2, 48)
+          for name in PHANTOM_SCANNERS}
+    shift = on["Phantom-B"].hu - on["Phantom-A"].hu
+    assert np.allclose(shift, PHANTOM_SCANNERS["Phantom-B"] - PHANTOM_SCANNERS["Phantom-A"], atol=1e-3)
+    assert on["Phantom-B"].labels == on["Phantom-A"].labels
+    assert all((on["Phantom-B"].masks[c] == on["Phantom-A"].masks[c]).all() for c in CLASSES)
+
+
+def test_subgroups_file_names_every_folder_with_its_scanner(tiny_data: Path) -> None:
+    from hemo_model.data.subgroups import read_subgroups
+
+    groups = read_subgroups(tiny_data)
+    folders = {d.name for split in ("train", "test") for d in (tiny_data / split).iterdir()}
+    assert set(groups) == folders
+    scanners = [sample_patient(seed=0, split="train", index=i).scanner for i in range(40)]
+    assert {"Phantom-A", "Phantom-B"} <= set(scanners)  # both scanners in any data set of some size
+    assert 10 <= scanners.count("Phantom-B") <= 30

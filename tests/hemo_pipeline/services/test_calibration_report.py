@@ -11,6 +11,8 @@ import pytest
 from hemo_pipeline.services.calibration_report import (
     calibration_report,
     reliability_figure,
+    subgroup_lines,
+    subgroup_report,
     triage_line,
     triage_markdown,
 )
@@ -91,3 +93,32 @@ def test_exam_flags_count_an_exam_once_whatever_slice_or_type_flags_it() -> None
     assert low <= d["sensitivity"] <= high
     never = calibration_report(_patients(40, 8, 2.0), gate, True, 0.1, 0.1, [1.0] * 5).exam_decisions
     assert never["true_positives"] == 0 and never["true_negatives"] == never["negatives"]
+
+
+def test_every_exam_figure_is_reported_again_per_subgroup_and_the_groups_add_up() -> None:
+    """Each subgroup's counts are those of its own exams (checked exam by exam against the report's
+    arrays); a folder without a row is `unknown`; the markdown has a table row per subgroup."""
+    gate = _patients(60, 7, 2.0)
+    report = calibration_report(_patients(120, 6, 2.0), gate, True, 0.1, 0.1, [0.3] * 5)
+    names = report.exam_names
+    groups = {n: {"scanner": "GE" if i % 3 else "Siemens"} for i, n in enumerate(names) if i % 5}
+    rows = subgroup_report(report, groups)
+    assert [(r["column"], r["value"]) for r in rows] == [("scanner", "GE"), ("scanner", "Siemens"),
+                                                         ("scanner", "unknown")]
+    assert sum(r["exams"] for r in rows) == len(names)
+    for row in rows:
+        at = np.array([i for i, n in enumerate(names)
+                       if groups.get(n, {}).get("scanner", "unknown") == row["value"]])
+        bleeding, flagged = report.exam_labels[at, 0] == 1, report.exam_flagged[at]
+        assert row["exams"] == len(at) and row["positives"] == bleeding.sum()
+        assert row["true_positives"] == (flagged & bleeding).sum()
+        assert row["true_negatives"] == (~flagged & ~bleeding).sum()
+        assert row["triage"]["deferred"] == (report.exam_bins[at] == "defer").sum()
+        assert row["triage"]["positives_low_risk"] == ((report.exam_bins[at] == "low_risk") & bleeding).sum()
+        assert 0.0 <= row["ece_exam_calibrated"] <= 1.0
+    lines = subgroup_lines(rows)
+    assert len(lines) == 3 and lines[0].startswith(f"scanner GE: {rows[0]['exams']} gate exams, sensitivity ")
+    markdown = triage_markdown(report, stored=True, subgroups=rows)
+    assert "## By subgroup (gate exams)" in markdown
+    assert sum(line.startswith("| scanner = ") for line in markdown.splitlines()) == 3
+    assert "carries no subgroups" in triage_markdown(report, stored=True)

@@ -42,7 +42,16 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     assert tuple(calibration["temperatures"].values()) == stored.slice_temperatures
     assert report["triage_on_gate"]["exams"] == report["patients"]["gate"]
     assert "evaluate: triage cut-offs fitted on " in out
-    assert "Bleeds that reached low risk: " in (workdir / "reports/triage_report.md").read_text()
+    markdown = (workdir / "reports/triage_report.md").read_text()
+    assert "Bleeds that reached low risk: " in markdown
+    # the phantom's scanners (subgroups.csv): every exam-level figure again per scanner, in the
+    # JSON, the report and the output, the groups adding up to the gate exams
+    groups = report["subgroups_on_gate"]
+    assert groups and {g["column"] for g in groups} == {"scanner"}
+    assert sum(g["exams"] for g in groups) == report["patients"]["gate"]
+    assert all({"sensitivity_interval", "ece_exam_calibrated", "triage"} <= set(g) for g in groups)
+    assert sum(line.startswith("| scanner = ") for line in markdown.splitlines()) == len(groups)
+    assert out.count("evaluate: by subgroup, scanner ") == len(groups)
 
     # let the same val role decide: the stored mode follows the val comparison at tuned thresholds
     assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "selection.min_val_patients=1",

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from hemo_model.data.dicom import read_hu, series_key, windowed
+from hemo_model.data.subgroups import thickness_band
 from hemo_model.data.synth import render_slice, sample_patient, window
-from hemo_model.data.synth_dicom import _uid, generate_dicom_dataset
+from hemo_model.data.synth_dicom import SLICE_SPACING_MM, _uid, generate_dicom_dataset
 from hemo_pipeline.cli import main
 from tests.dicom_files import hu_volume, series_datasets, uid, write
 
@@ -78,6 +79,13 @@ def test_imports_the_phantom_in_z_order_with_its_labels_and_passes_validation(
     with open("mapping.csv") as handle:
         mapping = list(csv.DictReader(handle))
     assert len(mapping) == len(rows) and mapping[0]["SOPInstanceUID"].startswith("1.2.826")
+    # subgroups from the headers, in closed vocabularies: the phantom scanner, 5 mm, 64 px matrix
+    expected = {f"ID_{series_key(_uid(SEED, split, i, 'series'), SALT)}": sample_patient(SEED, split, i).scanner
+                for split, n in (("train", 3), ("test", 1)) for i in range(n)}
+    with open("data/subgroups.csv") as handle:
+        groups = list(csv.DictReader(handle))
+    assert {g["dirname"]: g["scanner"] for g in groups} == expected
+    assert {(g["thickness"], g["matrix"]) for g in groups} == {(thickness_band(SLICE_SPACING_MM), "<512")}
     report = json.loads(Path("reports/import.json").read_text())
     assert report["series_kept"] == 1 and report["split"] == "test" and report["files_skipped"] == {"localizer": 1}
 

@@ -26,7 +26,13 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
                         "ece_exam_calibrated": 0.09, "stored_with_model": True},
         "triage_on_gate": {"exams": 12, "positives": 8, "positives_low_risk": 1, "deferred": 5,
                            "low_risk_false_negative_rate_interval": [0.003, 0.53],
-                           "deferral_fraction_interval": [0.15, 0.72]}}))
+                           "deferral_fraction_interval": [0.15, 0.72]},
+        "subgroups_on_gate": [{"column": "scanner", "value": "GE", "exams": 5, "positives": 3, "negatives": 2,
+                               "true_positives": 3, "true_negatives": 0, "sensitivity_interval": [0.29, 1.0],
+                               "specificity_interval": [0.0, 0.84], "ece_exam_calibrated": 0.12},
+                              {"column": "scanner", "value": "other", "exams": 1, "positives": 0, "negatives": 1,
+                               "true_positives": 0, "true_negatives": 1, "sensitivity_interval": [None, None],
+                               "specificity_interval": [0.025, 1.0], "ece_exam_calibrated": None}]}))
     (outputs / "predictions.csv").write_text("dirname,ID,ich,ivh,sah,sdh,edh\nID_a,a_0.jpg,0,0,0,0,0\n")
     (outputs / "exams.csv").write_text("dirname,triage\nID_a,high_risk\nID_b,defer\nID_c,defer\n")
     assert main(["summary"]) == 0
@@ -34,4 +40,6 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
     assert "exams (gate, 12): sensitivity 7/8 = 0.875 [0.470, 0.990], specificity 3/4 = 0.750" in out
     assert "calibration (ECE, gate): slices 0.3100 -> 0.0400, exams 0.3200 -> 0.0900" in out
     assert "triage (gate): bleeds called low risk 1/8 = 0.125 [0.003, 0.530], deferred 5/12 = 0.417" in out
+    assert "  scanner GE (5 exams): sensitivity 3/3 = 1.000 [0.290, 1.000], specificity 0/2 = 0.000" in out
+    assert "  scanner other (1 exams): sensitivity n/a, specificity 1/1 = 1.000 [0.025, 1.000]\n" in out
     assert "exams: outputs/exams.csv (3 exams: 1 high_risk, 2 defer, 0 low_risk)" in out

@@ -254,3 +254,25 @@ def test_good_data_without_a_series_index_runs_no_series_check(tiny_data: Path, 
     assert _validate(tiny_data, tmp_path / "r") == 0
     names = {c["name"] for c in json.loads((tmp_path / "r" / "summary.json").read_text())["checks"]}
     assert names and not any(name.startswith("series.") for name in names)
+
+
+def test_subgroup_problems_fail_their_checks(data_copy: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """subgroups.csv (from import-dicom or synth) is checked with the reader's own rules: a value
+    that would run as a spreadsheet formula, a folder listed twice and a row without a folder each
+    fail one check, naming the row."""
+    dirnames = sorted({row[0] for row in _rows(data_copy)[1:]})
+    (data_copy / "subgroups.csv").write_text("dirname,scanner\n" + "\n".join([
+        f"{dirnames[0]},GE", f"{dirnames[1]},=cmd|' /C calc'!A0", f"{dirnames[0]},Siemens",
+        "ID_gone000000,GE"]) + "\n")
+    assert _validate(data_copy, tmp_path / "r") == 1
+    fails = _fail_lines(capsys)
+    assert set(fails) == {"subgroups.well_formed", "subgroups.dirname.unique", "subgroups.folder_exists"}, fails
+    assert "subgroups.csv row 3" in fails["subgroups.well_formed"] and "scanner must be" in fails["subgroups.well_formed"]
+    assert dirnames[0] in fails["subgroups.dirname.unique"] and "ID_gone000000" in fails["subgroups.folder_exists"]
+
+
+def test_the_phantoms_subgroups_pass(tiny_data: Path, tmp_path: Path) -> None:
+    assert _validate(tiny_data, tmp_path / "r") == 0
+    checks = {c["name"]: c for c in json.loads((tmp_path / "r" / "summary.json").read_text())["checks"]}
+    assert checks["subgroups.well_formed"]["success"] and checks["subgroups.well_formed"]["total"] == 6
