@@ -68,18 +68,20 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-# Servers the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) is a Debian
-# package, not a pip one: installed here when it is missing and we are root with apt; otherwise
-# its test skips and says why.
+# Servers and tools the end-to-end tests start themselves. Orthanc (a PACS with DICOMweb) and
+# dicom3tools (dciodvfy, the DICOM validator the result objects of `hemo report` must pass) are
+# Debian packages, not pip ones: installed here when missing and we are root with apt; otherwise
+# their tests skip and say why.
 ORTHANC := /usr/sbin/Orthanc
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+DCIODVFY := /usr/bin/dciodvfy
 services:
-	@if [ -x $(ORTHANC) ] && [ -e $(ORTHANC_DICOMWEB) ]; then :; \
+	@if [ -x $(ORTHANC) ] && [ -e $(ORTHANC_DICOMWEB) ] && [ -x $(DCIODVFY) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing orthanc + orthanc-dicomweb (apt) for tests/e2e/test_dicomweb_orthanc.py"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null \
-		|| echo "apt-get could not install orthanc; the DICOMweb test will be skipped"; \
-	else echo "orthanc not installed and not root with apt: tests/e2e/test_dicomweb_orthanc.py will be skipped"; fi
+		echo "installing orthanc + orthanc-dicomweb + dicom3tools (apt) for the DICOMweb and report tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb \
+		dicom3tools >/dev/null || echo "apt-get could not install them; the DICOMweb and report tests will be skipped"; \
+	else echo "orthanc or dicom3tools not installed and not root with apt: their tests will be skipped"; fi
 
 # The training/serving image, built here from docker/Dockerfile with no image registry: the base is
 # a debootstrapped Debian (scripts/debian_base.sh) unless BASE_IMAGE names another (production:

@@ -45,6 +45,8 @@ STEPS: dict[str, tuple[str, str]] = {
              "Gate: promote the challenger only if it is shown better, measured fairly and with its uncertainty."),
     "score": ("hemo_pipeline.steps.score",
               "Batch scoring: predict every slice of every patient in a folder with the champion model."),
+    "report": ("hemo_pipeline.steps.report",
+               "Send the scored exams back where radiologists read: DICOM SR, evidence overlays and FHIR, pushed to the PACS."),
     "plan-scoring": ("hemo_pipeline.steps.plan_scoring",
                      "Plan a sharded `hemo score`: the shards of the scoring folder and the one model version they all use."),
     "merge-scores": ("hemo_pipeline.steps.merge_scores",

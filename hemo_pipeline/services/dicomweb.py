@@ -479,3 +479,34 @@ def fetch(root: ServiceRoot, dest: Path, studies: Sequence[str] = (), modality: 
                 result.bytes = session.received
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass
+class Stored:
+    instances: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def store(root: ServiceRoot, datasets: Sequence[Any], limits: Limits = Limits()) -> Stored:
+    """STOW-RS of ``datasets`` (one request), with the import's credential, TLS, redirect and size
+    rules. Objects with derived UIDs make a second store of the same results replace, not add; a
+    server's per-instance failures are counted (FailedSOPSequence), never named (UIDs)."""
+    for line in warnings_for(root):
+        print(line, file=sys.stderr)
+    started = time.perf_counter()
+    result = Stored()
+    with _silenced():
+        session = _session(root, limits)
+        with session:
+            client = DICOMwebClient(url=root.url, session=session, timeout=TIMEOUT)
+            client.set_http_retry_params(retry=False)
+            client.host = urlsplit(root.url).netloc
+            try:
+                response = client.store_instances(datasets=list(datasets))
+            except Exception as exc:  # noqa: BLE001 - _raise_failure re-raises what is not a request's failure
+                _raise_failure(root, exc, "store (STOW-RS)")
+    failed = len(response.get("FailedSOPSequence", None) or []) if response is not None else 0
+    result.instances, result.failed = len(datasets) - failed, failed
+    result.seconds = time.perf_counter() - started
+    return result

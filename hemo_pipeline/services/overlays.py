@@ -1,6 +1,7 @@
 """Saliency overlays for `hemo score --overlays`: for each exam and each type it flags, the top
 evidence slice with its occlusion-sensitivity map (:func:`hemo_model.inference.saliency.occlusion_map`;
-why occlusion rather than Grad-CAM is measured there), written as PNG next to nothing else.
+why occlusion rather than Grad-CAM is measured there), written as PNG, with the map itself beside it
+(``.saliency.npz``) for `hemo report`'s Secondary Captures.
 
 The map explains the single-slice network (the one forward pass a slice gets); a version served
 with its 5-slice context decides from neighbouring slices too, which the map does not show. An
@@ -22,6 +23,7 @@ from hemo_model.data.images import read_pixels
 from hemo_model.inference.saliency import occlusion_map
 from hemo_pipeline.services.files import write_figure_atomic
 from hemo_pipeline.services.plots import plt, saliency_overlay_figure
+from hemo_pipeline.services.score_files import saliency_file, save_saliency
 
 
 def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.ndarray,
@@ -42,6 +44,7 @@ def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.
                                          f"{patient.dirname} slice {patient.paths[k].name}: {name}")
         target = folder / f"{patient.dirname}_{name}.png"
         write_figure_atomic(target, figure, dpi=90)
+        save_saliency(saliency_file(folder, patient.dirname, name), saliency, patient.paths[k].name)
         plt.close(figure)
         written.append(target)
     return written

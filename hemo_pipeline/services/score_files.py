@@ -5,9 +5,13 @@ siblings, a shard's files, the shard argument. Shared by score, plan-scoring and
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
+import numpy as np
+
 from hemo_model import CLASSES
+from hemo_pipeline.services.files import write_bytes_atomic
 
 DEFAULT_MODEL = "models:/hemorrhage-classifier@champion"
 
@@ -39,3 +43,21 @@ def exams_file(out: Path) -> Path:
     """The per-exam file written beside the slice predictions ``out``: exams.csv beside the default
     predictions.csv, <stem>_exams.csv beside any other name (two scorings in one folder keep theirs)."""
     return out.with_name("exams.csv" if out.stem == "predictions" else f"{out.stem}_exams.csv")
+
+
+def saliency_file(folder: Path, dirname: str, name: str) -> Path:
+    """Where the map itself goes, beside its PNG: `hemo report` draws it over the source slice at
+    full resolution for the PACS (a Secondary Capture)."""
+    return folder / f"{dirname}_{name}.saliency.npz"
+
+
+def save_saliency(path: Path, saliency: np.ndarray, slice_name: str) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, saliency=np.asarray(saliency, np.float16), slice=np.array(slice_name))
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_saliency(path: Path) -> tuple[np.ndarray, str]:
+    """(map, the slice file it explains); data only (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return np.asarray(data["saliency"], np.float32), str(data["slice"])

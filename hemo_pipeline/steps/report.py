@@ -1,0 +1,251 @@
+"""Send the scored exams back where radiologists read: DICOM SR, evidence overlays and FHIR, pushed to the PACS.
+
+For every exam of `hemo score`'s exams.csv, with the private UID mapping `hemo import-dicom
+--mapping` keeps and the source DICOM folder (for the study's filing identifiers and the evidence
+slices' pixels), writes under --out (outside the project: the objects carry the patient's
+identifiers, as a PACS needs them):
+  <dirname>/sr.dcm                 TID 1500 Comprehensive SR: probability per type and any, the
+                                   triage bin, the evidence slices as references to the source
+                                   instances, the model and its registry version
+  <dirname>/sc_<type>.dcm          Secondary Capture of the type's top evidence slice with its
+                                   occlusion-sensitivity map (from `hemo score --overlays DIR`,
+                                   given here as --overlays), "NOT FOR DIAGNOSIS" burnt in
+  <dirname>/diagnostic_report.json FHIR R4B transaction Bundle: DiagnosticReport + 6 Observations
+With --push URL the DICOM objects are stored on a DICOMweb server (STOW-RS; the import's https,
+credential, redirect and size rules). UIDs and FHIR ids are derived from the source series and the
+model version: running again replaces the same objects, it never adds copies. The project gets
+counts only (reports/report.json, MLflow); no UID, name or header value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pydicom
+
+from hemo_model.data.dicom import hounsfield, iter_files, windowed
+from hemo_model.data.layout import DataError
+from hemo_model.data.rsna import read_mapping
+from hemo_pipeline.services import tracking
+from hemo_pipeline.services.dicom_output import is_inside
+from hemo_pipeline.services.dicom_results import (
+    DEFAULT_UID_ROOT,
+    FINDINGS,
+    RESULT_COLUMNS,
+    ExamResult,
+    ModelInfo,
+    build_sc,
+    build_sr,
+    enlarge,
+    overlay_pixels,
+    zoom_for,
+)
+from hemo_pipeline.services.dicomweb import limits_from, parse_service_root, store
+from hemo_pipeline.services.errors import UserError
+from hemo_pipeline.services.fhir_results import diagnostic_report_bundle
+from hemo_pipeline.services.files import atomic_file, write_json_atomic
+from hemo_pipeline.services.score_files import EXAM_CSV_COLUMNS, load_saliency, saliency_file
+from hemo_pipeline.services.step_args import add_settings_arguments, settings_from
+
+PRIVATE = 0o600
+"""The objects name the patient: readable by their owner only, as the import's mapping is."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exams", type=Path, default=Path("outputs/exams.csv"), help="exams.csv of `hemo score`")
+    parser.add_argument("--models", type=Path,
+                        help="the score's _models.json (default: beside --exams, as `hemo score` names it)")
+    parser.add_argument("--mapping", type=Path, required=True,
+                        help="the private mapping of `hemo import-dicom --mapping` (folders and slices -> UIDs)")
+    parser.add_argument("--dicom", type=Path, required=True,
+                        help="the source DICOM folder the series were imported from (any nesting, any names)")
+    parser.add_argument("--overlays", type=Path, help="the folder of `hemo score --overlays` (its saliency maps)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the objects; must be outside the project")
+    parser.add_argument("--push", metavar="URL", help="DICOMweb service root to store the DICOM objects on (STOW-RS)")
+    parser.add_argument("--allow-http", action="store_true", help="allow a plain-http --push (a PACS on 127.0.0.1)")
+    parser.add_argument("--uid-root", default=DEFAULT_UID_ROOT,
+                        help=f"UID root of the derived UIDs (your organisation's; default pydicom's {DEFAULT_UID_ROOT})")
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="where report.json (counts) goes")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the counts to MLflow")
+    add_settings_arguments(parser)
+
+
+def models_file(exams: Path) -> Path:
+    """`hemo score --out X.csv` writes X_models.json and, for X = predictions, exams.csv."""
+    stem = "predictions" if exams.name == "exams.csv" else exams.name.removesuffix("_exams.csv").removesuffix(".csv")
+    return exams.with_name(f"{stem}_models.json")
+
+
+def _model(path: Path, uid_root: str) -> ModelInfo:
+    try:
+        used = json.loads(path.read_text())["models"]
+        version = "+".join(str(m["version"]) for m in used)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} cannot be read as `hemo score`'s _models.json ({type(exc).__name__}); pass --models "
+                        "with the file of the score run that wrote --exams") from exc
+    if not version or not version.replace("+", "").isalnum():
+        raise UserError(f"{path}: no registry version of the scoring model; report results of `hemo score` with a "
+                        "registered model (models:/...)")
+    return ModelInfo(version=version, uid_root=uid_root)
+
+
+def _exams(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != EXAM_CSV_COLUMNS:
+                raise UserError(f"{path}: not an exams file of `hemo score` (header must be {','.join(EXAM_CSV_COLUMNS)})")
+            return list(reader)
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror}); run `hemo score` first") from exc
+
+
+def _resolve(rows: list[dict[str, str]], mapping: dict, path: Path) -> list[ExamResult]:
+    """Each row's evidence slices as SOPInstanceUIDs; a slice the mapping lacks is refused."""
+    exams = []
+    for line, row in enumerate(rows, start=2):
+        evidence = {}
+        for column in RESULT_COLUMNS:
+            uids = []
+            for name in filter(None, row[f"evidence_{column}"].split(";")):
+                entry = mapping.get((row["dirname"], name))
+                if entry is None:
+                    raise UserError(f"{path} row {line}: {row['dirname']}/{name} has no row in the --mapping file; pass "
+                                    "the mapping `hemo import-dicom --mapping` wrote for the scored data")
+                uids.append(entry["SOPInstanceUID"])
+            evidence[column] = uids
+        if not evidence["any"]:
+            raise UserError(f"{path} row {line}: {row['dirname']} has no evidence slices; re-run `hemo score`")
+        evidence = {c: v or evidence["any"] for c, v in evidence.items()}
+        try:
+            probabilities = {c: float(row[c]) for c in RESULT_COLUMNS}
+        except ValueError as exc:
+            raise UserError(f"{path} row {line}: a probability is not a number; re-run `hemo score`") from exc
+        exams.append(ExamResult(row["dirname"], probabilities, row["triage"], row["calibrated"] == "1", evidence))
+    return exams
+
+
+def _sources(folder: Path, wanted: set[str]) -> dict[str, Path]:
+    """SOPInstanceUID -> file for the wanted instances under ``folder`` (headers only are read)."""
+    found: dict[str, Path] = {}
+    for path in iter_files(folder):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:  # noqa: BLE001 - not DICOM, unreadable: not one of ours, and never named
+            continue
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in wanted:
+            found[uid] = path
+    return found
+
+
+def _save(ds: Any, path: Path) -> None:
+    with atomic_file(path, mode=PRIVATE, binary=True) as handle:
+        ds.save_as(handle, enforce_file_format=True)
+
+
+def _overlay(exam: ExamResult, column: str, overlays: Path, mapping: dict, files: dict[str, Path],
+             model: ModelInfo) -> Any | None:
+    path = saliency_file(overlays, exam.dirname, column)
+    if not path.is_file():
+        return None  # score draws a map only for the types it flags
+    saliency, slice_name = load_saliency(path)
+    entry = mapping.get((exam.dirname, slice_name))
+    if entry is None or entry["SOPInstanceUID"] not in files:
+        return None
+    source = pydicom.dcmread(files[entry["SOPInstanceUID"]])
+    gray = windowed(hounsfield(source), ["brain"])
+    zoom = zoom_for(gray.shape)
+    caption = f"{FINDINGS[column].meaning}: P = {exam.probabilities[column]:.2f} (v{model.version})"
+    return build_sc(source, overlay_pixels(enlarge(gray, zoom), saliency, caption), column,
+                    exam.probabilities[column], model, zoom)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    out: Path = args.out
+    if is_inside(out, Path.cwd()):
+        raise UserError(f"--out {out} is inside the project; the objects carry patient identifiers: write them "
+                        "outside it (e.g. next to the private mapping)")
+    push = parse_service_root(args.push, args.allow_http) if args.push else None
+    model = _model(args.models or models_file(args.exams), args.uid_root)
+    try:
+        mapping = read_mapping(args.mapping)
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+    exams = _resolve(_exams(args.exams), mapping, args.exams)
+    if not args.dicom.is_dir():
+        raise UserError(f"--dicom {args.dicom} is not a folder; pass the source DICOM folder the series came from")
+    started = time.perf_counter()
+    wanted = {uid for exam in exams for uids in exam.evidence.values() for uid in uids}
+    files = _sources(args.dicom, wanted | _overlay_slices(exams, args.overlays, mapping))
+    missing = wanted - set(files)
+    if missing:
+        raise UserError(f"{len(missing)} evidence slices are not in --dicom {args.dicom}; pass the folder the scored "
+                        "series were imported from")
+    issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    objects: list[Any] = []
+    counts = {"exams": len(exams), "sr": 0, "sc": 0, "fhir": 0}
+    for exam in exams:
+        sources = {uid: pydicom.dcmread(files[uid], stop_before_pixels=True) for uid in
+                   {u for uids in exam.evidence.values() for u in uids}}
+        sr = build_sr(exam, sources, model)
+        folder = out / exam.dirname
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _save(sr, folder / "sr.dcm")
+        objects.append(sr)
+        counts["sr"] += 1
+        for column in RESULT_COLUMNS[1:] if args.overlays else ():
+            sc = _overlay(exam, column, args.overlays, mapping, files, model)
+            if sc is not None:
+                _save(sc, folder / f"sc_{column}.dcm")
+                objects.append(sc)
+                counts["sc"] += 1
+        first = sources[exam.evidence["any"][0]]
+        bundle = diagnostic_report_bundle(exam.probabilities, exam.triage, exam.calibrated,
+                                          {c: list(v) for c, v in exam.evidence.items()}, str(first.StudyInstanceUID),
+                                          str(first.SeriesInstanceUID), str(first.get("PatientID", "") or ""),
+                                          str(sr.SOPInstanceUID), model.version, issued)
+        with atomic_file(folder / "diagnostic_report.json", mode=PRIVATE) as handle:
+            json.dump(bundle, handle, indent=1)
+        counts["fhir"] += 1
+    pushed = store(push, objects, limits_from(None, None, args.allow_http)) if push is not None else None
+    seconds = time.perf_counter() - started
+    summary = {**counts, "model_version": model.version, "pushed": pushed.instances if pushed else 0,
+               "push_failed": pushed.failed if pushed else 0, "seconds": round(seconds, 2)}
+    write_json_atomic(args.reports / "report.json", summary)
+    if not args.no_mlflow:
+        with tracking.step_run("report", settings):
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            mlflow.log_param("model_version", model.version)
+    print(f"report: {counts['exams']} exams -> {out}: {counts['sr']} SR, {counts['sc']} Secondary Captures, "
+          f"{counts['fhir']} FHIR DiagnosticReports (model v{model.version}, {seconds:.1f} s)"
+          + (f"; stored {pushed.instances} objects on {push.shown} (STOW-RS)"
+             + (f", {pushed.failed} refused" if pushed.failed else "") if pushed and push else ""))
+    if pushed is not None and pushed.failed:
+        raise UserError(f"the DICOMweb server refused {pushed.failed} of {len(objects)} objects; its log says why "
+                        f"(the objects are in {out})")
+    return 0
+
+
+def _overlay_slices(exams: Iterable[ExamResult], overlays: Path | None, mapping: dict) -> set[str]:
+    """SOPInstanceUIDs of the slices the saliency maps explain (their pixels are drawn on)."""
+    if overlays is None:
+        return set()
+    found = set()
+    for exam in exams:
+        for column in RESULT_COLUMNS[1:]:
+            path = saliency_file(overlays, exam.dirname, column)
+            if path.is_file():
+                entry = mapping.get((exam.dirname, load_saliency(path)[1]))
+                if entry is not None:
+                    found.add(entry["SOPInstanceUID"])
+    return found
