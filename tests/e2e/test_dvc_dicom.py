@@ -54,3 +54,54 @@ def test_dvc_repro_from_dicom_to_predictions(tmp_path: Path) -> None:
     assert "dicom" not in {p.name for p in (project / "data").iterdir()}
     status = _run(["dvc", "status"], project).stdout
     assert "changed" not in status
+    _results_back_to_the_pacs(project, tmp_path / "private")
+
+
+def _results_back_to_the_pacs(project: Path, private: Path) -> None:
+    """The champion's results go back where radiologists read (issue 21): the private UID mapping
+    (a re-import with the project's salt, outside the project), `hemo score --overlays`, `hemo
+    report --push` to a real Orthanc that holds the source studies; then QIDO-RS and WADO-RS: the
+    SR is filed under the source study, its references resolve to instances there, the overlay
+    opens; every object passes dciodvfy; a second push adds nothing."""
+    import pydicom
+    from dicomweb_client import DICOMwebClient
+
+    from tests.e2e.test_dicomweb_orthanc import _running_orthanc
+
+    _run(["hemo", "import-dicom", "--no-mlflow", "--dicom", "dicom/test", "--split", "test", "--out",
+          str(private / "data"), "--mapping", str(private / "mapping.csv")], project)
+    _run(["hemo", "score", "--data", "data/test", "--out", str(private / "scored/predictions.csv"), "--overlays",
+          str(private / "overlays")], project)
+    (private / "orthanc").mkdir()
+    with _running_orthanc(private / "orthanc") as url:
+        client = DICOMwebClient(url=url)
+        client.store_instances([pydicom.dcmread(p) for p in sorted((project / "dicom/test").rglob("*.dcm"))])
+        command = ["hemo", "report", "--no-mlflow", "--exams", str(private / "scored/exams.csv"), "--mapping",
+                   str(private / "mapping.csv"), "--dicom", "dicom/test", "--overlays", str(private / "overlays"),
+                   "--out", str(private / "results"), "--push", url, "--allow-http"]
+        first = _run(command, project)
+        assert "report: 2 exams -> " in first.stdout and "(STOW-RS)" in first.stdout, first.stdout
+        objects = sorted((private / "results").rglob("*.dcm"))
+        assert len([p for p in objects if p.name == "sr.dcm"]) == 2 and len(objects) >= 2
+        studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in objects}
+        counts = {s: len(client.search_for_instances(study_instance_uid=s)) for s in studies}
+        for path in objects:
+            made = pydicom.dcmread(path, stop_before_pixels=True)
+            found = client.search_for_instances(study_instance_uid=made.StudyInstanceUID,
+                                                search_filters={"SOPInstanceUID": made.SOPInstanceUID})
+            assert len(found) == 1, path  # filed under the source study
+            if path.name == "sr.dcm":
+                evidence = made.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                for ref in evidence.ReferencedSOPSequence:  # the evidence slices are instances of that study
+                    assert len(client.search_for_instances(
+                        study_instance_uid=made.StudyInstanceUID,
+                        search_filters={"SOPInstanceUID": ref.ReferencedSOPInstanceUID})) == 1
+            else:
+                back = client.retrieve_instance(made.StudyInstanceUID, made.SeriesInstanceUID, made.SOPInstanceUID)
+                assert back.pixel_array.shape[-1] == 3 and back.BurnedInAnnotation == "YES"
+        if shutil.which("dciodvfy"):
+            for path in objects:
+                result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+                assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        _run(command, project)
+        assert {s: len(client.search_for_instances(study_instance_uid=s)) for s in studies} == counts
