@@ -29,14 +29,14 @@ from hemo_model.data.layout import PATIENT_DIR, DataError
 
 SUBGROUPS_FILE = "subgroups.csv"
 COLUMN = re.compile(r"[a-z][a-z0-9_]{0,31}")
-VALUE = re.compile(r"[A-Za-z0-9<>][A-Za-z0-9 ._<>-]{0,31}")
+VALUE = re.compile(r"[A-Za-z0-9<>][A-Za-z0-9 ._<>+-]{0,31}")
 """A value never starts with ``= + - @`` (a spreadsheet would run it as a formula) and never
 holds a comma, quote or line break."""
 MAX_COLUMNS = 8
 UNKNOWN = "unknown"
 
 VENDORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("GE", ("ge medical", "general electric", "ge healthcare", "gehc")),
+    ("GE", ("ge", "ge medical", "general electric", "ge healthcare", "gehc")),
     ("Siemens", ("siemens",)),
     ("Philips", ("philips",)),
     ("Canon", ("canon", "toshiba")),
@@ -45,7 +45,8 @@ VENDORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Neusoft", ("neusoft",)),
     ("United Imaging", ("united imaging", "uih")),
 )
-"""(group, lowercase substrings of Manufacturer (0008,0070)): the CT vendors a hospital meets."""
+"""(group, lowercase words of Manufacturer (0008,0070), matched as whole words): the CT vendors a
+hospital meets. Whole words: "Cambridge Medical" is not GE."""
 
 PHANTOM_SCANNERS: dict[str, float] = {"Phantom-A": 0.0, "Phantom-B": 4.0}
 """The phantom generator's scanners and the offset (HU) each adds to every pixel: a mild
@@ -65,11 +66,8 @@ def scanner_group(manufacturer: str, model: str = "") -> str:
         return UNKNOWN
     if text == PHANTOM_MANUFACTURER:
         return model if model in PHANTOM_SCANNERS else "other"
-    padded = f" {text} "
-    if text == "ge" or padded.startswith(" ge "):
-        return "GE"
     for group, needles in VENDORS:
-        if any(needle in text for needle in needles):
+        if any(re.search(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", text) for needle in needles):
             return group
     return "other"
 
@@ -130,7 +128,7 @@ def read_subgroups(root: Path) -> dict[str, dict[str, str]]:
         return {}
     found: dict[str, dict[str, str]] = {}
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
             reader = csv.reader(handle)
             header = next(reader, [])
             problem = header_problem(header)
@@ -147,7 +145,7 @@ def read_subgroups(root: Path) -> dict[str, dict[str, str]]:
                 if problem:
                     raise DataError(f"{path} row {start}: {problem}")
                 found[raw[0]] = dict(zip(header[1:], raw[1:]))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
     return found
 

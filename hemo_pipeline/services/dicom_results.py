@@ -17,6 +17,7 @@ and for "deferred"; dciodvfy warns once per private code, which is expected of a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,15 +87,41 @@ def derived_uid(root: str, *parts: str) -> str:
     return str(generate_uid(prefix=root, entropy_srcs=[key]))
 
 
+CONFORMANT = {"StudyDate": re.compile(r"[0-9]{8}"), "PatientBirthDate": re.compile(r"[0-9]{8}"),
+              "StudyTime": re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?"),
+              "PatientSex": re.compile(r"[MFO]")}
+"""Values highdicom refuses unless they follow the standard's form; a de-identified or
+non-conformant header ("2020-01-01", "U") gets the attribute empty instead (Type 2)."""
+
+
 def filing_view(source: Dataset) -> Dataset:
-    """The part of a source header the result objects may carry: :data:`FILING` and :data:`REFERENCES`;
-    ReferringPhysicianName (Type 2) present and empty."""
+    """The part of a source header the result objects may carry: :data:`FILING` and :data:`REFERENCES`.
+    The Type 2 filing attributes are present, empty where the source lacks them or holds a value
+    not in the standard's form (de-identified data often does); ReferringPhysicianName is empty."""
     out = Dataset()
     for keyword in FILING + REFERENCES:
-        if keyword in source:
-            setattr(out, keyword, source[keyword].value)
+        value = source.get(keyword)
+        if keyword in CONFORMANT:
+            text = str(value or "").strip()
+            value = text if CONFORMANT[keyword].fullmatch(text) else ""
+        if value is not None:
+            setattr(out, keyword, value)
+        elif keyword in FILING[1:]:
+            setattr(out, keyword, "")
     out.ReferringPhysicianName = ""
     return out
+
+
+UID_ROOT = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\.")
+
+
+def check_uid_root(root: str) -> str:
+    """A UID root as generate_uid wants it (digits and dots, ending in a dot, at most 54
+    characters so the derived UID fits 64); the trailing dot added. ValueError when it is not one."""
+    root = root if root.endswith(".") else root + "."
+    if not UID_ROOT.fullmatch(root) or len(root) > 54:
+        raise ValueError(root)
+    return root
 
 
 def _algorithm(model: ModelInfo) -> Any:
@@ -133,7 +160,7 @@ def build_sr(exam: ExamResult, sources: Mapping[str, Dataset], model: ModelInfo)
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=codes.SCT.ComputedTomographyOfHead, imaging_measurements=groups)
     referenced = sorted({uid for column in RESULT_COLUMNS for uid in exam.evidence[column]})
-    calibrated = "calibrated" if exam.calibrated else "NOT calibrated, every exam deferred"
+    scale = "" if exam.calibrated else ", uncalibrated"
     return hd.sr.ComprehensiveSR(
         evidence=[filing_view(sources[uid]) for uid in referenced], content=report[0],
         series_instance_uid=derived_uid(model.uid_root, series_uid, model.version, "sr-series"),
@@ -141,7 +168,7 @@ def build_sr(exam: ExamResult, sources: Mapping[str, Dataset], model: ModelInfo)
         sop_instance_uid=derived_uid(model.uid_root, series_uid, model.version, "sr"),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=model.version, is_complete=True, is_final=False, is_verified=False,
-        series_description=f"AI hemorrhage triage ({calibrated}) - NOT FOR DIAGNOSIS"[:64],
+        series_description=f"AI hemorrhage triage{scale} - NOT FOR DIAGNOSIS",
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
             designator=SCHEME, name="hemo-pipeline hemorrhage triage codes", version="1",
             responsible_organization=MANUFACTURER)])

@@ -488,11 +488,12 @@ class Stored:
     seconds: float = 0.0
 
 
-def store(root: ServiceRoot, datasets: Sequence[Any], limits: Limits = Limits()) -> Stored:
+def store(root: ServiceRoot, datasets: Sequence[Any], limits: Limits = Limits(), warn: bool = True) -> Stored:
     """STOW-RS of ``datasets`` (one request), with the import's credential, TLS, redirect and size
-    rules. Objects with derived UIDs make a second store of the same results replace, not add; a
+    rules (``warn``: print the URL's warnings, once per run). Objects with derived UIDs make a
+    second store of the same results add nothing (a PACS keeps or replaces the instance); a
     server's per-instance failures are counted (FailedSOPSequence), never named (UIDs)."""
-    for line in warnings_for(root):
+    for line in warnings_for(root) if warn else ():
         print(line, file=sys.stderr)
     started = time.perf_counter()
     result = Stored()

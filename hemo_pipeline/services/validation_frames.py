@@ -120,10 +120,13 @@ def subgroups_frame(data: Path) -> pd.DataFrame | None:
         return None
     rows = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
             reader = csv.reader(handle)
             header = next(reader, [])
             bad_header = header_problem(header)
+            if bad_header:
+                rows.append({"item": f"subgroups.csv header ({bad_header})", "dirname": None, "well_formed": False,
+                             "has_folder": None})
             for raw in reader:
                 if not any(cell.strip() for cell in raw):
                     continue
@@ -133,7 +136,7 @@ def subgroups_frame(data: Path) -> pd.DataFrame | None:
                                      + (f": {problem}" if problem else "") + ")",
                              "dirname": dirname or None, "well_formed": problem is None,
                              "has_folder": problem is None and any((data / s / dirname).is_dir() for s in SPLITS)})
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
     return pd.DataFrame(rows, columns=["item", "dirname", "well_formed", "has_folder"])
 

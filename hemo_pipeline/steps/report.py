@@ -12,8 +12,9 @@ identifiers, as a PACS needs them):
                                    given here as --overlays), "NOT FOR DIAGNOSIS" burnt in
   <dirname>/diagnostic_report.json FHIR R4B transaction Bundle: DiagnosticReport + 6 Observations
 With --push URL the DICOM objects are stored on a DICOMweb server (STOW-RS; the import's https,
-credential, redirect and size rules). UIDs and FHIR ids are derived from the source series and the
-model version: running again replaces the same objects, it never adds copies. The project gets
+credential, redirect and size rules), one request per exam. UIDs and FHIR ids are derived from the
+source series and the model version: running again writes the same objects and adds no copies
+to the PACS (Orthanc keeps the first copy unless its OverwriteInstances is on). The project gets
 counts only (reports/report.json, MLflow); no UID, name or header value.
 """
 
@@ -24,6 +25,7 @@ import csv
 import datetime
 import json
 import time
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,13 @@ from typing import Any
 import mlflow
 import pydicom
 
-from hemo_model.data.dicom import hounsfield, iter_files, windowed
-from hemo_model.data.layout import DataError
+from hemo_model.data.dicom import hounsfield, iter_files, quiet, windowed
+from hemo_model.data.layout import PATIENT_DIR, DataError
 from hemo_model.data.rsna import read_mapping
 from hemo_pipeline.services import tracking
 from hemo_pipeline.services.dicom_output import is_inside
 from hemo_pipeline.services.dicom_results import (
+    BINS,
     DEFAULT_UID_ROOT,
     FINDINGS,
     RESULT_COLUMNS,
@@ -44,11 +47,12 @@ from hemo_pipeline.services.dicom_results import (
     ModelInfo,
     build_sc,
     build_sr,
+    check_uid_root,
     enlarge,
     overlay_pixels,
     zoom_for,
 )
-from hemo_pipeline.services.dicomweb import limits_from, parse_service_root, store
+from hemo_pipeline.services.dicomweb import Stored, limits_from, parse_service_root, store
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.fhir_results import diagnostic_report_bundle
 from hemo_pipeline.services.files import atomic_file, write_json_atomic
@@ -91,7 +95,7 @@ def _model(path: Path, uid_root: str) -> ModelInfo:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} cannot be read as `hemo score`'s _models.json ({type(exc).__name__}); pass --models "
                         "with the file of the score run that wrote --exams") from exc
-    if not version or not version.replace("+", "").isalnum():
+    if not all(part.isdigit() for part in version.split("+")):
         raise UserError(f"{path}: no registry version of the scoring model; report results of `hemo score` with a "
                         "registered model (models:/...)")
     return ModelInfo(version=version, uid_root=uid_root)
@@ -103,15 +107,26 @@ def _exams(path: Path) -> list[dict[str, str]]:
             reader = csv.DictReader(handle)
             if tuple(reader.fieldnames or ()) != EXAM_CSV_COLUMNS:
                 raise UserError(f"{path}: not an exams file of `hemo score` (header must be {','.join(EXAM_CSV_COLUMNS)})")
-            return list(reader)
+            rows = list(reader)
     except OSError as exc:
         raise UserError(f"{path} cannot be read ({exc.strerror}); run `hemo score` first") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is not a readable CSV ({type(exc).__name__}); re-run `hemo score`") from exc
+    if not rows:
+        raise UserError(f"{path} lists no exam; score a folder with series first (`hemo score`)")
+    return rows
 
 
 def _resolve(rows: list[dict[str, str]], mapping: dict, path: Path) -> list[ExamResult]:
     """Each row's evidence slices as SOPInstanceUIDs; a slice the mapping lacks is refused."""
     exams = []
     for line, row in enumerate(rows, start=2):
+        if None in row.values() or None in row or PATIENT_DIR.fullmatch(row["dirname"]) is None:
+            raise UserError(f"{path} row {line}: not a row of `hemo score` (a field missing or too many, or not a "
+                            "series folder ID_<hash>); re-run `hemo score`")
+        if row["triage"] not in BINS or row["calibrated"] not in ("0", "1"):
+            raise UserError(f"{path} row {line}: triage must be one of {', '.join(BINS)} and calibrated 0 or 1; "
+                            "re-run `hemo score`")
         evidence = {}
         for column in RESULT_COLUMNS:
             uids = []
@@ -129,6 +144,8 @@ def _resolve(rows: list[dict[str, str]], mapping: dict, path: Path) -> list[Exam
             probabilities = {c: float(row[c]) for c in RESULT_COLUMNS}
         except ValueError as exc:
             raise UserError(f"{path} row {line}: a probability is not a number; re-run `hemo score`") from exc
+        if not all(0.0 <= p <= 1.0 for p in probabilities.values()):  # NaN fails too
+            raise UserError(f"{path} row {line}: probabilities must lie in [0, 1]; re-run `hemo score`")
         exams.append(ExamResult(row["dirname"], probabilities, row["triage"], row["calibrated"] == "1", evidence))
     return exams
 
@@ -152,12 +169,18 @@ def _save(ds: Any, path: Path) -> None:
         ds.save_as(handle, enforce_file_format=True)
 
 
-def _overlay(exam: ExamResult, column: str, overlays: Path, mapping: dict, files: dict[str, Path],
+def _overlay(exam: ExamResult, column: str, overlays: Path | None, mapping: dict, files: dict[str, Path],
              model: ModelInfo) -> Any | None:
+    if overlays is None:
+        return None
     path = saliency_file(overlays, exam.dirname, column)
     if not path.is_file():
         return None  # score draws a map only for the types it flags
-    saliency, slice_name = load_saliency(path)
+    try:
+        saliency, slice_name = load_saliency(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} is not a saliency map of `hemo score --overlays` ({type(exc).__name__}); pass "
+                        "the --overlays folder of the score run that wrote --exams") from exc
     entry = mapping.get((exam.dirname, slice_name))
     if entry is None or entry["SOPInstanceUID"] not in files:
         return None
@@ -176,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is inside the project; the objects carry patient identifiers: write them "
                         "outside it (e.g. next to the private mapping)")
     push = parse_service_root(args.push, args.allow_http) if args.push else None
-    model = _model(args.models or models_file(args.exams), args.uid_root)
+    try:
+        uid_root = check_uid_root(args.uid_root)
+    except ValueError:
+        raise UserError(f"--uid-root {args.uid_root!r} is not a UID root: digits separated by dots, no leading zeros, "
+                        "at most 53 characters (your organisation's registered root)") from None
+    model = _model(args.models or models_file(args.exams), uid_root)
     try:
         mapping = read_mapping(args.mapping)
     except DataError as exc:
@@ -192,35 +220,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{len(missing)} evidence slices are not in --dicom {args.dicom}; pass the folder the scored "
                         "series were imported from")
     issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    objects: list[Any] = []
     counts = {"exams": len(exams), "sr": 0, "sc": 0, "fhir": 0}
-    for exam in exams:
-        sources = {uid: pydicom.dcmread(files[uid], stop_before_pixels=True) for uid in
-                   {u for uids in exam.evidence.values() for u in uids}}
-        sr = build_sr(exam, sources, model)
-        folder = out / exam.dirname
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _save(sr, folder / "sr.dcm")
-        objects.append(sr)
+    pushed = Stored()
+    limits = limits_from(None, None, args.allow_http) if push is not None else None
+    for number, exam in enumerate(exams):
+        objects = _exam_objects(exam, files, mapping, args.overlays, model, issued, out / exam.dirname)
         counts["sr"] += 1
-        for column in RESULT_COLUMNS[1:] if args.overlays else ():
-            sc = _overlay(exam, column, args.overlays, mapping, files, model)
-            if sc is not None:
-                _save(sc, folder / f"sc_{column}.dcm")
-                objects.append(sc)
-                counts["sc"] += 1
-        first = sources[exam.evidence["any"][0]]
-        bundle = diagnostic_report_bundle(exam.probabilities, exam.triage, exam.calibrated,
-                                          {c: list(v) for c, v in exam.evidence.items()}, str(first.StudyInstanceUID),
-                                          str(first.SeriesInstanceUID), str(first.get("PatientID", "") or ""),
-                                          str(sr.SOPInstanceUID), model.version, issued)
-        with atomic_file(folder / "diagnostic_report.json", mode=PRIVATE) as handle:
-            json.dump(bundle, handle, indent=1)
+        counts["sc"] += len(objects) - 1
         counts["fhir"] += 1
-    pushed = store(push, objects, limits_from(None, None, args.allow_http)) if push is not None else None
+        if push is not None and limits is not None:  # one request per exam: bounded, and what is stored stays stored
+            stored = store(push, objects, limits, warn=number == 0)
+            pushed.instances, pushed.failed = pushed.instances + stored.instances, pushed.failed + stored.failed
     seconds = time.perf_counter() - started
-    summary = {**counts, "model_version": model.version, "pushed": pushed.instances if pushed else 0,
-               "push_failed": pushed.failed if pushed else 0, "seconds": round(seconds, 2)}
+    summary = {**counts, "model_version": model.version, "pushed": pushed.instances, "push_failed": pushed.failed,
+               "seconds": round(seconds, 2)}
     write_json_atomic(args.reports / "report.json", summary)
     if not args.no_mlflow:
         with tracking.step_run("report", settings):
@@ -229,11 +242,46 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {counts['exams']} exams -> {out}: {counts['sr']} SR, {counts['sc']} Secondary Captures, "
           f"{counts['fhir']} FHIR DiagnosticReports (model v{model.version}, {seconds:.1f} s)"
           + (f"; stored {pushed.instances} objects on {push.shown} (STOW-RS)"
-             + (f", {pushed.failed} refused" if pushed.failed else "") if pushed and push else ""))
-    if pushed is not None and pushed.failed:
-        raise UserError(f"the DICOMweb server refused {pushed.failed} of {len(objects)} objects; its log says why "
-                        f"(the objects are in {out})")
+             + (f", {pushed.failed} refused" if pushed.failed else "") if push else ""))
+    if pushed.failed:
+        raise UserError(f"the DICOMweb server refused {pushed.failed} objects; its log says why (the objects are in "
+                        f"{out})")
     return 0
+
+
+def _exam_objects(exam: ExamResult, files: dict[str, Path], mapping: dict, overlays: Path | None, model: ModelInfo,
+                  issued: str, folder: Path) -> list[Any]:
+    """Build one exam's SR, Secondary Captures and FHIR bundle, then write them (an SC of an earlier
+    run that this one does not make is removed); the DICOM objects, for a push. Header values are
+    read under :func:`quiet` (pydicom's warnings quote them) and never reach a message."""
+    try:
+        with quiet():
+            sources = {uid: pydicom.dcmread(files[uid], stop_before_pixels=True)
+                       for uid in {u for uids in exam.evidence.values() for u in uids}}
+            sr = build_sr(exam, sources, model)
+            captures = {c: _overlay(exam, c, overlays, mapping, files, model) for c in RESULT_COLUMNS[1:]} \
+                if overlays is not None else {}
+            first = sources[exam.evidence["any"][0]]
+            bundle = diagnostic_report_bundle(
+                exam.probabilities, exam.triage, exam.calibrated, {c: list(v) for c, v in exam.evidence.items()},
+                str(first.StudyInstanceUID), str(first.SeriesInstanceUID), str(first.get("PatientID", "") or ""),
+                str(sr.SOPInstanceUID), model.version, issued)
+    except (ValueError, AttributeError, TypeError) as exc:  # a header highdicom or FHIR cannot take
+        raise UserError(f"the source headers of {exam.dirname} cannot be turned into result objects "
+                        f"({type(exc).__name__}; values are not shown); check that series' DICOM with dciodvfy") from exc
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _save(sr, folder / "sr.dcm")
+    made = [sr]
+    for column, sc in captures.items():
+        target = folder / f"sc_{column}.dcm"
+        if sc is None:
+            target.unlink(missing_ok=True)
+            continue
+        _save(sc, target)
+        made.append(sc)
+    with atomic_file(folder / "diagnostic_report.json", mode=PRIVATE) as handle:
+        json.dump(bundle, handle, indent=1)
+    return made
 
 
 def _overlay_slices(exams: Iterable[ExamResult], overlays: Path | None, mapping: dict) -> set[str]:
@@ -245,7 +293,12 @@ def _overlay_slices(exams: Iterable[ExamResult], overlays: Path | None, mapping:
         for column in RESULT_COLUMNS[1:]:
             path = saliency_file(overlays, exam.dirname, column)
             if path.is_file():
-                entry = mapping.get((exam.dirname, load_saliency(path)[1]))
+                try:
+                    slice_name = load_saliency(path)[1]
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                    raise UserError(f"{path} is not a saliency map of `hemo score --overlays` ({type(exc).__name__})"
+                                    "; pass the --overlays folder of the score run that wrote --exams") from exc
+                entry = mapping.get((exam.dirname, slice_name))
                 if entry is not None:
                     found.add(entry["SOPInstanceUID"])
     return found

@@ -28,6 +28,8 @@ from hemo_model.data.subgroups import (
     ("  united   imaging ", "uCT 760", "United Imaging"),
     ("St. Elsewhere Radiology, Ward 4 (Dr Smith)", "x", "other"),  # free text never reaches the file
     ("Gemini Imaging", "", "other"),  # "ge" inside a word is not GE
+    ("Cambridge Medical Ltd", "", "other"),  # nor "ge medical" across words
+    ("GE Healthcare", "Revolution", "GE"),
     ("", "SOMATOM", "unknown"),
     ("hemo-pipeline", "Phantom-B", "Phantom-B"),
     ("hemo-pipeline", "Station 7 of John Doe", "other"),
@@ -91,3 +93,20 @@ def test_groups_of_each_column_add_up_to_all_exams() -> None:
     assert found == {("scanner", "GE"): [0, 2], ("scanner", "Siemens"): [1], ("scanner", "unknown"): [3],
                      ("thickness", "0-1.5mm"): [2], ("thickness", "3-5mm"): [0], ("thickness", "unknown"): [1, 3]}
     assert by_group(["ID_a"], {}) == {}
+
+
+def test_every_value_the_writers_emit_is_one_the_reader_accepts(tmp_path: Path) -> None:
+    """The import writes these values; the next import, validate and evaluate read them back."""
+    from hemo_model.data.subgroups import PHANTOM_SCANNERS, UNKNOWN, VENDORS
+
+    values = {*(g for g, _ in VENDORS), *PHANTOM_SCANNERS, UNKNOWN, "other",
+              *(thickness_band(mm) for mm in (None, 0.5, 2.0, 4.0, 5.0, 7.5)),
+              *(size_band(n, n) for n in (256, 512, 768))}
+    groups = {f"ID_{i:04d}": {"value": v} for i, v in enumerate(sorted(values))}
+    write_subgroups(tmp_path / SUBGROUPS_FILE, groups)
+    assert read_subgroups(tmp_path) == groups and "5mm+" in values
+
+
+def test_a_spreadsheets_byte_order_mark_is_read(tmp_path: Path) -> None:
+    (tmp_path / SUBGROUPS_FILE).write_bytes("dirname,site\nID_a,North\n".encode("utf-8-sig"))
+    assert read_subgroups(tmp_path) == {"ID_a": {"site": "North"}}

@@ -161,6 +161,9 @@ def test_subgroups_file_names_every_folder_with_its_scanner(tiny_data: Path) -> 
     groups = read_subgroups(tiny_data)
     folders = {d.name for split in ("train", "test") for d in (tiny_data / split).iterdir()}
     assert set(groups) == folders
+    drawn = {p.dirname: p.scanner for split, n in (("train", 4), ("test", 2))
+             for p in (sample_patient(7, split, i) for i in range(n))}  # conftest TINY: seed 7, 4 + 2 patients
+    assert {d: g["scanner"] for d, g in groups.items()} == drawn
     scanners = [sample_patient(seed=0, split="train", index=i).scanner for i in range(40)]
     assert {"Phantom-A", "Phantom-B"} <= set(scanners)  # both scanners in any data set of some size
     assert 10 <= scanners.count("Phantom-B") <= 30

@@ -67,8 +67,8 @@ def _project(imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         exams[dirname] = {"probabilities": probabilities, "evidence": evidence,
                           "triage": ["high_risk", "defer"][i], "calibrated": [1, 0][i]}
         yy, xx = np.mgrid[0:32, 0:32]
-        save_saliency(saliency_file(project / "overlays", dirname, "ich"),
-                      np.exp(-((yy - 12) ** 2 + (xx - 18) ** 2) / 20.0), names[10])
+        save_saliency(saliency_file(project / "overlays", dirname, "ich"),  # a slice of its own: the SC must name it
+                      np.exp(-((yy - 12) ** 2 + (xx - 18) ** 2) / 20.0), names[14])
     with (project / "outputs/exams.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(EXAM_CSV_COLUMNS)
@@ -113,7 +113,7 @@ def test_sr_sc_and_fhir_say_what_the_exams_file_says_filed_in_the_source_study(
         sc = pydicom.dcmread(out / dirname / "sc_ich.dcm")
         assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "YES"
         assert "NOT FOR DIAGNOSIS" in sc.ImageComments and sc.StudyInstanceUID == first["StudyInstanceUID"]
-        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == sop[(dirname, exam["evidence"][1][0])][
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == sop[(dirname, f"{dirname[3:]}_14.jpg")][
             "SOPInstanceUID"]
         assert sc.pixel_array.shape[-1] == 3 and not [p for p in out.joinpath(dirname).iterdir()
                                                       if p.name.startswith("sc_") and p.name != "sc_ich.dcm"]
@@ -190,6 +190,10 @@ def test_a_second_run_replaces_the_same_objects(imported: Path, tmp_path: Path, 
     ("inside", "is inside the project; the objects carry patient identifiers"),
     ("no_mapping_row", "has no row in the --mapping file"),
     ("http", "plain http sends patient data"),
+    ("uid_root", "is not a UID root"),
+    ("bad_bin", "row 2: triage must be one of"),
+    ("empty", "lists no exam"),
+    ("bad_saliency", "is not a saliency map of `hemo score --overlays`"),
 ])
 def test_user_errors_give_one_line_and_write_nothing(imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str], change: str,
@@ -201,9 +205,44 @@ def test_user_errors_give_one_line_and_write_nothing(imported: Path, tmp_path: P
     elif change == "no_mapping_row":
         text = (project / "outputs/exams.csv").read_text().replace("_10.jpg", "_99.jpg")
         (project / "outputs/exams.csv").write_text(text)
-    else:
+    elif change == "http":
         extra = ["--push", "http://127.0.0.1:9/dicom-web"]
+    elif change == "uid_root":
+        extra = ["--uid-root", "1.02.3"]
+    elif change == "bad_bin":
+        text = (project / "outputs/exams.csv").read_text().replace(",high_risk,", ",urgent,")
+        (project / "outputs/exams.csv").write_text(text)
+    elif change == "empty":
+        (project / "outputs/exams.csv").write_text(",".join(EXAM_CSV_COLUMNS) + "\n")
+    else:
+        next((project / "overlays").iterdir()).write_bytes(b"not a zip")
     assert _report(imported, out, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists() and not (project / "reports").exists()
+
+
+def test_a_sparse_or_non_conformant_header_is_filed_with_the_attribute_empty(
+        imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """De-identified data lacks Type 2 attributes, and real headers hold "2020-01-01" or sex "U":
+    the objects are still written, those attributes empty, and pydicom's warnings (which quote the
+    value) never reach the output."""
+    sources = tmp_path / "dicom"
+    for path in (imported / "dicom" / "test").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        for keyword in ("PatientName", "PatientBirthDate", "AccessionNumber", "StudyID"):
+            delattr(ds, keyword)
+        with pytest.warns(UserWarning):
+            ds.StudyDate = "2020-01-01"
+        ds.PatientSex = "U"
+        target = sources / path.relative_to(imported / "dicom" / "test")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(target)
+    _project(imported, tmp_path, monkeypatch)
+    assert main(["report", "--no-mlflow", "--mapping", str(imported / "mapping.csv"), "--dicom", str(sources),
+                 "--overlays", "overlays", "--out", str(tmp_path / "results")]) == 0
+    printed = capsys.readouterr()
+    assert "2020-01-01" not in printed.out + printed.err
+    for path in (tmp_path / "results").rglob("sr.dcm"):
+        sr = pydicom.dcmread(path)
+        assert (sr.StudyDate, sr.PatientSex, sr.PatientName) == ("", "", "") and sr.PatientID

@@ -276,3 +276,11 @@ def test_the_phantoms_subgroups_pass(tiny_data: Path, tmp_path: Path) -> None:
     assert _validate(tiny_data, tmp_path / "r") == 0
     checks = {c["name"]: c for c in json.loads((tmp_path / "r" / "summary.json").read_text())["checks"]}
     assert checks["subgroups.well_formed"]["success"] and checks["subgroups.well_formed"]["total"] == 6
+
+
+def test_a_subgroups_file_with_a_bad_header_and_no_rows_fails(data_copy: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate would refuse it: validate must not pass it."""
+    (data_copy / "subgroups.csv").write_text("dirname,Scanner Name\n")
+    assert _validate(data_copy, tmp_path / "r") == 1
+    assert "subgroups.csv header" in _fail_lines(capsys)["subgroups.well_formed"]
