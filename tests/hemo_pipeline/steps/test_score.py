@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hemo_pipeline.cli import main
+from hemo_pipeline.services.score_files import load_saliency
 
 
 @pytest.fixture
@@ -305,9 +306,15 @@ def test_overlays_are_drawn_for_each_flagged_type_on_its_top_evidence_slice(work
     with (workdir / "p.csv").open() as handle:
         flagged = {f"{row['dirname']}_{c}.png" for row in csv.DictReader(handle)
                    for c in ("ich", "ivh", "sah", "sdh", "edh") if row[c] == "1"}
-    drawn = sorted(p.name for p in (workdir / "overlays").iterdir())
+    drawn = sorted(p.name for p in (workdir / "overlays").glob("*.png"))
     patients = sorted(p.name for p in (workdir / "data/test").iterdir())
     assert set(drawn) == flagged and {f"{d}_sah.png" for d in patients} <= flagged
+    # each map itself beside its PNG, for `hemo report`: the slice it explains, at the model's size
+    maps = {p.name.removesuffix(".saliency.npz") for p in (workdir / "overlays").glob("*.saliency.npz")}
+    assert maps == {name.removesuffix(".png") for name in drawn}
+    assert {p.suffix for p in (workdir / "overlays").iterdir()} == {".png", ".npz"}
+    saliency, slice_name = load_saliency(next((workdir / "overlays").glob("*.saliency.npz")))
+    assert saliency.shape == (64, 64) and slice_name.endswith(".jpg")
     assert len(flagged) < 5 * len(patients)  # not everything: the test can tell flagged from not
     with Image.open(workdir / "overlays" / drawn[0]) as image:
         assert image.format == "PNG" and image.size[0] > 100
