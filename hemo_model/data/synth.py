@@ -396,11 +396,14 @@ def _write_jpeg(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels, mode="L").save(path, format="JPEG", quality=95)
 
 
-def _patients(seed: int, split: str, n_patients: int) -> list[Patient]:
-    """The split's patients, each in a folder of its own."""
+def _patients(seed: int, split: str, n_patients: int, scanner_drift: bool = True) -> list[Patient]:
+    """The split's patients, each in a folder of its own; without ``scanner_drift`` all on the first
+    scanner (no HU offset), as the generator made them before it had scanners."""
     patients, seen = [], set()
     for index in range(n_patients):
         patient = sample_patient(seed, split, index)
+        if not scanner_drift:
+            patient.scanner = SCANNERS[0]
         if patient.hash in seen:  # 40-bit hashes: astronomically rare, but never write two into one folder
             patient.hash = f"{patient.hash}{index:x}"
         seen.add(patient.hash)
@@ -415,6 +418,7 @@ def write_split(
     image_size: int,
     seed: int,
     progress: bool = False,
+    scanner_drift: bool = True,
 ) -> list[dict[str, object]]:
     """Write ``out/<split>/ID_<hash>/<hash>_<k>.jpg`` for ``n_patients``; return label rows."""
     rows: list[dict[str, object]] = []
@@ -423,7 +427,7 @@ def write_split(
         from tqdm import tqdm
 
         iterator = tqdm(range(n_patients), desc=f"synth {split}", unit="patient")
-    patients = _patients(seed, split, n_patients)
+    patients = _patients(seed, split, n_patients, scanner_drift)
     for index in iterator:  # type: ignore[union-attr]
         patient = patients[index]
         folder = out / split / patient.dirname
@@ -454,14 +458,16 @@ def generate_dataset(
     image_size: int = 512,
     seed: int = 0,
     progress: bool = False,
+    scanner_drift: bool = True,
 ) -> dict[str, int]:
-    """Write a complete DLCV-layout data set under ``out`` and return slice counts per split."""
+    """Write a complete DLCV-layout data set under ``out`` and return slice counts per split
+    (``scanner_drift`` False: every patient on Phantom-A)."""
     out.mkdir(parents=True, exist_ok=True)
-    train_rows = write_split(out, "train", train_patients, image_size, seed, progress)
+    train_rows = write_split(out, "train", train_patients, image_size, seed, progress, scanner_drift)
     write_labels(out / "train.csv", train_rows)
-    test_rows = write_split(out, "test", test_patients, image_size, seed, progress)
+    test_rows = write_split(out, "test", test_patients, image_size, seed, progress, scanner_drift)
     write_labels(out / ANSWER_KEY_NAME, test_rows)
     write_subgroups(out / SUBGROUPS_FILE, {patient.dirname: {"scanner": patient.scanner}
                                            for split, n in (("train", train_patients), ("test", test_patients))
-                                           for patient in _patients(seed, split, n)})
+                                           for patient in _patients(seed, split, n, scanner_drift)})
     return {"train_slices": len(train_rows), "test_slices": len(test_rows)}
