@@ -451,6 +451,15 @@ def retrieve(session: Any, root: ServiceRoot, study: str, series: str, folder: P
     raise AssertionError("unreachable")
 
 
+def _client(root: ServiceRoot, session: Any) -> Any:
+    """dicomweb-client over our session, which does the retries (connection errors too)."""
+    client = DICOMwebClient(url=root.url, session=session, timeout=TIMEOUT)
+    client.set_http_retry_params(retry=False)
+    client.host = urlsplit(root.url).netloc  # its Host header: dicomweb-client's parse drops the port
+    # and cuts an IPv6 literal at the first ':'; the netloc holds no userinfo (parse_service_root)
+    return client
+
+
 def fetch(root: ServiceRoot, dest: Path, studies: Sequence[str] = (), modality: str | None = "CT",
           since: str | None = None, limits: Limits = Limits()) -> Fetched:
     """Retrieve the chosen series into ``dest`` (opaque file names) and count them."""
@@ -465,10 +474,7 @@ def fetch(root: ServiceRoot, dest: Path, studies: Sequence[str] = (), modality: 
     with _silenced():
         session = _session(root, limits)
         with session:
-            client = DICOMwebClient(url=root.url, session=session, timeout=TIMEOUT)
-            client.set_http_retry_params(retry=False)  # the session retries (connection errors too)
-            client.host = urlsplit(root.url).netloc  # its Host header: dicomweb-client's parse drops the port
-            # and cuts an IPv6 literal at the first ':'; the netloc holds no userinfo (parse_service_root)
+            client = _client(root, session)
             try:
                 chosen = find_series(client, session, root, studies, modality, since, limits, result)
                 for number, (study, series) in enumerate(chosen):
@@ -500,9 +506,7 @@ def store(root: ServiceRoot, datasets: Sequence[Any], limits: Limits = Limits(),
     with _silenced():
         session = _session(root, limits)
         with session:
-            client = DICOMwebClient(url=root.url, session=session, timeout=TIMEOUT)
-            client.set_http_retry_params(retry=False)
-            client.host = urlsplit(root.url).netloc
+            client = _client(root, session)
             try:
                 response = client.store_instances(datasets=list(datasets))
             except Exception as exc:  # noqa: BLE001 - _raise_failure re-raises what is not a request's failure
