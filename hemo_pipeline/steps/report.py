@@ -169,22 +169,12 @@ def _save(ds: Any, path: Path) -> None:
         ds.save_as(handle, enforce_file_format=True)
 
 
-def _overlay(exam: ExamResult, column: str, overlays: Path | None, mapping: dict, files: dict[str, Path],
-             model: ModelInfo) -> Any | None:
-    if overlays is None:
-        return None
-    path = saliency_file(overlays, exam.dirname, column)
-    if not path.is_file():
+def _overlay(exam: ExamResult, column: str, maps: dict, files: dict[str, Path], model: ModelInfo) -> Any | None:
+    """The Secondary Capture of ``column``'s map over the slice it explains; None without a map."""
+    if (exam.dirname, column) not in maps:
         return None  # score draws a map only for the types it flags
-    try:
-        saliency, slice_name = load_saliency(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path} is not a saliency map of `hemo score --overlays` ({type(exc).__name__}); pass "
-                        "the --overlays folder of the score run that wrote --exams") from exc
-    entry = mapping.get((exam.dirname, slice_name))
-    if entry is None or entry["SOPInstanceUID"] not in files:
-        return None
-    source = pydicom.dcmread(files[entry["SOPInstanceUID"]])
+    saliency, uid = maps[(exam.dirname, column)]
+    source = pydicom.dcmread(files[uid])
     gray = windowed(hounsfield(source), ["brain"])
     zoom = zoom_for(gray.shape)
     caption = f"{FINDINGS[column].meaning}: P = {exam.probabilities[column]:.2f} (v{model.version})"
@@ -214,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--dicom {args.dicom} is not a folder; pass the source DICOM folder the series came from")
     started = time.perf_counter()
     wanted = {uid for exam in exams for uids in exam.evidence.values() for uid in uids}
-    files = _sources(args.dicom, wanted | _overlay_slices(exams, args.overlays, mapping))
+    maps = _saliency_maps(exams, args.overlays, mapping)
+    files = _sources(args.dicom, wanted | {uid for _, uid in maps.values()})
     missing = wanted - set(files)
     if missing:
         raise UserError(f"{len(missing)} evidence slices are not in --dicom {args.dicom}; pass the folder the scored "
@@ -224,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
     pushed = Stored()
     limits = limits_from(None, None, args.allow_http) if push is not None else None
     for number, exam in enumerate(exams):
-        objects = _exam_objects(exam, files, mapping, args.overlays, model, issued, out / exam.dirname)
+        objects = _exam_objects(exam, files, maps if args.overlays is not None else None, model, issued,
+                                out / exam.dirname)
         counts["sr"] += 1
         counts["sc"] += len(objects) - 1
         counts["fhir"] += 1
@@ -249,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exam_objects(exam: ExamResult, files: dict[str, Path], mapping: dict, overlays: Path | None, model: ModelInfo,
-                  issued: str, folder: Path) -> list[Any]:
+def _exam_objects(exam: ExamResult, files: dict[str, Path], maps: dict | None, model: ModelInfo, issued: str,
+                  folder: Path) -> list[Any]:
     """Build one exam's SR, Secondary Captures and FHIR bundle, then write them (an SC of an earlier
     run that this one does not make is removed); the DICOM objects, for a push. Header values are
     read under :func:`quiet` (pydicom's warnings quote them) and never reach a message."""
@@ -259,8 +251,7 @@ def _exam_objects(exam: ExamResult, files: dict[str, Path], mapping: dict, overl
             sources = {uid: pydicom.dcmread(files[uid], stop_before_pixels=True)
                        for uid in {u for uids in exam.evidence.values() for u in uids}}
             sr = build_sr(exam, sources, model)
-            captures = {c: _overlay(exam, c, overlays, mapping, files, model) for c in RESULT_COLUMNS[1:]} \
-                if overlays is not None else {}
+            captures = {c: _overlay(exam, c, maps, files, model) for c in RESULT_COLUMNS[1:]} if maps is not None else {}
             first = sources[exam.evidence["any"][0]]
             bundle = diagnostic_report_bundle(
                 exam.probabilities, exam.triage, exam.calibrated, {c: list(v) for c, v in exam.evidence.items()},
@@ -284,21 +275,23 @@ def _exam_objects(exam: ExamResult, files: dict[str, Path], mapping: dict, overl
     return made
 
 
-def _overlay_slices(exams: Iterable[ExamResult], overlays: Path | None, mapping: dict) -> set[str]:
-    """SOPInstanceUIDs of the slices the saliency maps explain (their pixels are drawn on)."""
+def _saliency_maps(exams: Iterable[ExamResult], overlays: Path | None, mapping: dict) -> dict:
+    """``{(dirname, type): (map, SOPInstanceUID of the slice it explains)}``, each file read once; a
+    map whose slice the mapping lacks is left out (no capture), a file that is not a map refused."""
+    maps: dict = {}
     if overlays is None:
-        return set()
-    found = set()
+        return maps
     for exam in exams:
         for column in RESULT_COLUMNS[1:]:
             path = saliency_file(overlays, exam.dirname, column)
-            if path.is_file():
-                try:
-                    slice_name = load_saliency(path)[1]
-                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                    raise UserError(f"{path} is not a saliency map of `hemo score --overlays` ({type(exc).__name__})"
-                                    "; pass the --overlays folder of the score run that wrote --exams") from exc
-                entry = mapping.get((exam.dirname, slice_name))
-                if entry is not None:
-                    found.add(entry["SOPInstanceUID"])
-    return found
+            if not path.is_file():
+                continue
+            try:
+                saliency, slice_name = load_saliency(path)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                raise UserError(f"{path} is not a saliency map of `hemo score --overlays` ({type(exc).__name__})"
+                                "; pass the --overlays folder of the score run that wrote --exams") from exc
+            entry = mapping.get((exam.dirname, slice_name))
+            if entry is not None:
+                maps[(exam.dirname, column)] = (saliency, entry["SOPInstanceUID"])
+    return maps
