@@ -62,8 +62,10 @@ def torchrun_entrypoint(processes: str) -> list[str]:
     ``--nproc_per_node gpu`` counts the GPUs the container sees (1 GPU: one ordinary process).
     No torchrun restarts: a failure fails the task, and the task's retry resumes from last.pt (a
     group restarted in place by torchrun's agent was seen to hang in gloo's connect; a relaunch
-    starts a fresh agent and store; tests/e2e/test_distributed.py)."""
-    return ["torchrun", "--standalone", "--nproc_per_node", processes, "--max-restarts", "0", "--no-python", "hemo"]
+    starts a fresh agent and store; tests/e2e/test_distributed.py). `hemo-torchrun` is torchrun
+    that exits with the failed worker's code (torchrun's own is 1 for any failure, which would read
+    as "validation failed, do not retry"; hemo_pipeline/torchrun_launch.py)."""
+    return ["hemo-torchrun", "--standalone", "--nproc_per_node", processes, "--max-restarts", "0", "--no-python", "hemo"]
 GPU_RESOURCE = "nvidia.com/gpu"
 
 DEFAULT_IMAGE = "ghcr.io/hemo-pipeline/hemo:0.1.0"

@@ -104,9 +104,10 @@ def resources(gpus: int) -> dict[str, dict[str, str]]:
 
 
 def command(job: TrainingJob) -> list[str]:
-    """``hemo train`` under torchrun in the run folder (created if needed), as every pod runs it."""
+    """``hemo train`` under torchrun in the run folder (created if needed), as every pod runs it;
+    `hemo-torchrun`, so the pod's exit code is the failed worker's (3 retried, 2 not), not always 1."""
     inner = in_container(job.settings)
-    argv = ["torchrun", "--no-python", "hemo", *hemo_args("train", Path(CONTAINER_PROJECT), job.settings.overrides)]
+    argv = ["hemo-torchrun", "--no-python", "hemo", *hemo_args("train", Path(CONTAINER_PROJECT), job.settings.overrides)]
     return pod_argv(str(inner.run_dir), {}, argv)
 
 

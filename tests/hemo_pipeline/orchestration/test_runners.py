@@ -80,7 +80,7 @@ def test_docker_operator(settings: StepSettings, step: str) -> None:
     else:
         assert not op.device_requests
     if step in ("train", "refine"):  # one DDP process per GPU the container sees, then the same arguments
-        assert op.entrypoint == ["torchrun", "--standalone", "--nproc_per_node", "gpu", "--max-restarts", "0",
+        assert op.entrypoint == ["hemo-torchrun", "--standalone", "--nproc_per_node", "gpu", "--max-restarts", "0",
                                  "--no-python", "hemo"]
     else:
         assert op.entrypoint is None  # the image's own `hemo` entrypoint

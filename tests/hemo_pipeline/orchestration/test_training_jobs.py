@@ -39,7 +39,7 @@ def settings(tmp_path: Path) -> StepSettings:
 
 
 def _train_argv(settings: StepSettings) -> list[str]:
-    return ["torchrun", "--no-python", "hemo", *hemo_args("train", Path(CONTAINER_PROJECT), settings.overrides)]
+    return ["hemo-torchrun", "--no-python", "hemo", *hemo_args("train", Path(CONTAINER_PROJECT), settings.overrides)]
 
 
 def _container(template: dict[str, Any]) -> dict[str, Any]:
