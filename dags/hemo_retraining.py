@@ -16,7 +16,7 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
   secrets named by HEMO_STEP_SECRETS (a Docker volume / Kubernetes Secret) and get only its path.
 * One MLflow run tree per DAG run: `start_run` creates the parent run and every step nests under
   it (HEMO_PARENT_RUN_ID); all runs carry the DAG run id as a tag; `end_run` ends it FINISHED, or
-  FAILED when any task failed.
+  FAILED when any task failed (and then fails itself, so the DAG run reads failed).
 * Values cross tasks as TaskFlow return values (XCom): start_run's result (the parent run id) is
   every step's argument, the gate's result the branch's and the scoring plan's. Each runner hands
   back the step's JSON result, so nothing is read from a disk only a container or pod could see.
@@ -241,7 +241,14 @@ def hemo_retraining() -> None:
     @task(task_id="end_run", trigger_rule="all_done", retries=3, execution_timeout=STEP_TIMEOUTS["end_run"])
     def end_run(pipeline: Any) -> None:
         """End the parent MLflow run: FAILED if any task of this DAG run failed, else FINISHED.
-        ``pipeline`` is None when start_run itself failed: there is no run to end."""
+        ``pipeline`` is None when start_run itself failed: there is no run to end.
+
+        end_run is the DAG's only leaf and runs whatever happened upstream (all_done), so Airflow
+        would call the DAG run a success from its state alone: after ending the parent run FAILED it
+        fails itself (no retry), so a run with a failed step never reads as a success in the UI,
+        the REST API or `airflow dags test`."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from hemo_pipeline.orchestration import runners
 
         ti = get_current_context()["ti"]
@@ -249,15 +256,18 @@ def hemo_retraining() -> None:
         states = states.get(ti.run_id, states)  # {run_id: {task_id: state}}
         failed = [task_id for task_id, state in states.items()
                   if str(state) in ("failed", "upstream_failed") and task_id != "end_run"]
+        reason = "failed tasks: " + ", ".join(sorted(failed))
         if not (pipeline or {}).get("run_id"):
             print("no parent run was created; nothing to end")
-            return
-        status = "FAILED" if failed else "FINISHED"
-        args = ["--status", status, "--run-id", pipeline["run_id"]]
+        else:
+            status = "FAILED" if failed else "FINISHED"
+            args = ["--status", status, "--run-id", pipeline["run_id"]]
+            if failed:
+                args += ["--reason", reason]
+            # An MLflow API call: the worker's own `hemo` does it, whichever runner ran the steps.
+            runners.run_local("end-run", _settings(pipeline["run_id"]), extra_args=args)
         if failed:
-            args += ["--reason", "failed tasks: " + ", ".join(sorted(failed))]
-        # An MLflow API call: the worker's own `hemo` does it, whichever runner ran the steps.
-        runners.run_local("end-run", _settings(pipeline["run_id"]), extra_args=args)
+            raise AirflowFailException(f"the DAG run failed ({reason}); their logs say why")
 
     pipeline = start_run()
     ended = end_run(pipeline)

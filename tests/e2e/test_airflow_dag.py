@@ -105,12 +105,17 @@ def task_states(env: dict, run_id: str) -> dict[str, str]:
     return {row["task_id"]: row["state"] for row in cli_json(out.stdout)}
 
 
-def latest_run_id(env: dict) -> str:
+def latest_run(env: dict) -> dict:
+    """The newest DAG run as `airflow dags list-runs` shows it (run_id, state, ...)."""
     out = subprocess.run([AIRFLOW, "dags", "list-runs", "hemo_retraining", "-o", "json"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     runs = cli_json(out.stdout)
-    return max(runs, key=lambda r: r.get("start_date") or "")["run_id"]
+    return max(runs, key=lambda r: r.get("start_date") or "")
+
+
+def latest_run_id(env: dict) -> str:
+    return str(latest_run(env)["run_id"])
 
 
 def dag_runs_of(airflow_env: dict, run_id: str) -> list:
@@ -181,6 +186,7 @@ def test_remote_without_the_data_fails_once_with_one_clear_line(airflow_env: dic
     run_id = latest_run_id(env)
     states = task_states(env, run_id)
     assert states["sync_data"] == "failed" and states["validate"] == "upstream_failed"
+    assert latest_run(env)["state"] == "failed", "a run whose step failed must not read as a success"
     log = result.stdout + result.stderr
     assert "dvc pull data.dvc from remote 'empty' failed" in log and "dvc push data.dvc" in log
     assert "UP_FOR_RETRY" not in log.upper(), "a configuration error must fail, not retry"
@@ -206,6 +212,8 @@ def test_invalid_data_fails_at_validate_and_trains_nothing(airflow_env: dict) ->
     run_id = latest_run_id(env)
     states = task_states(env, run_id)
     assert states["validate"] == "failed"
+    assert latest_run(env)["state"] == "failed", "a run whose step failed must not read as a success"
+    assert states["end_run"] == "failed"  # it ended the parent run FAILED, then failed the DAG run
     assert all(states[t] == "upstream_failed" for t in ("train", "refine", "evaluate", "gate")), states
     assert "FAIL labels.edh.binary" in result.stdout + result.stderr  # the report is in the task log
     assert "train" not in {r.data.tags.get("hemo.step") for r in dag_runs_of(airflow_env, run_id)}
