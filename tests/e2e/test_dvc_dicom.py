@@ -40,11 +40,12 @@ def test_dvc_repro_from_dicom_to_predictions(tmp_path: Path) -> None:
           "--image-size", "64", "--seed", "3"], project)
     _run(["git", "init", "-q"], project)
     _run(["dvc", "init", "-q"], project)
-    _run(["scripts/use_dicom.sh", "dicom"], project)
+    private = tmp_path / "private"  # outside the project: what names patients
+    _run(["scripts/use_dicom.sh", "dicom", str(private)], project)
     assert not (project / "data.dvc").exists() and (project / "dicom.dvc").is_file()
 
     repro = _run(["dvc", "repro"], project)
-    for stage in ("import-train", "import-test", "validate", "train", "refine", "evaluate", "gate", "score"):
+    for stage in ("import-train", "import-test", "validate", "train", "refine", "evaluate", "gate", "score", "report"):
         assert f"Running stage '{stage}'" in repro.stdout, repro.stdout[-3000:]
     with (project / "outputs/predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -54,7 +55,30 @@ def test_dvc_repro_from_dicom_to_predictions(tmp_path: Path) -> None:
     assert "dicom" not in {p.name for p in (project / "data").iterdir()}
     status = _run(["dvc", "status"], project).stdout
     assert "changed" not in status
-    _results_back_to_the_pacs(project, tmp_path / "private")
+    _report_stage_keeps_patients_out_of_the_project(project, private)
+    _results_back_to_the_pacs(project, private)
+
+
+def _report_stage_keeps_patients_out_of_the_project(project: Path, private: Path) -> None:
+    """The DVC `report` stage (use_dicom.sh RAW PRIVATE): the test import's UID mapping and the
+    objects live in PRIVATE, owner-only; the project holds counts, and no UID of the mapping."""
+    import json
+
+    mapping = private / "test_mapping.csv"
+    assert mapping.stat().st_mode & 0o777 == 0o600 and private.stat().st_mode & 0o777 == 0o700
+    counts = json.loads((project / "reports/report.json").read_text())
+    assert counts["exams"] == counts["sr"] == counts["fhir"] == 2, counts
+    assert len(list((private / "results").glob("ID_*/sr.dcm"))) == 2
+    assert len(list((private / "results").glob("ID_*/diagnostic_report.json"))) == 2
+    with mapping.open() as handle:
+        uids = {row[c] for row in csv.DictReader(handle) for c in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                                      "SOPInstanceUID")}
+    assert uids
+    raw = {project / "dicom", project / ".dvc", project / ".git"}  # the input itself and DVC's copy of it
+    for path in project.rglob("*"):
+        if path.is_file() and not any(path.is_relative_to(folder) for folder in raw):
+            text = path.read_bytes().decode("latin-1")
+            assert not [uid for uid in uids if uid in text], path
 
 
 def _results_back_to_the_pacs(project: Path, private: Path) -> None:
@@ -68,8 +92,6 @@ def _results_back_to_the_pacs(project: Path, private: Path) -> None:
 
     from tests.e2e.test_dicomweb_orthanc import _running_orthanc
 
-    _run(["hemo", "import-dicom", "--no-mlflow", "--dicom", "dicom/test", "--split", "test", "--out",
-          str(private / "data"), "--mapping", str(private / "mapping.csv")], project)
     _run(["hemo", "score", "--data", "data/test", "--out", str(private / "scored/predictions.csv"), "--overlays",
           str(private / "overlays")], project)
     (private / "orthanc").mkdir()
@@ -77,7 +99,7 @@ def _results_back_to_the_pacs(project: Path, private: Path) -> None:
         client = DICOMwebClient(url=url)
         client.store_instances([pydicom.dcmread(p) for p in sorted((project / "dicom/test").rglob("*.dcm"))])
         command = ["hemo", "report", "--no-mlflow", "--exams", str(private / "scored/exams.csv"), "--mapping",
-                   str(private / "mapping.csv"), "--dicom", "dicom/test", "--overlays", str(private / "overlays"),
+                   str(private / "test_mapping.csv"), "--dicom", "dicom/test", "--overlays", str(private / "overlays"),
                    "--out", str(private / "results"), "--push", url, "--allow-http"]
         first = _run(command, project)
         assert "report: 2 exams -> " in first.stdout and "(STOW-RS)" in first.stdout, first.stdout
