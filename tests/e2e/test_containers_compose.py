@@ -94,6 +94,8 @@ def test_the_training_image_is_the_one_built_here_and_the_rest_are_pulled(compos
         if dockerfile.name != "Dockerfile":  # the training image's base is a build argument (make image)
             bases |= {line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")}
     assert pulled | bases == PULLED_IN_PRODUCTION
+    readme = (REPO / "README.md").read_text()
+    assert not {image for image in PULLED_IN_PRODUCTION if f"`{image}`" not in readme}, "README lists what is pulled"
     if svc.container_skip_reason() is None:  # and that image is really here, on the base made here
         inspect = subprocess.run(["docker", "image", "inspect", svc.IMAGE, "--format",
                                   '{{index .Config.Labels "org.opencontainers.image.base.name"}}'],
