@@ -1,19 +1,32 @@
-"""`hemo-torchrun`: torchrun that exits with the failed worker's own exit code.
+"""`hemo-torchrun`: torchrun that exits with a code the orchestrators can act on.
 
 torchrun (torch.distributed.run) ends with exit code 1 whenever a worker fails, whatever the
-worker returned: a `hemo train` that met an MLflow server answering 503 (exit 3, "retry me") or
-a bug (70) both come out as 1, which the orchestrators read as "the data failed validation, do
-not retry" (hemo_pipeline/exit_codes.py). The DAG's docker runner and the Kubernetes training
-pods start train/refine under torchrun, so without this a passing server hiccup failed the DAG
-run for good. Same arguments as torchrun; on a worker failure the exit code is the first failed
-worker's (torchrun's root cause), 128 + N where a signal N killed it (as a shell reports it), and
-torchrun's own error report is still printed.
+worker returned, and also when its own agent fails or is stopped: a `hemo train` that met an MLflow
+server answering 503 (exit 3, "retry me"), a worker killed by the kernel and a bug (70) all come
+out as 1, which the orchestrators read as "the data failed validation, do not retry"
+(hemo_pipeline/exit_codes.py). The DAG's docker runner and the Kubernetes training pods start
+train/refine under torchrun, so without this a passing server hiccup failed the DAG run for good.
+
+Same arguments and behaviour as torchrun (its `main` is `run(parse_args())` under `@record`); only
+the exit code differs:
+
+* a worker failed: the code of the failure that caused the others (see :func:`root_cause_code`);
+* the agent was stopped by a signal N (`docker stop`, a pod evicted): 128 + N, as a shell reports it;
+* the agent itself failed (rendezvous, the store's port, the c10d handshake): 3, transient;
+* bad launcher arguments: 2 (argparse), as before.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from hemo_pipeline.exit_codes import EXIT_INTERNAL, EXIT_TRANSIENT, EXIT_USER, EXIT_VALIDATION
+
+NOT_RETRIED = (EXIT_VALIDATION, EXIT_USER, EXIT_INTERNAL)
 
 
 def worker_exit_code(exitcode: int) -> int:
@@ -24,19 +37,39 @@ def worker_exit_code(exitcode: int) -> int:
     return exitcode if exitcode > 0 else 1
 
 
+def root_cause_code(failures: Iterable[Any]) -> int:
+    """The exit code that names why the group failed. When one rank dies (SIGKILL, out of memory)
+    the others fail next in a collective (gloo/NCCL errors: 70 from `hemo`), and torchrun's "first
+    failure" is decided by whole-second timestamps, so it can name a survivor. A worker killed by a
+    signal, then a retryable code, win over the codes a retry cannot fix; otherwise the earliest."""
+    ordered = sorted(failures, key=lambda f: (f.timestamp, f.local_rank))
+    codes = [worker_exit_code(f.exitcode) for f in ordered]
+    killed = [c for c in codes if c > 128]
+    retryable = [c for c in codes if c not in NOT_RETRIED]
+    return (killed or retryable or codes or [1])[0]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
     from torch.distributed.run import parse_args, run
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run(args)
+        record(run)(args)  # as torchrun: faulthandler, and the root cause's error file where asked
     except ChildFailedError as exc:
         print(exc.format_msg(), file=sys.stderr)
-        _, failure = exc.get_first_failure()
-        code = worker_exit_code(failure.exitcode)
-        print(f"hemo-torchrun: worker exited {code}{_signal_name(code)}; exiting with its code", file=sys.stderr)
+        code = root_cause_code(exc.failures.values())
+        print(f"hemo-torchrun: a worker exited {code}{_signal_name(code)}; exiting with that code", file=sys.stderr)
         return code
+    except SignalException as exc:
+        print(f"hemo-torchrun: stopped by {exc.sigval.name}; exiting {128 + int(exc.sigval)}", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    except Exception:  # noqa: BLE001 - the agent's own failure: rendezvous, store, handshake
+        traceback.print_exc()
+        print(f"hemo-torchrun: the launcher failed before or around its workers; exiting {EXIT_TRANSIENT} "
+              "(a retry starts a fresh agent)", file=sys.stderr)
+        return EXIT_TRANSIENT
     return 0
 
 

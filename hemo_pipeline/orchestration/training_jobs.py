@@ -105,7 +105,8 @@ def resources(gpus: int) -> dict[str, dict[str, str]]:
 
 def command(job: TrainingJob) -> list[str]:
     """``hemo train`` under torchrun in the run folder (created if needed), as every pod runs it;
-    `hemo-torchrun`, so the pod's exit code is the failed worker's (3 retried, 2 not), not always 1."""
+    `hemo-torchrun`, so the pod's exit code names why it failed (the worker's code, 128 + N for a
+    signal), not always 1; the replicas' restartPolicy still restarts on any failure."""
     inner = in_container(job.settings)
     argv = ["hemo-torchrun", "--no-python", "hemo", *hemo_args("train", Path(CONTAINER_PROJECT), job.settings.overrides)]
     return pod_argv(str(inner.run_dir), {}, argv)

@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from hemo_pipeline.exit_codes import EXIT_INTERNAL, EXIT_TRANSIENT, EXIT_USER, NO_RETRY_EXIT_CODES
 from hemo_pipeline.orchestration.runners import torchrun_entrypoint
-from hemo_pipeline.torchrun_launch import worker_exit_code
+from hemo_pipeline.torchrun_launch import root_cause_code, worker_exit_code
 
 LAUNCHER = str(Path(sys.executable).with_name("hemo-torchrun"))
 
@@ -47,6 +49,35 @@ def test_a_worker_killed_by_a_signal_reads_as_a_shell_reports_it(tmp_path: Path)
     assert result.returncode == 128 + signal.SIGKILL, result.stderr[-2000:]
     assert "(SIGKILL)" in result.stderr
     assert result.returncode not in NO_RETRY_EXIT_CODES  # an OOM kill or a preemption: retried
+
+
+def test_a_stopped_launcher_exits_128_plus_the_signal(tmp_path: Path) -> None:
+    """`docker stop` / a pod eviction sends SIGTERM to the launcher (PID 1 in the container)."""
+    options = torchrun_entrypoint("1")[1:-1]
+    ready = tmp_path / "worker-started"
+    worker = f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(120)"
+    process = subprocess.Popen([LAUNCHER, *options, sys.executable, "-c", worker], cwd=tmp_path,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert process.returncode not in NO_RETRY_EXIT_CODES
+
+
+def _failure(exitcode: int, timestamp: int, rank: int) -> SimpleNamespace:
+    return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, local_rank=rank)
+
+
+def test_the_root_cause_is_the_killed_worker_not_the_survivor_that_failed_after_it() -> None:
+    # same second (torchrun's timestamps are whole seconds), the survivor on the lower rank
+    assert root_cause_code([_failure(EXIT_INTERNAL, 100, 0), _failure(-9, 100, 1)]) == 128 + 9
+    assert root_cause_code([_failure(EXIT_INTERNAL, 100, 0), _failure(EXIT_TRANSIENT, 101, 1)]) == EXIT_TRANSIENT
+    assert root_cause_code([_failure(EXIT_USER, 100, 1), _failure(EXIT_INTERNAL, 100, 0)]) == EXIT_INTERNAL
+    assert root_cause_code([_failure(EXIT_USER, 100, 0)]) == EXIT_USER
 
 
 def test_worker_exit_code() -> None:
