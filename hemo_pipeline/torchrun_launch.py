@@ -10,7 +10,7 @@ train/refine under torchrun, so without this a passing server hiccup failed the 
 Same arguments and behaviour as torchrun (its `main` is `run(parse_args())` under `@record`); only
 the exit code differs:
 
-* a worker failed: the code of the failure that caused the others (see :func:`root_cause_code`);
+* a worker failed: the code of the failure that caused the others (:func:`root_cause_code`);
 * the agent was stopped by a signal N (`docker stop`, a pod evicted): 128 + N, as a shell reports it;
 * the agent itself failed (rendezvous, the store's port, the c10d handshake): 3, transient;
 * bad launcher arguments: 2 (argparse), as before.
@@ -37,16 +37,17 @@ def worker_exit_code(exitcode: int) -> int:
     return exitcode if exitcode > 0 else 1
 
 
-def root_cause_code(failures: Iterable[Any]) -> int:
-    """The exit code that names why the group failed. When one rank dies (SIGKILL, out of memory)
-    the others fail next in a collective (gloo/NCCL errors: 70 from `hemo`), and torchrun's "first
-    failure" is decided by whole-second timestamps, so it can name a survivor. A worker killed by a
-    signal, then a retryable code, win over the codes a retry cannot fix; otherwise the earliest."""
+def root_cause_code(first: Any, failures: Iterable[Any]) -> int:
+    """The exit code that names why the group failed: torchrun's root cause (``first``, its
+    earliest failure), unless that is a code a retry cannot fix while another worker's is one a
+    retry can. When one rank dies (SIGKILL, out of memory) the others fail next in a collective
+    (gloo/NCCL errors: 70 from `hemo`) or get the agent's SIGTERM as it stops the group, and
+    torchrun orders failures by whole-second timestamps, so its "first" can be a survivor's 70."""
+    code = worker_exit_code(first.exitcode)
+    if code not in NOT_RETRIED:
+        return code
     ordered = sorted(failures, key=lambda f: (f.timestamp, f.local_rank))
-    codes = [worker_exit_code(f.exitcode) for f in ordered]
-    killed = [c for c in codes if c > 128]
-    retryable = [c for c in codes if c not in NOT_RETRIED]
-    return (killed or retryable or codes or [1])[0]
+    return next((c for c in (worker_exit_code(f.exitcode) for f in ordered) if c not in NOT_RETRIED), code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         record(run)(args)  # as torchrun: faulthandler, and the root cause's error file where asked
     except ChildFailedError as exc:
         print(exc.format_msg(), file=sys.stderr)
-        code = root_cause_code(exc.failures.values())
+        _, first = exc.get_first_failure()
+        code = root_cause_code(first, exc.failures.values())
         print(f"hemo-torchrun: a worker exited {code}{_signal_name(code)}; exiting with that code", file=sys.stderr)
         return code
     except SignalException as exc:

@@ -72,12 +72,18 @@ def _failure(exitcode: int, timestamp: int, rank: int) -> SimpleNamespace:
     return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, local_rank=rank)
 
 
-def test_the_root_cause_is_the_killed_worker_not_the_survivor_that_failed_after_it() -> None:
-    # same second (torchrun's timestamps are whole seconds), the survivor on the lower rank
-    assert root_cause_code([_failure(EXIT_INTERNAL, 100, 0), _failure(-9, 100, 1)]) == 128 + 9
-    assert root_cause_code([_failure(EXIT_INTERNAL, 100, 0), _failure(EXIT_TRANSIENT, 101, 1)]) == EXIT_TRANSIENT
-    assert root_cause_code([_failure(EXIT_USER, 100, 1), _failure(EXIT_INTERNAL, 100, 0)]) == EXIT_INTERNAL
-    assert root_cause_code([_failure(EXIT_USER, 100, 0)]) == EXIT_USER
+def test_the_root_cause_is_the_killed_worker_not_a_survivor() -> None:
+    killed, stopped = _failure(-9, 100, 1), _failure(-15, 100, 0)
+    # seen in make test: the agent SIGTERMs the survivor (rank 0) as it stops the group; torchrun's
+    # root cause is the SIGKILLed rank 1
+    assert root_cause_code(killed, [stopped, killed]) == 128 + 9
+    # torchrun's whole-second timestamps name the survivor's 70 from the broken collective first
+    survivor = _failure(EXIT_INTERNAL, 100, 0)
+    assert root_cause_code(survivor, [survivor, killed]) == 128 + 9
+    assert root_cause_code(survivor, [survivor, _failure(EXIT_TRANSIENT, 101, 1)]) == EXIT_TRANSIENT
+    # nothing retryable anywhere: torchrun's root cause stands
+    bad_input = _failure(EXIT_USER, 100, 1)
+    assert root_cause_code(bad_input, [bad_input, survivor]) == EXIT_USER
 
 
 def test_worker_exit_code() -> None:
