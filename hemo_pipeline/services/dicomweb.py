@@ -487,6 +487,33 @@ def fetch(root: ServiceRoot, dest: Path, studies: Sequence[str] = (), modality: 
     return result
 
 
+def retrieve_series(root: ServiceRoot, series: Sequence[tuple[str, str]], dest: Path,
+                    limits: Limits = Limits(), warn: bool = True) -> Fetched:
+    """WADO-RS of the given (study, series) pairs into ``dest`` (opaque folder names), with the
+    import's credential, TLS, redirect and size rules: the series `hemo report` must reference,
+    read from the PACS they are filed in instead of a folder."""
+    for position, pair in enumerate(series, start=1):  # UIDs go into the request path
+        if not all(len(uid) <= 64 and _UID.fullmatch(uid) for uid in pair):
+            raise UserError(f"series #{position} to retrieve has a study or series UID that is not a DICOM UID (digits "
+                            "and dots, at most 64 characters); check the --mapping file (values are not printed)")
+    if warn:
+        for line in warnings_for(root):
+            print(line, file=sys.stderr)
+    started = time.perf_counter()
+    result = Fetched()
+    with _silenced():
+        session = _session(root, limits)
+        with session:
+            try:
+                for number, (study, uid) in enumerate(series):
+                    result.instances += retrieve(session, root, study, uid, dest / f"series{number:05d}", number + 1)
+                    result.series += 1
+            finally:
+                result.bytes = session.received
+    result.seconds = time.perf_counter() - started
+    return result
+
+
 @dataclass
 class Stored:
     instances: int = 0

@@ -11,6 +11,8 @@ identifiers, as a PACS needs them):
                                    occlusion-sensitivity map (from `hemo score --overlays DIR`,
                                    given here as --overlays), "NOT FOR DIAGNOSIS" burnt in
   <dirname>/diagnostic_report.json FHIR R4B transaction Bundle: DiagnosticReport + 6 Observations
+The source instances come from --dicom (a folder) or --dicomweb URL (the PACS they are filed in:
+the scored series are retrieved with WADO-RS into a private folder under --out for the run).
 With --push URL the DICOM objects are stored on a DICOMweb server (STOW-RS; the import's https,
 credential, redirect and size rules), one request per exam. UIDs and FHIR ids are derived from the
 source series and the model version: running again writes the same objects and adds no copies
@@ -21,12 +23,14 @@ counts only (reports/report.json, MLflow); no UID, name or header value.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
+import tempfile
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,14 @@ from hemo_pipeline.services.dicom_results import (
     overlay_pixels,
     zoom_for,
 )
-from hemo_pipeline.services.dicomweb import Stored, limits_from, parse_service_root, store
+from hemo_pipeline.services.dicomweb import (
+    ServiceRoot,
+    Stored,
+    limits_from,
+    parse_service_root,
+    retrieve_series,
+    store,
+)
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.fhir_results import diagnostic_report_bundle
 from hemo_pipeline.services.files import atomic_file, write_json_atomic
@@ -69,12 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the score's _models.json (default: beside --exams, as `hemo score` names it)")
     parser.add_argument("--mapping", type=Path, required=True,
                         help="the private mapping of `hemo import-dicom --mapping` (folders and slices -> UIDs)")
-    parser.add_argument("--dicom", type=Path, required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dicom", type=Path,
                         help="the source DICOM folder the series were imported from (any nesting, any names)")
+    source.add_argument("--dicomweb", metavar="URL",
+                        help="or the DICOMweb service root that holds them (WADO-RS, the import's rules): the scored "
+                             "series are retrieved into a private folder under --out for the run, then removed")
     parser.add_argument("--overlays", type=Path, help="the folder of `hemo score --overlays` (its saliency maps)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the objects; must be outside the project")
     parser.add_argument("--push", metavar="URL", help="DICOMweb service root to store the DICOM objects on (STOW-RS)")
-    parser.add_argument("--allow-http", action="store_true", help="allow a plain-http --push (a PACS on 127.0.0.1)")
+    parser.add_argument("--allow-http", action="store_true",
+                        help="allow a plain-http --push or --dicomweb (a PACS on 127.0.0.1)")
     parser.add_argument("--uid-root", default=DEFAULT_UID_ROOT,
                         help=f"UID root of the derived UIDs (your organisation's; default pydicom's {DEFAULT_UID_ROOT})")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="where report.json (counts) goes")
@@ -150,6 +166,27 @@ def _resolve(rows: list[dict[str, str]], mapping: dict, path: Path) -> list[Exam
     return exams
 
 
+@contextlib.contextmanager
+def _source_folder(dicom: Path | None, pacs: ServiceRoot | None, exams: list[ExamResult], mapping: dict, out: Path,
+                   allow_http: bool) -> Iterator[tuple[Path, str]]:
+    """The folder the source instances are read from, and how to name it in a message: --dicom
+    as given, or the scored series retrieved from --dicomweb into a private folder under --out
+    (0700, beside the objects that name the same patients), removed when the run ends."""
+    if pacs is None:
+        assert dicom is not None  # argparse: exactly one of --dicom / --dicomweb
+        yield dicom, f"--dicom {dicom}"
+        return
+    scored = {exam.dirname for exam in exams}
+    series = sorted({(entry["StudyInstanceUID"], entry["SeriesInstanceUID"])
+                     for (dirname, _), entry in mapping.items() if dirname in scored})
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".sources-") as folder:  # mkdtemp: 0700
+        fetched = retrieve_series(pacs, series, Path(folder), limits_from(None, None, allow_http))
+        print(f"report: retrieved {fetched.series} series, {fetched.instances} instances from {pacs.shown} "
+              f"(WADO-RS, {fetched.seconds:.1f} s)")
+        yield Path(folder), f"the series retrieved from {pacs.shown}"
+
+
 def _sources(folder: Path, wanted: set[str]) -> dict[str, Path]:
     """SOPInstanceUID -> file for the wanted instances under ``folder`` (headers only are read)."""
     found: dict[str, Path] = {}
@@ -189,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is inside the project; the objects carry patient identifiers: write them "
                         "outside it (e.g. next to the private mapping)")
     push = parse_service_root(args.push, args.allow_http) if args.push else None
+    pacs = parse_service_root(args.dicomweb, args.allow_http) if args.dicomweb else None
     try:
         uid_root = check_uid_root(args.uid_root)
     except ValueError:
@@ -200,29 +238,30 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UserError(str(exc)) from exc
     exams = _resolve(_exams(args.exams), mapping, args.exams)
-    if not args.dicom.is_dir():
+    if args.dicom is not None and not args.dicom.is_dir():
         raise UserError(f"--dicom {args.dicom} is not a folder; pass the source DICOM folder the series came from")
     started = time.perf_counter()
     wanted = {uid for exam in exams for uids in exam.evidence.values() for uid in uids}
     maps = _saliency_maps(exams, args.overlays, mapping)
-    files = _sources(args.dicom, wanted | {uid for _, uid in maps.values()})
-    missing = wanted - set(files)
-    if missing:
-        raise UserError(f"{len(missing)} evidence slices are not in --dicom {args.dicom}; pass the folder the scored "
-                        "series were imported from")
     issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     counts = {"exams": len(exams), "sr": 0, "sc": 0, "fhir": 0}
     pushed = Stored()
     limits = limits_from(None, None, args.allow_http) if push is not None else None
-    for number, exam in enumerate(exams):
-        objects = _exam_objects(exam, files, maps if args.overlays is not None else None, model, issued,
-                                out / exam.dirname)
-        counts["sr"] += 1
-        counts["sc"] += len(objects) - 1
-        counts["fhir"] += 1
-        if push is not None and limits is not None:  # one request per exam: bounded, and what is stored stays stored
-            stored = store(push, objects, limits, warn=number == 0)
-            pushed.instances, pushed.failed = pushed.instances + stored.instances, pushed.failed + stored.failed
+    with _source_folder(args.dicom, pacs, exams, mapping, out, args.allow_http) as (folder, named):
+        files = _sources(folder, wanted | {uid for _, uid in maps.values()})
+        missing = wanted - set(files)
+        if missing:
+            raise UserError(f"{len(missing)} evidence slices are not in {named}; pass the source the scored series "
+                            "were imported from")
+        for number, exam in enumerate(exams):
+            objects = _exam_objects(exam, files, maps if args.overlays is not None else None, model, issued,
+                                    out / exam.dirname)
+            counts["sr"] += 1
+            counts["sc"] += len(objects) - 1
+            counts["fhir"] += 1
+            if push is not None and limits is not None:  # one request per exam: bounded; what is stored stays stored
+                stored = store(push, objects, limits, warn=number == 0)
+                pushed.instances, pushed.failed = pushed.instances + stored.instances, pushed.failed + stored.failed
     seconds = time.perf_counter() - started
     summary = {**counts, "model_version": model.version, "pushed": pushed.instances, "push_failed": pushed.failed,
                "seconds": round(seconds, 2)}

@@ -127,3 +127,15 @@ def _results_back_to_the_pacs(project: Path, private: Path) -> None:
                 assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
         _run(command, project)
         assert {s: len(client.search_for_instances(study_instance_uid=s)) for s in studies} == counts
+
+        # the sources read from the PACS instead of a folder (WADO-RS): the same objects, same UIDs
+        from_pacs = private / "results-pacs"
+        again = _run([*command[:command.index("--dicom")], "--dicomweb", url, "--overlays", str(private / "overlays"),
+                      "--out", str(from_pacs), "--allow-http"], project)
+        assert "report: retrieved 2 series" in again.stdout and "report: 2 exams -> " in again.stdout, again.stdout
+        made = sorted(p.relative_to(from_pacs) for p in from_pacs.rglob("*.dcm"))
+        assert made == [p.relative_to(private / "results") for p in objects]
+        for name in made:
+            assert (pydicom.dcmread(from_pacs / name, stop_before_pixels=True).SOPInstanceUID
+                    == pydicom.dcmread(private / "results" / name, stop_before_pixels=True).SOPInstanceUID)
+        assert not list(from_pacs.glob(".sources-*"))  # the retrieved series are gone after the run
