@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -469,15 +469,21 @@ def fetch(root: ServiceRoot, dest: Path, studies: Sequence[str] = (), modality: 
     check_study_uids(studies)
     for line in warnings_for(root):
         print(line, file=sys.stderr)
+    return _retrieve_all(root, limits, dest, lambda session, result: find_series(
+        _client(root, session), session, root, studies, modality, since, limits, result))
+
+
+def _retrieve_all(root: ServiceRoot, limits: Limits, dest: Path,
+                  choose: Callable[[Any, Fetched], Sequence[tuple[str, str]]]) -> Fetched:
+    """One session: the (study, series) pairs ``choose`` names (searching with the session where
+    it must), each retrieved into ``dest/seriesNNNNN``; counts, bytes and time in the result."""
     started = time.perf_counter()
     result = Fetched()
     with _silenced():
         session = _session(root, limits)
         with session:
-            client = _client(root, session)
             try:
-                chosen = find_series(client, session, root, studies, modality, since, limits, result)
-                for number, (study, series) in enumerate(chosen):
+                for number, (study, series) in enumerate(choose(session, result)):
                     result.instances += retrieve(session, root, study, series, dest / f"series{number:05d}",
                                                  number + 1)
                     result.series += 1
@@ -499,19 +505,7 @@ def retrieve_series(root: ServiceRoot, series: Sequence[tuple[str, str]], dest: 
     if warn:
         for line in warnings_for(root):
             print(line, file=sys.stderr)
-    started = time.perf_counter()
-    result = Fetched()
-    with _silenced():
-        session = _session(root, limits)
-        with session:
-            try:
-                for number, (study, uid) in enumerate(series):
-                    result.instances += retrieve(session, root, study, uid, dest / f"series{number:05d}", number + 1)
-                    result.series += 1
-            finally:
-                result.bytes = session.received
-    result.seconds = time.perf_counter() - started
-    return result
+    return _retrieve_all(root, limits, dest, lambda session, result: series)
 
 
 @dataclass
