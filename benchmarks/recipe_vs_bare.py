@@ -50,7 +50,9 @@ from hemo_model.model.losses import AsymmetricLoss
 from hemo_model.model.spec import CONTEXT_WEIGHTS
 from hemo_model.model.storage import load_checkpoint
 
-HEMO = str(Path(sys.executable).with_name("hemo"))
+_SCRIPT = Path(sys.executable).with_name("hemo")
+# the console script where the project is installed, else the module (a machine with the project on PYTHONPATH)
+HEMO = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hemo_pipeline.cli"]
 
 
 def test_set(data: Path) -> tuple[list, np.ndarray]:
@@ -65,9 +67,8 @@ def test_set(data: Path) -> tuple[list, np.ndarray]:
 
 
 def evaluate(model: torch.nn.Module, patients: list, labels: np.ndarray, size: int, precision: str,
-             thresholds: list[float] | float = 0.5, context: bool = True) -> dict:
+             device: torch.device, thresholds: list[float] | float = 0.5, context: bool = True) -> dict:
     """Test micro-F2, per-class F2 and mean ROC-AUC of ``model`` (5-slice filter or single slices)."""
-    device = torch.device("cpu")
     model = prepare_for_inference(model, device)
     scores = score_sequences(model, patients, size, CONTEXT_WEIGHTS if context else (1.0,), device, precision,
                              batch_size=64)
@@ -100,12 +101,13 @@ class BareSlices(torch.utils.data.Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precision: str, seed: int) -> torch.nn.Module:
+def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precision: str, seed: int,
+              device: torch.device) -> torch.nn.Module:
     """The 'bare' recipe: what a PyTorch user writes first."""
     from torchvision.models import resnet34
 
     torch.manual_seed(seed)
-    model = resnet34(weights=None, num_classes=len(CLASSES)).to(memory_format=torch.channels_last)
+    model = resnet34(weights=None, num_classes=len(CLASSES)).to(device, memory_format=torch.channels_last)
     dataset = BareSlices(train_patients, size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -114,7 +116,8 @@ def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precisio
         model.train()
         started, total = time.perf_counter(), 0.0
         for images, targets in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            images, targets = images.to(device), targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(images.contiguous(memory_format=torch.channels_last))
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad()
@@ -129,15 +132,15 @@ def bare_loop(train_patients: list, size: int, epochs: int, batch: int, precisio
 def run_step(argv: list[str], work: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     env.pop("HEMO_PARENT_RUN_ID", None)
-    subprocess.run([HEMO, *argv], cwd=work, env=env, check=True)
+    subprocess.run([*HEMO, *argv], cwd=work, env=env, check=True)
 
 
 def shipped(data: Path, work: Path, params: Path, sets: list[str], epochs: int, precision: str,
-            seed: int) -> tuple[Path, dict]:
+            seed: int, device: str) -> tuple[Path, dict]:
     """train -> refine -> evaluate as dvc.yaml runs them, in ``work``; returns the refined model's
     path and reports/evaluate.json (its tuned thresholds)."""
     work.mkdir(parents=True, exist_ok=True)
-    common = ["--data", str(data.resolve()), "--params", str(params.resolve()), "--device", "cpu",
+    common = ["--data", str(data.resolve()), "--params", str(params.resolve()), "--device", device,
               "--set", f"train.precision={precision}", "--set", "train.cache_images=true", *sets]
     run_step(["train", *common, "--epochs", str(epochs), "--seed", str(seed), "--out", "outputs/train",
               "--reports", "reports", "--resume", "never"], work)
@@ -183,6 +186,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=20, help="the bare loop's batch (the pipeline's is in params)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu", help="every model trains and is scored here (cpu, cuda)")
+    parser.add_argument("--workers", default=None,
+                        help="data.workers for the pipeline's steps (speed only; default: params.yaml's)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads (lower it when several invocations share a machine)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
     parser.add_argument("--bare-on", choices=["all", "train"], default="all")
@@ -204,7 +212,8 @@ def main() -> None:
                 merged[key] = run
         print_tables(list(merged.values()))
         return
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     from hemo_pipeline.services.patient_roles import role_spec
     from hemo_pipeline.services.settings import load_settings
 
@@ -213,7 +222,7 @@ def main() -> None:
         parser.error(f"--size {args.size} differs from train.image_size {settings.train.image_size} in {args.params}")
     print(machine_line())
     print(f"settings: {args.train_sizes} labelled / {args.test} test phantom patients, seeds {args.seeds} "
-          f"(phantom seed {args.data_seed} + seed), {args.size}px, {args.epochs} epochs, {args.precision}; "
+          f"(phantom seed {args.data_seed} + seed), {args.size}px, {args.epochs} epochs, {args.precision}, {args.device}; "
           f"pipeline: {args.params.name}; bare loop on {args.bare_on} labelled patients, batch {args.batch}")
     recipes = ([] if args.skip_shipped else [("shipped", [])]) + \
         [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
@@ -235,25 +244,51 @@ def main() -> None:
             if not args.skip_bare:
                 started = time.perf_counter()
                 model = bare_loop(labelled if args.bare_on == "all" else roles["train"], args.size, args.epochs,
-                                  args.batch, args.precision, seed)
+                                  args.batch, args.precision, seed, device)
                 record(runs, args.work, where, f"bare ({args.bare_on})",
-                       evaluate(model, patients, labels, args.size, args.precision), time.perf_counter() - started)
+                       evaluate(model, patients, labels, args.size, args.precision, device),
+                       time.perf_counter() - started)
             for name, sets in recipes:
                 started = time.perf_counter()
-                path, report = shipped(data, place / name, args.params, sets, args.epochs, args.precision, seed)
+                speed = [] if args.workers is None else ["--set", f"data.workers={args.workers}"]
+                path, report = shipped(data, place / name, args.params, [*speed, *sets], args.epochs,
+                                       args.precision, seed, args.device)
                 model, _, _ = load_checkpoint(path)
                 thresholds = [report["thresholds"][c] for c in CLASSES]
-                tuned = evaluate(model, patients, labels, args.size, args.precision, thresholds)
-                single = evaluate(model, patients, labels, args.size, args.precision, context=False)
+                tuned = evaluate(model, patients, labels, args.size, args.precision, device, thresholds)
+                single = evaluate(model, patients, labels, args.size, args.precision, device, context=False)
                 record(runs, args.work, where, name, tuned, time.perf_counter() - started,
                        single_micro_f2=single["micro_f2"])
                 print(f"{name}: single slice at 0.5 {single['micro_f2']:.4f}", flush=True)
     print_tables(runs)
 
 
+def paired(runs: list[dict]) -> None:
+    """Each recipe minus the bare loop on the same phantom set (size and seed): the mean difference
+    with its 95 % t interval over the seeds, so a gap is read against the seed-to-seed spread."""
+    from scipy import stats
+
+    bare = {(r["size"], r["seed"]): r["micro_f2"] for r in runs if r["recipe"].startswith("bare")}
+    print("\npaired by phantom set: recipe minus bare loop, test micro-F2 (5-slice context)")
+    for size in sorted({r["size"] for r in runs}):
+        for recipe in dict.fromkeys(r["recipe"] for r in runs if r["size"] == size and not r["recipe"].startswith("bare")):
+            diffs = np.array([r["micro_f2"] - bare[(size, r["seed"])] for r in runs
+                              if r["size"] == size and r["recipe"] == recipe and (size, r["seed"]) in bare])
+            if not len(diffs):
+                continue
+            line = f"{size:>4} {recipe:<26} n {len(diffs)}: " + " ".join(f"{d:+.4f}" for d in diffs) + \
+                f"; mean {diffs.mean():+.4f}"
+            if len(diffs) > 1:
+                half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+                line += f" [{diffs.mean() - half:+.4f}, {diffs.mean() + half:+.4f}]"
+            print(line)
+
+
 def print_tables(runs: list[dict]) -> None:
-    """The tables over seeds, then what context adds over single slices per recipe."""
+    """The tables over seeds, the paired differences to the bare loop, then what context adds over
+    single slices per recipe."""
     summarise(runs)
+    paired(runs)
     for recipe in dict.fromkeys(r["recipe"] for r in runs if "single_micro_f2" in r):
         chosen = [r for r in runs if r["recipe"] == recipe]
         gain = np.array([r["micro_f2"] - r["single_micro_f2"] for r in chosen])
