@@ -55,14 +55,16 @@ DEFAULT_THRESHOLD = 0.5
 
 def tune_thresholds(y_true: np.ndarray, probs: np.ndarray,
                     grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
-                    min_positives: int = 0) -> list[float]:
+                    min_positives: int = 0, groups: Sequence[str] | np.ndarray | None = None,
+                    min_positive_groups: int = 0) -> list[float]:
     """Per-class threshold maximising that class's F2 on validation (ties: the one nearest 0.5).
-    A class with fewer than ``min_positives`` positive slices keeps 0.5: a threshold fitted to a
-    handful of positives follows them, not the class (:func:`untunable_classes` names them)."""
+    A class that :func:`untunable_classes` names keeps 0.5: a threshold fitted to a handful of
+    positives, or to the slices of a few patients, follows them, not the class."""
     y = y_true.astype(np.int64)
+    kept = set(untunable_classes(y, min_positives, groups, min_positive_groups))
     best = []
     for i in range(y.shape[1]):
-        if y[:, i].sum() < min_positives:
+        if i in kept:
             best.append(DEFAULT_THRESHOLD)
             continue
         scores = [(fbeta_score(y[:, i], (probs[:, i] >= t).astype(np.int64), beta=2, zero_division=0), -abs(t - 0.5), t)
@@ -71,9 +73,25 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray,
     return best
 
 
-def untunable_classes(y_true: np.ndarray, min_positives: int) -> list[int]:
-    """Indices of the classes with fewer than ``min_positives`` positive slices in ``y_true``."""
-    return [i for i, n in enumerate(np.asarray(y_true).sum(axis=0)) if n < min_positives]
+def positive_groups(y_true: np.ndarray, groups: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Per class, how many distinct groups (patients: one key per slice) hold a positive slice."""
+    y, keys = np.asarray(y_true), np.asarray(groups)
+    if len(keys) != len(y):
+        raise ValueError(f"{len(keys)} group keys for {len(y)} slices")
+    return np.array([len(set(keys[y[:, i] > 0].tolist())) for i in range(y.shape[1])], dtype=np.int64)
+
+
+def untunable_classes(y_true: np.ndarray, min_positives: int, groups: Sequence[str] | np.ndarray | None = None,
+                      min_positive_groups: int = 0) -> list[int]:
+    """Indices of the classes with fewer than ``min_positives`` positive slices in ``y_true`` or,
+    given ``groups`` (a patient key per slice), positive in fewer than ``min_positive_groups``
+    patients. The slices of one patient rise and fall together, so twenty positive slices from two
+    patients are two observations, not twenty."""
+    y = np.asarray(y_true)
+    few = y.sum(axis=0) < min_positives
+    if groups is not None and min_positive_groups > 0:
+        few |= positive_groups(y, groups) < min_positive_groups
+    return [i for i in range(y.shape[1]) if few[i]]
 
 
 RSNA_EPS = 1e-7

@@ -4,7 +4,8 @@
 * ``val`` chooses the epoch, whether refinement is kept, and tunes the thresholds: with fewer than
   ``selection.min_val_patients`` patients or ``selection.min_val_positives`` positive slices of a
   class, "best epoch" and "refinement helped" are noise, so the pipeline takes the last epoch and
-  the method's refinement untested (:func:`val_can_choose`, used by the selection rule);
+  the method's refinement untested (:func:`val_can_choose`, used by the selection rule); a class
+  positive in fewer than ``evaluate.min_tune_patients`` val patients keeps threshold 0.5;
 * ``gate`` judges promotions: below ``gate.min_patients`` patients or ``gate.min_positive_patients``
   positive patients of a class, `hemo gate` refuses (exit 2) and a person must sign off.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hemo_model import CLASSES
-from hemo_pipeline.services.settings import GateSettings, SelectionSettings
+from hemo_pipeline.services.settings import EvaluateSettings, GateSettings, SelectionSettings
 
 
 @dataclass(frozen=True)
@@ -68,23 +69,40 @@ def gate_shortfall(patients: int, positive_patients: Sequence[float] | np.ndarra
         if short else [])
 
 
+def tunable_thresholds(val: RoleContents, evaluate: EvaluateSettings) -> str:
+    """Which classes' thresholds `hemo evaluate` can tune on this val role (the rule of
+    hemo_model.metrics.classification.untunable_classes, counted per patient here)."""
+    if not evaluate.tune_thresholds:
+        return "thresholds stay 0.5 (evaluate.tune_thresholds false)"
+    tuned = [c for c, slices, patients in zip(CLASSES, val.positive_slices, val.positive_patients, strict=True)
+             if slices >= evaluate.min_tune_positives and patients >= evaluate.min_tune_patients]
+    floor = (f"{evaluate.min_tune_positives} positive slices from {evaluate.min_tune_patients} positive patients "
+             "(evaluate.min_tune_positives, evaluate.min_tune_patients)")
+    if len(tuned) == len(CLASSES):
+        return f"every class has {floor} to tune its threshold on"
+    return (f"thresholds tuned for {', '.join(tuned) if tuned else 'no class'}, the others stay 0.5: fewer than "
+            f"{floor}")
+
+
 def role_lines(contents: Mapping[str, RoleContents], selection: SelectionSettings, gate: GateSettings,
-               refit: bool = False) -> list[str]:
+               refit: bool = False, evaluate: EvaluateSettings | None = None) -> list[str]:
     """One line per role: its size and whether it can do its job (what the pipeline does if not);
     ``refit`` (train.refit_on_val): the val patients train too and choose nothing."""
+    evaluate = evaluate or EvaluateSettings()
     train, val, judge = contents["train"], contents["val"], contents["gate"]
     missing = [c for c, n in zip(CLASSES, train.positive_patients, strict=True) if n == 0]
     lines = [f"  train: {train.patients} patients, positive patients {_counts(train.positive_patients)}: "
              + (f"no positive patient of {', '.join(missing)}, which cannot be learned; add labelled patients"
                 if missing else "every class has examples to learn from")]
     ok, why = val_can_choose(val, selection)
-    lines.append(f"  val: {val.patients} patients, positive slices {_counts(val.positive_slices)}: "
+    lines.append(f"  val: {val.patients} patients, positive slices {_counts(val.positive_slices)}, positive patients "
+                 f"{_counts(val.positive_patients)}: "
                  + ("train too (train.refit_on_val): the last epoch and the method's refinement move on, thresholds "
                     "stay 0.5" if refit else
-                    "can choose the epoch and whether refinement is kept" if ok else
-                    f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
-                    "the last epoch and the method's refinement move on untested, and its thresholds are tuned only "
-                    "for classes with evaluate.min_tune_positives positive slices"))
+                    ("can choose the epoch and whether refinement is kept" if ok else
+                     f"cannot choose ({why.removeprefix('val role too small to choose on (').rstrip(')')}): "
+                     "the last epoch and the method's refinement move on untested")
+                    + "; " + tunable_thresholds(val, evaluate)))
     problems = gate_shortfall(judge.patients, judge.positive_patients, gate.min_patients, gate.min_positive_patients)
     lines.append(f"  gate: {judge.patients} patients, positive patients {_counts(judge.positive_patients)}: "
                  + ("can judge promotions" if not problems else

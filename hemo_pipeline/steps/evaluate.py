@@ -39,6 +39,7 @@ from hemo_model.metrics.classification import (
     classification_report,
     confusion_counts,
     micro_f2,
+    positive_groups,
     rsna_log_loss,
     tune_thresholds,
     untunable_classes,
@@ -153,15 +154,21 @@ def run(args: argparse.Namespace) -> int:
               "(train.refit_on_val, or a stage trained under another split), so val cannot tune them")
         thresholds = thresholds_single = [0.5] * len(CLASSES)
     elif cfg.tune_thresholds:
-        floor = cfg.min_tune_positives
-        thresholds = tune_thresholds(val_labels, val_context, min_positives=floor)
-        thresholds_single = tune_thresholds(val_labels, val_single, min_positives=floor)
-        kept = untunable_classes(val_labels, floor)
+        # one patient key per val slice, in the order both_modes stacked them
+        keys = np.concatenate([[s.patient.patient_key] * len(s.patient.labels) for s in val_scores]
+                              ) if val_scores else np.zeros(0, dtype=str)
+        kept = untunable_classes(val_labels, cfg.min_tune_positives, keys, cfg.min_tune_patients)
+        thresholds, thresholds_single = (
+            tune_thresholds(val_labels, probs, min_positives=cfg.min_tune_positives, groups=keys,
+                            min_positive_groups=cfg.min_tune_patients)
+            for probs in (val_context, val_single))
         if kept:
-            counts = val_labels.sum(axis=0)
-            print(f"evaluate: thresholds of {', '.join(f'{CLASSES[i]} ({int(counts[i])})' for i in kept)} kept at 0.5: "
-                  f"fewer than evaluate.min_tune_positives {floor} positive slices in the {len(roles['val'])} val "
-                  "scans; the other classes are tuned on val")
+            slices, patients = val_labels.sum(axis=0), positive_groups(val_labels, keys)
+            named = ", ".join(f"{CLASSES[i]} ({int(slices[i])} slices, {int(patients[i])} patients)" for i in kept)
+            rest = "the other classes are tuned on val" if len(kept) < len(CLASSES) else "none is tuned"
+            print(f"evaluate: thresholds of {named} kept at 0.5: fewer than evaluate.min_tune_positives "
+                  f"{cfg.min_tune_positives} positive slices or evaluate.min_tune_patients {cfg.min_tune_patients} "
+                  f"positive patients in the {len(roles['val'])} val scans; {rest}")
     else:
         thresholds = thresholds_single = [0.5] * len(CLASSES)
     # val decides the serving mode exactly where it may choose an epoch (selection_rule: the rule

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     contents = {role: RoleContents.of([labels[d] for d in dirnames if report["roles"][d] == role],
                                       [keys[d] for d in dirnames if report["roles"][d] == role])
                 for role in ("train", "val", "gate")}
-    report["jobs"] = lines = role_lines(contents, settings.selection, settings.gate, settings.train.refit_on_val)
+    report["jobs"] = lines = role_lines(contents, settings.selection, settings.gate, settings.train.refit_on_val,
+                                        settings.evaluate)
     write_json_atomic(args.out, report)
     counts, people = report["counts"], report["patient_counts"]
     if people == counts:

@@ -11,6 +11,7 @@ from hemo_model.metrics.classification import (
     classification_report,
     confusion_counts,
     micro_f2,
+    positive_groups,
     tune_thresholds,
     untunable_classes,
 )
@@ -79,3 +80,24 @@ def test_a_class_with_too_few_val_positives_keeps_the_default_threshold() -> Non
     assert untunable_classes(y, 20) == [1, 2, 3, 4]
     assert guarded[4] == 0.5 and free[4] != 0.5  # tuned on 3 slices, it moves
     assert guarded[0] == free[0] != 0.5  # a class with 60 positives is still tuned
+
+
+def test_positive_slices_from_few_patients_keep_the_default_threshold() -> None:
+    """Forty positive ich slices from two patients are two observations: with a patient key per
+    slice and min_positive_groups 10 the class keeps 0.5, while sdh, positive in 12 patients, is tuned."""
+    rng = np.random.default_rng(1)
+    keys = np.repeat([f"p{i:02d}" for i in range(20)], 20)  # 20 patients x 20 slices
+    y = np.zeros((400, 5), dtype=np.int64)
+    y[:40, 0] = 1  # ich: patients p00 and p01 only
+    for patient in range(12):  # sdh: 5 slices in each of 12 patients
+        y[patient * 20:patient * 20 + 5, 3] = 1
+    p = np.clip(y * 0.35 + rng.random((400, 5)) * 0.4, 0, 1)  # positives 0.35-0.75: F2 wants a low threshold
+    assert positive_groups(y, keys).tolist() == [2, 0, 0, 12, 0]
+    free = tune_thresholds(y, p, min_positives=20)
+    guarded = tune_thresholds(y, p, min_positives=20, groups=keys, min_positive_groups=10)
+    assert free[0] != 0.5 and guarded[0] == 0.5  # by slices ich could be tuned; by patients it cannot
+    assert guarded[3] == free[3] != 0.5
+    assert untunable_classes(y, 20, keys, 10) == [0, 1, 2, 4]
+    assert untunable_classes(y, 20) == [1, 2, 4]  # without keys, slices alone decide
+    with pytest.raises(ValueError, match="399 group keys for 400 slices"):
+        positive_groups(y, keys[:-1])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hemo_pipeline.services.role_capacity import RoleContents, role_lines, val_can_choose
-from hemo_pipeline.services.settings import GateSettings, SelectionSettings
+from hemo_pipeline.services.role_capacity import RoleContents, role_lines, tunable_thresholds, val_can_choose
+from hemo_pipeline.services.settings import EvaluateSettings, GateSettings, SelectionSettings
 
 
 def _scan(slices: int, positive: dict[int, int]) -> np.ndarray:
@@ -44,8 +44,22 @@ def test_lines_say_what_each_role_cannot_do() -> None:
             "(gate.min_positive_patients 3)") in lines[2]
     good = role_lines({"train": full, "val": full, "gate": full}, SelectionSettings(), GateSettings())
     assert good[0].endswith("every class has examples to learn from")
-    assert good[1].endswith("can choose the epoch and whether refinement is kept")
+    assert "can choose the epoch and whether refinement is kept; every class has 20 positive slices from 10" in good[1]
     assert good[2].endswith("can judge promotions")
     refit = role_lines({"train": full, "val": full, "gate": full}, SelectionSettings(), GateSettings(), refit=True)
     assert "train too (train.refit_on_val)" in refit[1] and "can choose" not in refit[1]
     assert refit[0] == good[0] and refit[2] == good[2]
+
+
+def test_thresholds_are_tunable_only_with_positive_slices_from_enough_patients() -> None:
+    """Thirty positive ich slices of three patients tune nothing; sdh, positive in 12 patients, is tuned."""
+    scans = [_scan(30, {0: 10, 3: 2}) for _ in range(3)] + [_scan(30, {3: 2}) for _ in range(9)]
+    val = RoleContents.of(scans, [f"v{i}" for i in range(12)])
+    assert val.positive_slices.tolist() == [30, 0, 0, 24, 0] and val.positive_patients.tolist() == [3, 0, 0, 12, 0]
+    line = tunable_thresholds(val, EvaluateSettings())
+    assert line.startswith("thresholds tuned for sdh, the others stay 0.5: fewer than 20 positive slices from 10")
+    assert tunable_thresholds(val, EvaluateSettings(min_tune_patients=3)).startswith("thresholds tuned for ich, sdh")
+    assert tunable_thresholds(val, EvaluateSettings(min_tune_patients=13)).startswith("thresholds tuned for no class")
+    assert tunable_thresholds(val, EvaluateSettings(tune_thresholds=False)).startswith("thresholds stay 0.5")
+    lines = role_lines({"train": val, "val": val, "gate": val}, SelectionSettings(), GateSettings())
+    assert "positive patients ich 3, ivh 0, sah 0, sdh 12, edh 0" in lines[1] and lines[1].endswith(line)

@@ -82,7 +82,8 @@ def test_a_version_served_on_single_slices_scores_single_slices_at_their_thresho
 
     monkeypatch.setattr(evaluate, "choose_context", lambda *args: ContextChoice(False, "forced by the test"))
     assert main(["train", "--max-steps", "2"]) == 0
-    assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "evaluate.min_tune_positives=0"]) == 0
+    assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "evaluate.min_tune_positives=0",
+                 "--set", "evaluate.min_tune_patients=0"]) == 0
     report = json.loads((workdir / "reports/evaluate.json").read_text())
     assert report["served_with_context"] is False
     assert report["micro_f2_served_tuned"] == report["micro_f2_single_tuned"]
