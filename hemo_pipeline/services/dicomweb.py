@@ -77,6 +77,12 @@ MAX_PARTS = 20_000
 """Instances in one WADO-RS answer: more is not a CT series but a file-count bomb."""
 TIMEOUT = 20.0
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1). Every UID that goes into a
+    request path is checked with this, so no answer or file can put '../' or '?' there."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?")
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"'
 _QUIET = ("dicomweb_client", "urllib3", "requests", "python_multipart", "multipart")
@@ -186,7 +192,7 @@ def limits_from(max_series: int | None, max_bytes: str | None, allow_http: bool)
 def check_study_uids(studies: Sequence[str]) -> None:
     """--study values are DICOM UIDs (digits and dots): anything else would change the request path."""
     for position, study in enumerate(studies, start=1):
-        if len(study) > 64 or not _UID.fullmatch(study):
+        if not is_uid(study):
             raise UserError(f"--study #{position} is not a DICOM UID (digits and dots, at most 64 characters); "
                             "check it (it is not printed)")
 
@@ -233,7 +239,7 @@ def _value(item: Any, tag: str) -> str | None:
     entry = item.get(tag)
     values = entry.get("Value") if isinstance(entry, dict) else None
     value = str(values[0]) if isinstance(values, list) and values else ""
-    return value if len(value) <= 64 and _UID.fullmatch(value) else None
+    return value if is_uid(value) else None
 
 
 def _failure(root: ServiceRoot, exc: Exception, what: str) -> Exception:
@@ -499,7 +505,7 @@ def retrieve_series(root: ServiceRoot, series: Sequence[tuple[str, str]], dest: 
     import's credential, TLS, redirect and size rules: the series `hemo report` must reference,
     read from the PACS they are filed in instead of a folder."""
     for position, pair in enumerate(series, start=1):  # UIDs go into the request path
-        if not all(len(uid) <= 64 and _UID.fullmatch(uid) for uid in pair):
+        if not all(is_uid(uid) for uid in pair):
             raise UserError(f"series #{position} to retrieve has a study or series UID that is not a DICOM UID (digits "
                             "and dots, at most 64 characters); check the --mapping file (values are not printed)")
     if warn:
