@@ -1,7 +1,8 @@
 """hemo_retraining: scheduled retraining over the same `hemo` steps that dvc.yaml runs.
 
 start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> promoted?
-    -> score (plan shards) -> score_shard x N (dynamic task mapping) -> merge_scores | not_promoted
+    -> score (plan shards) -> score_shard x N (dynamic task mapping) -> merge_scores -> report
+     | not_promoted
     -> end_run (always)
 
 * Schedule: weekly (Monday 03:00 UTC) and whenever new labels land (asset `hemo_labels`).
@@ -21,6 +22,13 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
   every step's argument, the gate's result the branch's and the scoring plan's. Each runner hands
   back the step's JSON result, so nothing is read from a disk only a container or pod could see.
 * `sync_data` is `hemo sync-data` (dvc pull data.dvc) on the worker, where the project lives.
+* `report` is `hemo report` on the worker: the DICOM SR, Secondary Captures and FHIR reports of the
+  scored series, stored on the PACS, where the site configured it (Airflow Variables
+  `hemo_report_mapping`, `hemo_report_source`, `hemo_report_out`, optional `hemo_report_push` and
+  `hemo_report_allow_http`; README "Results back to the PACS"); skipped where none is set. It runs
+  on the worker whatever the runner, because the UID mapping and the objects name patients and stay
+  on the worker's private disk; it reads the run folder's merged scores (with the kubernetes runner
+  the worker must mount the runs volume the pods write to).
 * Every task has its own timeout (STEP_TIMEOUTS).
 * Bad input (validation failed, user errors: exit 1/2) and bugs (70) fail the task without retries; other
   failures are retried with exponential back-off, and train/refine resume from their checkpoint.
@@ -54,6 +62,7 @@ STEP_TIMEOUTS = {
     "score": timedelta(minutes=10),  # the plan: one registry call
     "score_shard": timedelta(hours=6),
     "merge_scores": timedelta(minutes=30),
+    "report": timedelta(hours=2),
     "not_promoted": timedelta(minutes=5),
     "end_run": timedelta(minutes=10),
 }
@@ -164,6 +173,8 @@ def run_step(step: str, pipeline: dict[str, Any] | None, runner: str | None = No
         "sync_data": Param(True, type="boolean", description="dvc pull data.dvc before validating (skipped without a remote)"),
         "score_shards": Param(1, type="integer", minimum=1,
                               description="split scoring over this many mapped tasks (merged into one set of files)"),
+        "report": Param(True, type="boolean",
+                        description="report the scores to the PACS where the site configured it (hemo_report_* Variables)"),
         "set": Param([], type="array", items={"type": "string"},
                      description="more settings overrides, each section.key=value (as `hemo <step> --set`)"),
     },
@@ -234,6 +245,28 @@ def hemo_retraining() -> None:
         shards = str(int(get_current_context()["params"]["score_shards"]))
         return run_step("merge-scores", pipeline, extra=["--shards", shards])
 
+    @task(task_id="report", execution_timeout=STEP_TIMEOUTS["report"])
+    def report(pipeline: Any, merged: Any) -> dict[str, Any] | None:
+        """`hemo report` on the worker for the merged scores (``merged``: merge_scores' result,
+        so it runs only after them); skipped when the run turns it off or the site has not
+        configured it. A partial configuration fails the task (no retry) with what is missing."""
+        from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from hemo_pipeline.orchestration import runners
+
+        context = get_current_context()
+        if not context["params"]["report"]:
+            raise AirflowSkipException("report is off for this run")
+        config = {name: Variable.get(f"hemo_report_{name}", default=None) for name in runners.REPORT_VARIABLES}
+        try:
+            args = runners.report_args(config, runners.safe_run_key(context["run_id"]))
+        except runners.ReportNotConfigured as exc:
+            raise AirflowSkipException(str(exc)) from exc
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return run_step("report", pipeline, runner="local", extra=args)
+
     @task(task_id="not_promoted", execution_timeout=STEP_TIMEOUTS["not_promoted"])
     def not_promoted() -> None:
         """The champion is unchanged; nothing to score."""
@@ -283,10 +316,12 @@ def hemo_retraining() -> None:
     plan = plan_scoring(decision)
     shards = score_shard.partial(pipeline=pipeline).expand(args=plan)
     merged = merge_scores(pipeline)
+    reported = report(pipeline, merged)
     declined = not_promoted()
     branch >> [plan, declined]
     shards >> merged
-    [synced, validated, trained, refined, evaluated, decision, branch, plan, shards, merged, declined] >> ended
+    [synced, validated, trained, refined, evaluated, decision, branch, plan, shards, merged, reported,
+     declined] >> ended
 
 
 hemo_retraining()

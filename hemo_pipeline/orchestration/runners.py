@@ -183,7 +183,48 @@ def hemo_args(step: str, project: Path, overrides: Mapping[str, Any]) -> list[st
         return ["merge-scores", "--out", "outputs/predictions.csv"]
     if step == "end-run":
         return ["end-run"]
+    if step == "report":
+        return ["report", "--exams", "outputs/exams.csv", *common]
     raise ValueError(f"unknown step {step!r}")
+
+
+REPORT_VARIABLES = ("mapping", "source", "out", "push", "allow_http")
+"""The site's report configuration, Airflow Variables ``hemo_report_<name>``: ``mapping`` (the
+private UID mapping of `hemo import-dicom --mapping`), ``source`` (the folder, or the DICOMweb URL,
+that holds the scored series), ``out`` (a private folder; each DAG run writes into its own
+subfolder), optional ``push`` (DICOMweb URL to store the objects on) and ``allow_http`` (``true``
+for a plain-http PACS on a trusted network)."""
+REPORT_REQUIRED = ("mapping", "source", "out")
+
+
+class ReportNotConfigured(Exception):
+    """No report configuration at all: the site has no PACS to report to (the task is skipped)."""
+
+
+def report_args(config: Mapping[str, str | None], run_key: str) -> list[str]:
+    """The `hemo report` arguments of a DAG run from the site's configuration (:data:`REPORT_VARIABLES`):
+    ``--dicomweb`` for a source that is an http(s) URL, else ``--dicom``; the objects go to
+    ``<out>/<run_key>`` so runs never overwrite each other. Nothing configured raises
+    :class:`ReportNotConfigured`; a partial configuration is a ValueError naming what is missing
+    (a site that set some of it meant to report: skipping silently would hide that)."""
+    given = {k: str(v).strip() for k, v in config.items() if k in REPORT_VARIABLES and v is not None and str(v).strip()}
+    if not given:
+        raise ReportNotConfigured("no report configured (Airflow Variables "
+                                  + ", ".join(f"hemo_report_{k}" for k in REPORT_REQUIRED) + ")")
+    missing = [f"hemo_report_{k}" for k in REPORT_REQUIRED if k not in given]
+    if missing:
+        raise ValueError(f"the report is configured only in part: set {', '.join(missing)} as well "
+                         "(or unset every hemo_report_* Variable to skip the report)")
+    allow = given.get("allow_http", "false").lower()
+    if allow not in ("true", "false"):
+        raise ValueError(f"hemo_report_allow_http is {allow!r}; set true or false")
+    source = given["source"]
+    args = ["--mapping", given["mapping"],
+            *(["--dicomweb", source] if re.match(r"(?i)https?://", source) else ["--dicom", source]),
+            "--out", str(Path(given["out"]) / run_key)]
+    if "push" in given:
+        args += ["--push", given["push"]]
+    return args + (["--allow-http"] if allow == "true" else [])
 
 
 def shard_args(index: Any, count: Any, model: str) -> list[str]:

@@ -67,6 +67,7 @@ from hemo_pipeline.services.dicomweb import (
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.fhir_results import diagnostic_report_bundle
 from hemo_pipeline.services.files import atomic_file, write_json_atomic
+from hemo_pipeline.services.results import publish
 from hemo_pipeline.services.score_files import EXAM_CSV_COLUMNS, load_saliency, saliency_file
 from hemo_pipeline.services.step_args import add_settings_arguments, settings_from
 
@@ -274,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
           f"{counts['fhir']} FHIR DiagnosticReports (model v{model.version}, {seconds:.1f} s)"
           + (f"; stored {pushed.instances} objects on {push.shown} (STOW-RS)"
              + (f", {pushed.failed} refused" if pushed.failed else "") if push else ""))
+    publish("report", summary)  # counts only: the objects and the folder stay private
     if pushed.failed:
         raise UserError(f"the DICOMweb server refused {pushed.failed} objects; its log says why (the objects are in "
                         f"{out})")

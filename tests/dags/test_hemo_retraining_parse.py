@@ -55,7 +55,8 @@ def test_no_import_errors_and_nothing_heavy(parsed: dict) -> None:
 def test_task_graph(parsed: dict) -> None:
     """The pipeline's order, plus the edges of the values tasks hand each other (TaskFlow return
     values): start_run's result (the parent run) goes to every step, the gate's to the plan."""
-    steps = ["end_run", "evaluate", "gate", "merge_scores", "refine", "score_shard", "sync_data", "train", "validate"]
+    steps = ["end_run", "evaluate", "gate", "merge_scores", "refine", "report", "score_shard", "sync_data", "train",
+             "validate"]
     assert parsed["tasks"] == {
         "start_run": steps,
         "sync_data": ["end_run", "validate"],
@@ -67,7 +68,8 @@ def test_task_graph(parsed: dict) -> None:
         "promoted": ["end_run", "not_promoted", "score"],
         "score": ["end_run", "score_shard"],
         "score_shard": ["end_run", "merge_scores"],
-        "merge_scores": ["end_run"],
+        "merge_scores": ["end_run", "report"],
+        "report": ["end_run"],
         "not_promoted": ["end_run"],
         "end_run": [],
     }
@@ -76,7 +78,8 @@ def test_task_graph(parsed: dict) -> None:
 def test_scheduling_and_safety_settings(parsed: dict) -> None:
     assert parsed["schedule"] == "AssetOrTimeSchedule"
     assert parsed["max_active_runs"] == 1 and parsed["catchup"] is False
-    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "runner", "score_shards", "set", "sync_data"]
+    assert parsed["params"] == ["epochs", "image_size", "min_improvement", "report", "runner", "score_shards", "set",
+                                "sync_data"]
     assert parsed["retries"]["train"] == 2 and parsed["retries"]["validate"] == 0
     assert all(parsed["timeouts"].values()), parsed["timeouts"]  # every task has a limit of its own
     assert parsed["timeouts"]["score"] < parsed["timeouts"]["score_shard"]  # the plan is one registry call

@@ -134,7 +134,7 @@ def test_dag_run_pulls_trains_promotes_and_scores(airflow_env: dict) -> None:
     assert states == {
         "start_run": "success", "sync_data": "success", "validate": "success", "train": "success",
         "refine": "success", "evaluate": "success", "gate": "success", "promoted": "success",
-        "score": "success", "score_shard": "success", "merge_scores": "success", "not_promoted": "skipped",
+        "score": "success", "score_shard": "success", "merge_scores": "success", "report": "skipped", "not_promoted": "skipped",
         "end_run": "success",
     }, result.stdout[-4000:] + result.stderr[-4000:]
     assert (project / "data" / "train.csv").is_file()  # pulled from the remote by sync_data

@@ -10,11 +10,13 @@ import pytest
 from hemo_pipeline.orchestration.runners import (
     CONTAINER_PROJECT,
     GPU_STEPS,
+    ReportNotConfigured,
     StepFailed,
     StepSettings,
     docker_operator,
     hemo_args,
     kubernetes_operator,
+    report_args,
     run_local,
     safe_run_key,
     shard_args,
@@ -53,6 +55,26 @@ def test_args_carry_overrides_as_settings_and_use_run_relative_outputs(tmp_path:
         hemo_args("deploy", tmp_path, {})
     with pytest.raises(ValueError):
         hemo_args("train", tmp_path, {"epochz": 3})
+
+
+def test_report_args_come_from_the_sites_configuration() -> None:
+    """A DICOMweb source is retrieved, a folder read; each run writes into its own subfolder; the
+    push and plain http only when configured; nothing configured skips, a partial setup fails."""
+    base = {"mapping": "/srv/private/test_mapping.csv", "source": "/srv/dicom", "out": "/srv/private/results"}
+    assert report_args(base, "run-1") == ["--mapping", "/srv/private/test_mapping.csv", "--dicom", "/srv/dicom",
+                                          "--out", "/srv/private/results/run-1"]
+    web = report_args({**base, "source": "HTTPS://pacs.example/dicom-web", "push": "https://pacs.example/dicom-web",
+                       "allow_http": "False"}, "run-2")
+    assert web[2:4] == ["--dicomweb", "HTTPS://pacs.example/dicom-web"] and "--dicom" not in web
+    assert web[-2:] == ["--push", "https://pacs.example/dicom-web"] and "--allow-http" not in web
+    assert report_args({**base, "allow_http": "true"}, "r")[-1] == "--allow-http"
+    assert hemo_args("report", Path("/p"), {})[:3] == ["report", "--exams", "outputs/exams.csv"]
+    with pytest.raises(ReportNotConfigured):
+        report_args({"mapping": None, "source": " ", "out": None}, "r")
+    with pytest.raises(ValueError, match="set hemo_report_source, hemo_report_out as well"):
+        report_args({"mapping": "/m.csv"}, "r")
+    with pytest.raises(ValueError, match="hemo_report_allow_http is 'yes'"):
+        report_args({**base, "allow_http": "yes"}, "r")
 
 
 @pytest.mark.parametrize("step", STEPS)
