@@ -14,7 +14,10 @@ PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT to a folder for the results}
 WORK=${WORK:-/tmp/hemo-recipe-matrix}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/logs" || exit 2
+if [ -e "$WORK" ] && [ ! -e "$WORK/.hemo-recipe-matrix" ]; then  # never wipe a folder this script did not make
+  echo "WORK=$WORK exists and is not a recipe_matrix work folder; pick another"; exit 2
+fi
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/logs" && touch "$WORK/.hemo-recipe-matrix" || exit 2
 SIZES=${SIZES:-48 80} SEEDS=${SEEDS:-0 1 2} TEST=${TEST:-24} WORK=$WORK "$PY" - <<'PY' || exit 2
 import os
 from concurrent.futures import ProcessPoolExecutor

@@ -22,8 +22,9 @@ start_run -> sync_data -> validate -> train -> refine -> evaluate -> gate -> pro
   every step's argument, the gate's result the branch's and the scoring plan's. Each runner hands
   back the step's JSON result, so nothing is read from a disk only a container or pod could see.
 * `sync_data` is `hemo sync-data` (dvc pull data.dvc) on the worker, where the project lives.
-* `report` is `hemo report` on the worker: the DICOM SR, Secondary Captures and FHIR reports of the
-  scored series, stored on the PACS, where the site configured it (Airflow Variables
+* `report` is `hemo report` on the worker: the DICOM SR and FHIR reports of the scored series
+  (no Secondary Captures: the DAG's score draws no overlays), stored on the PACS where the site
+  configured it (Airflow Variables
   `hemo_report_mapping`, `hemo_report_source`, `hemo_report_out`, optional `hemo_report_push` and
   `hemo_report_allow_http`; README "Results back to the PACS"); skipped where none is set. It runs
   on the worker whatever the runner, because the UID mapping and the objects name patients and stay

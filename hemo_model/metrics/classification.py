@@ -89,7 +89,9 @@ def untunable_classes(y_true: np.ndarray, min_positives: int, groups: Sequence[s
     patients are two observations, not twenty."""
     y = np.asarray(y_true)
     few = y.sum(axis=0) < min_positives
-    if groups is not None and min_positive_groups > 0:
+    if min_positive_groups > 0:
+        if groups is None:
+            raise ValueError("min_positive_groups needs the groups (a patient key per slice)")
         few |= positive_groups(y, groups) < min_positive_groups
     return [i for i in range(y.shape[1]) if few[i]]
 

@@ -205,8 +205,10 @@ def report_args(config: Mapping[str, str | None], run_key: str) -> list[str]:
     """The `hemo report` arguments of a DAG run from the site's configuration (:data:`REPORT_VARIABLES`):
     ``--dicomweb`` for a source that is an http(s) URL, else ``--dicom``; the objects go to
     ``<out>/<run_key>`` so runs never overwrite each other. Nothing configured raises
-    :class:`ReportNotConfigured`; a partial configuration is a ValueError naming what is missing
-    (a site that set some of it meant to report: skipping silently would hide that)."""
+    :class:`ReportNotConfigured`; any Variable set without all three required ones is a ValueError
+    naming what is missing (a site that set some of it meant to report: skipping silently would
+    hide that), and so are relative paths (steps run in the run folder) and URLs with credentials
+    (the task log shows the command line)."""
     given = {k: str(v).strip() for k, v in config.items() if k in REPORT_VARIABLES and v is not None and str(v).strip()}
     if not given:
         raise ReportNotConfigured("no report configured (Airflow Variables "
@@ -219,8 +221,16 @@ def report_args(config: Mapping[str, str | None], run_key: str) -> list[str]:
     if allow not in ("true", "false"):
         raise ValueError(f"hemo_report_allow_http is {allow!r}; set true or false")
     source = given["source"]
-    args = ["--mapping", given["mapping"],
-            *(["--dicomweb", source] if re.match(r"(?i)https?://", source) else ["--dicom", source]),
+    web = re.match(r"(?i)https?://", source) is not None
+    for name in ("source", "push"):
+        if name in given and re.match(r"(?i)[a-z][a-z0-9+.-]*://[^/?#]*@", given[name]):
+            raise ValueError(f"hemo_report_{name} carries credentials (user:password@), which the task log and the "
+                             "process list would show: put them in the worker's HEMO_DICOMWEB_TOKEN or "
+                             "HEMO_DICOMWEB_USERNAME/HEMO_DICOMWEB_PASSWORD and give the URL without them")
+    for name in ("mapping", "out", *(() if web else ("source",))):
+        if not Path(given[name]).is_absolute():  # steps run in the run folder: a relative path would land there
+            raise ValueError(f"hemo_report_{name} must be an absolute path on the worker (it is {given[name]!r})")
+    args = ["--mapping", given["mapping"], *(["--dicomweb", source] if web else ["--dicom", source]),
             "--out", str(Path(given["out"]) / run_key)]
     if "push" in given:
         args += ["--push", given["push"]]

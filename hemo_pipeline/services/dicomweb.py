@@ -77,15 +77,15 @@ MAX_PARTS = 20_000
 """Instances in one WADO-RS answer: more is not a CT series but a file-count bomb."""
 TIMEOUT = 20.0
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?")
+_ACCEPT_DICOM = 'multipart/related; type="application/dicom"'
+_QUIET = ("dicomweb_client", "urllib3", "requests", "python_multipart", "multipart")
 
 
 def is_uid(value: str) -> bool:
     """A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1). Every UID that goes into a
     request path is checked with this, so no answer or file can put '../' or '?' there."""
     return len(value) <= 64 and _UID.fullmatch(value) is not None
-_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?")
-_ACCEPT_DICOM = 'multipart/related; type="application/dicom"'
-_QUIET = ("dicomweb_client", "urllib3", "requests", "python_multipart", "multipart")
 
 
 @dataclass

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds = thresholds_single = [0.5] * len(CLASSES)
     elif cfg.tune_thresholds:
         # one patient key per val slice, in the order both_modes stacked them
-        keys = np.concatenate([[s.patient.patient_key] * len(s.patient.labels) for s in val_scores]
+        keys = np.concatenate([[s.patient.patient_key] * len(s.probabilities) for s in val_scores]
                               ) if val_scores else np.zeros(0, dtype=str)
         kept = untunable_classes(val_labels, cfg.min_tune_positives, keys, cfg.min_tune_patients)
         thresholds, thresholds_single = (

@@ -223,7 +223,8 @@ def _overlay(exam: ExamResult, column: str, maps: dict, files: dict[str, Path], 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     out: Path = args.out
-    if is_inside(out, Path.cwd()):
+    # the project is the working folder, or HEMO_PROJECT_DIR where an orchestrator runs the step in a run folder
+    if is_inside(out, Path.cwd()) or is_inside(out, tracking.project_dir()):
         raise UserError(f"--out {out} is inside the project; the objects carry patient identifiers: write them "
                         "outside it (e.g. next to the private mapping)")
     push = parse_service_root(args.push, args.allow_http) if args.push else None

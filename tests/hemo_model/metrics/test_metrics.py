@@ -101,3 +101,5 @@ def test_positive_slices_from_few_patients_keep_the_default_threshold() -> None:
     assert untunable_classes(y, 20) == [1, 2, 4]  # without keys, slices alone decide
     with pytest.raises(ValueError, match="399 group keys for 400 slices"):
         positive_groups(y, keys[:-1])
+    with pytest.raises(ValueError, match="min_positive_groups needs the groups"):
+        tune_thresholds(y, p, min_positive_groups=10)  # a patient floor without patients must not pass silently

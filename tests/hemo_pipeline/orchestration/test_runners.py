@@ -75,6 +75,15 @@ def test_report_args_come_from_the_sites_configuration() -> None:
         report_args({"mapping": "/m.csv"}, "r")
     with pytest.raises(ValueError, match="hemo_report_allow_http is 'yes'"):
         report_args({**base, "allow_http": "yes"}, "r")
+    with pytest.raises(ValueError, match="set hemo_report_mapping, hemo_report_source, hemo_report_out as well"):
+        report_args({"allow_http": "false"}, "r")  # an optional one alone is a setup left half done
+    for name in ("source", "push"):  # the task log prints the command line: no password may be in it
+        with pytest.raises(ValueError, match=f"hemo_report_{name} carries credentials") as caught:
+            report_args({**base, name: "https://radiology:s3cret@pacs.example/dicom-web"}, "r")
+        assert "s3cret" not in str(caught.value)
+    for name in ("mapping", "out", "source"):  # steps run in the run folder
+        with pytest.raises(ValueError, match=f"hemo_report_{name} must be an absolute path"):
+            report_args({**base, name: "private/x"}, "r")
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -188,6 +188,7 @@ def test_a_second_run_replaces_the_same_objects(imported: Path, tmp_path: Path, 
 
 @pytest.mark.parametrize(("change", "message"), [
     ("inside", "is inside the project; the objects carry patient identifiers"),
+    ("inside_project_dir", "is inside the project; the objects carry patient identifiers"),
     ("no_mapping_row", "has no row in the --mapping file"),
     ("http", "plain http sends patient data"),
     ("uid_root", "is not a UID root"),
@@ -202,6 +203,11 @@ def test_user_errors_give_one_line_and_write_nothing(imported: Path, tmp_path: P
     out, extra = tmp_path / "results", []
     if change == "inside":
         out = project / "results"
+    elif change == "inside_project_dir":  # an orchestrator runs the step in a run folder, the project elsewhere
+        other = tmp_path / "project-of-the-dag"
+        other.mkdir()
+        monkeypatch.setenv("HEMO_PROJECT_DIR", str(other))
+        out = other / "private"
     elif change == "no_mapping_row":
         text = (project / "outputs/exams.csv").read_text().replace("_10.jpg", "_99.jpg")
         (project / "outputs/exams.csv").write_text(text)
