@@ -1,7 +1,8 @@
 """hemo-retraining as a Kubeflow Pipelines v2 pipeline: the same `hemo` steps as dvc.yaml and the DAG.
 
     start-run -> [ validate -> train -> refine -> evaluate -> gate -> (promoted?)
-                   plan-scoring -> parallel-for score --shard I/N -> merge-scores ] -> end-run (exit handler)
+                   plan-scoring -> parallel-for score --shard I/N -> merge-scores
+                   -> (report_mapping set?) report ] -> end-run (exit handler)
 
 Compile (the committed pipeline.yaml is this output; a test keeps it current)::
 
@@ -82,6 +83,11 @@ MLFLOW_TRACKING_PASSWORD; ``kubectl create secret generic hemo-step --from-env-f
 the same one the Airflow kubernetes runner uses. Every step gets them as environment from the
 Secret (secretKeyRef): the compiled pipeline and the pod spec name the Secret, never a value."""
 SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+REPORT_OPTIONAL = ("report_dicom", "report_dicomweb", "report_push")
+"""The report step's optional pipeline inputs (IfPresent on a cluster)."""
+REPORT_SECRET_KEYS = ("HEMO_DICOMWEB_TOKEN", "HEMO_DICOMWEB_USERNAME", "HEMO_DICOMWEB_PASSWORD")
+"""The PACS credentials `hemo report` reads (hemo_pipeline.services.dicomweb), each optional: a PACS
+on a trusted network may take none."""
 RETRIES = 2
 """On a cluster: a lost node or a restarting MLflow server is worth two retries, and train/refine
 resume from their checkpoint (--resume auto). Kubeflow retries do not look at the exit code, so
@@ -135,6 +141,9 @@ def _configure(task: Any, step: str, image: Any, pvc: Any, containers: bool, ret
     task.set_cpu_limit(limits["cpu"]).set_memory_limit(limits["memory"])
     kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=PVC_MOUNT)
     kubernetes.use_secret_as_env(task, secret_name=STEP_SECRET, secret_key_to_env={k: k for k in SECRET_KEYS})
+    if step == "report":
+        kubernetes.use_secret_as_env(task, secret_name=STEP_SECRET, optional=True,
+                                     secret_key_to_env={k: k for k in REPORT_SECRET_KEYS})
     if step in GPU_STEPS:
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(int(limits[GPU_RESOURCE]))
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
@@ -163,6 +172,11 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
         image_size: Optional[int] = None,
         min_improvement: Optional[float] = None,
         score_shards: int = 1,
+        report_mapping: str = "",
+        report_out: str = "",
+        report_dicom: Optional[str] = None,
+        report_dicomweb: Optional[str] = None,
+        report_push: Optional[str] = None,
     ) -> None:
         where = {"project_dir": project_dir, "runs_dir": runs_dir, "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                  "mlflow_uri": mlflow_uri}
@@ -189,7 +203,11 @@ def build_pipeline(steps: Mapping[str, Any], containers: bool, retries: int = RE
                     # plan-scoring's `model` output) keeps every input of the loop one item
                     scored = step("score", parent_run_id=parent, shard=shard.index, shard_count=shard.count,
                                   model=shard.model, **overrides)
-                step("merge-scores", shard_count=score_shards).after(scored)  # after every shard
+                merged = step("merge-scores", shard_count=score_shards).after(scored)  # after every shard
+                # the DICOM SR / FHIR reports where the site configured its PACS (README "Results back to the PACS")
+                with dsl.If(report_mapping != "", name="report-configured"):
+                    step("report", parent_run_id=parent, mapping=report_mapping, out=report_out,
+                         dicom=report_dicom, dicomweb=report_dicomweb, push=report_push).after(merged)
 
     return hemo_retraining
 
@@ -272,7 +290,8 @@ def run_local(arguments: Mapping[str, Any], pipeline_root: Path) -> float:
     kfp.local 2.17.3 cannot leave an optional pipeline input out (it fails on the missing default,
     "Unknown value type") nor pass None, so every override gets a value here: one not given takes
     the project's own setting (params.yaml through hemo_pipeline.services.settings), which is what the step
-    would use without the override. On a cluster the inputs stay optional (IfPresent)."""
+    would use without the override, and an optional report input not given takes "" (which the
+    local twin leaves out). On a cluster the inputs stay optional (IfPresent)."""
     from kfp import local
 
     from hemo_pipeline.services.settings import load_settings
@@ -283,6 +302,8 @@ def run_local(arguments: Mapping[str, Any], pipeline_root: Path) -> float:
         if given.get(key) is None:
             section, name = setting.split(".")
             given[key] = getattr(getattr(settings, section), name)
+    for key in REPORT_OPTIONAL:
+        given[key] = given.get(key) or ""
     _resolve_named_outputs_in_local_conditions()
     _resolve_named_outputs_in_local_loops()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
@@ -320,13 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     for key in OVERRIDE_KEYS:
         local.add_argument(f"--{key.replace('_', '-')}", type=float if key == "min_improvement" else int)
     local.add_argument("--score-shards", type=int, default=1, help="score in this many parallel shards")
+    for key in ("report_mapping", "report_out", *REPORT_OPTIONAL):
+        local.add_argument(f"--{key.replace('_', '-')}", default="" if key in ("report_mapping", "report_out") else None,
+                           help="the report step's " + key.removeprefix("report_") + " (report runs where --report-mapping "
+                                "is given)")
     args = parser.parse_args(argv)
     if args.command == "compile":
         print(f"compiled {compile_pipeline(args.out)}")
         return 0
     arguments = {"project_dir": str(args.project_dir.resolve()), "runs_dir": str(args.runs_dir.resolve()),
                  "mlflow_uri": args.mlflow_uri, "score_shards": args.score_shards,
-                 **{key: getattr(args, key) for key in OVERRIDE_KEYS}}
+                 **{key: getattr(args, key) for key in OVERRIDE_KEYS},
+                 **{key: getattr(args, key) for key in ("report_mapping", "report_out", *REPORT_OPTIONAL)}}
     try:
         seconds = run_local(arguments, args.pipeline_root.resolve())
     except LocalRunFailed as exc:

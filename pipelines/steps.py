@@ -117,6 +117,16 @@ def merge_scores(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
     run_here("merge-scores", values)
 
 
+def report(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str, mapping: str,
+           out: str, dicom: Optional[str] = None, dicomweb: Optional[str] = None, push: Optional[str] = None):
+    """`hemo report` for the merged scores: DICOM SR, Secondary Captures and FHIR reports of every
+    scored series into ``<out>/<run folder>``, sources from ``dicom`` (a folder) or ``dicomweb`` (a
+    PACS), stored on ``push`` (STOW-RS) if given. The pipeline runs it only where report_mapping is set."""
+    values = dict(locals())
+    from pipelines.steps import run_here
+    run_here("report", values)
+
+
 def end_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
             final_status: PipelineTaskFinalStatus):
     """`hemo end-run`: ends the parent run FINISHED, or FAILED when a step failed (exit handler).
@@ -131,7 +141,7 @@ def end_run(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
 STEP_FUNCTIONS: dict[str, Callable[..., None]] = {
     "start-run": start_run, "validate": validate, "train": train, "refine": refine,
     "evaluate": evaluate, "gate": gate, "plan-scoring": plan_scoring, "score": score,
-    "merge-scores": merge_scores, "end-run": end_run,
+    "merge-scores": merge_scores, "report": report, "end-run": end_run,
 }
 OUTPUTS: dict[str, tuple[str, ...]] = {
     step: tuple(name for name, p in inspect.signature(func).parameters.items()
@@ -181,11 +191,28 @@ def step_command(step: str, values: Mapping[str, Any]) -> list[Any]:
     env = {**step_env(settings), RESULT_ENV: str(settings.run_dir / RESULTS_DIR / f"{result_name(step, extra)}.json"),
            **{field_env(name): text(values[name]) for name in OUTPUTS[step]}}
     argv: list[Any] = ["hemo", *hemo_args(step, settings.project_dir, settings.overrides), *extra]
+    if step == "report":
+        argv += _report_args(values, run_key, compiling)
     if step == "end-run":
         argv += ["--final-status", _final_status_text(values["final_status"])]
     if compiling:
         argv = _optional_overrides(argv, overrides)
     return pod_argv(str(settings.run_dir), env, argv)
+
+
+def _report_args(values: Mapping[str, Any], run_key: str, compiling: bool) -> list[Any]:
+    """`hemo report`'s site arguments: the objects into the run's own subfolder of ``out`` (as the
+    DAG's report task writes them), and each optional source or target only where it was given (an
+    IfPresentPlaceholder on its input when compiling)."""
+    args: list[Any] = ["--mapping", str(values["mapping"]), "--out", f"{values['out']}/{run_key}"]
+    for name in ("dicom", "dicomweb", "push"):
+        if compiling:
+            from kfp.dsl.placeholders import IfPresentPlaceholder
+
+            args.append(IfPresentPlaceholder(input_name=name, then=[f"--{name}", str(values[name])]))
+        elif values.get(name):  # kfp.local hands "" for an input not given (pipelines.kubeflow.run_local)
+            args += [f"--{name}", str(values[name])]
+    return args
 
 
 def _is_placeholder(value: Any) -> bool:

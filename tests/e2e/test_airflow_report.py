@@ -32,9 +32,10 @@ def _airflow(env: dict, *args: str, timeout: float = 600) -> subprocess.Complete
     return result
 
 
-@pytest.mark.slow
-def test_dag_run_reports_the_scored_series_where_the_site_configured_it(tmp_path: Path) -> None:
-    project, private, dicom = tmp_path / "project", tmp_path / "private", tmp_path / "dicom"
+def imported_dicom_project(root: Path) -> tuple[Path, Path, Path]:
+    """(project, private mapping, DICOM folder): an 8 + 2 series DICOM phantom imported as a site
+    would (`hemo import-dicom`, the test series' UID mapping in a private folder beside the project)."""
+    project, private, dicom = root / "project", root / "private", root / "dicom"
     project.mkdir()
     private.mkdir(mode=0o700)
     (project / "params.yaml").write_text(PARAMS)
@@ -45,7 +46,14 @@ def test_dag_run_reports_the_scored_series_where_the_site_configured_it(tmp_path
     mapping = private / "test_mapping.csv"
     run_ok(["hemo", "import-dicom", "--dicom", str(dicom / "test"), "--split", "test", "--out", "data", "--reports",
             "reports/import-test", "--mapping", str(mapping)], project, **SALT)
-    shutil.rmtree(project / "reports")  # the DAG's steps write into the run folder only
+    shutil.rmtree(project / "reports")  # the pipeline's steps write into the run folder only
+    return project, mapping, dicom
+
+
+@pytest.mark.slow
+def test_dag_run_reports_the_scored_series_where_the_site_configured_it(tmp_path: Path) -> None:
+    project, mapping, dicom = imported_dicom_project(tmp_path)
+    private = mapping.parent
 
     dags = tmp_path / "dags"
     dags.mkdir()
@@ -84,7 +92,8 @@ def test_dag_run_reports_the_scored_series_where_the_site_configured_it(tmp_path
     assert counts["exams"] == counts["sr"] == counts["fhir"] == 2, counts
 
     uids = {row[c] for row in rows for c in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    for folder in (tmp_path / "airflow", tmp_path / "runs", project):  # task logs, run folder, project
+    assert not [uid for uid in uids if uid in run.stdout + run.stderr]  # `dags test` prints the task logs here
+    for folder in (tmp_path / "airflow", tmp_path / "runs", project):  # Airflow's home and DB, run folder, project
         for path in folder.rglob("*"):
             if path.is_file():
                 text = path.read_bytes().decode("latin-1")

@@ -31,7 +31,7 @@ from tests.conftest import TINY_PARAMS, running_mlflow_server
 from tests.pipelines.kfp_venv import REPO, run_kfp
 
 STEPS = ("start-run", "validate", "train", "refine", "evaluate", "gate", "plan-scoring", "score", "merge-scores",
-         "end-run")
+         "report", "end-run")
 IN_HANDLER = ("validate", "train", "refine", "evaluate", "gate")
 
 
@@ -87,7 +87,7 @@ def test_graph_start_run_then_an_exit_handler_around_the_steps_and_score_only_wh
         "outputParameterKey": "promoted", "producerTask": "gate"}
     # promoted: plan the shards, score them in a parallel-for pinned to one model, then merge
     promoted = _tasks(spec, "comp-condition-2")
-    assert set(promoted) == {"plan-scoring", "for-loop-3", "merge-scores"}
+    assert set(promoted) == {"plan-scoring", "for-loop-3", "merge-scores", "condition-4"}
     assert promoted["plan-scoring"]["inputs"]["parameters"]["champion_version"] == {
         "componentInputParameter": "pipelinechannel--gate-champion_version_after"}
     assert promoted["plan-scoring"]["inputs"]["parameters"]["shard_count"] == {
@@ -102,6 +102,13 @@ def test_graph_start_run_then_an_exit_handler_around_the_steps_and_score_only_wh
         assert shard[name] == {"componentInputParameter": "pipelinechannel--plan-scoring-shards-loop-item",
                                "parameterExpressionSelector": f'parseJson(string_value)["{field}"]'}, name
     assert promoted["merge-scores"]["dependentTasks"] == ["for-loop-3"]  # after every shard
+    # report: after merge-scores, only where the site gave the private mapping (report_mapping)
+    configured = promoted["condition-4"]
+    assert configured["dependentTasks"] == ["merge-scores"] and configured["taskInfo"]["name"] == "report-configured"
+    assert configured["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--report_mapping'] != ''"
+    report = _tasks(spec, "comp-condition-4")["report"]["inputs"]["parameters"]
+    for name in ("mapping", "out", "dicom", "dicomweb", "push"):
+        assert report[name] == {"componentInputParameter": f"pipelinechannel--report_{name}"}, name
     # end-run: the exit task, runs whatever happened, and receives the steps' final status
     end = root["end-run"]
     assert end["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -163,8 +170,12 @@ def test_parameters(compiled: dict[str, Any]) -> None:
     assert {name: p["parameterType"] for name, p in params.items()} == {
         "image": "STRING", "mlflow_uri": "STRING", "pvc": "STRING", "project_dir": "STRING", "runs_dir": "STRING",
         "epochs": "NUMBER_INTEGER", "image_size": "NUMBER_INTEGER", "min_improvement": "NUMBER_DOUBLE",
-        "score_shards": "NUMBER_INTEGER"}
+        "score_shards": "NUMBER_INTEGER", "report_mapping": "STRING", "report_out": "STRING", "report_dicom": "STRING",
+        "report_dicomweb": "STRING", "report_push": "STRING"}
     assert params["score_shards"]["defaultValue"] == 1
+    assert params["report_mapping"]["defaultValue"] == "" == params["report_out"]["defaultValue"]  # off by default
+    for optional in ("report_dicom", "report_dicomweb", "report_push"):
+        assert params[optional]["isOptional"] and "defaultValue" not in params[optional]
     for override in ("epochs", "image_size", "min_improvement"):  # not given = params.yaml decides
         assert params[override]["isOptional"] and "defaultValue" not in params[override]
         assert any(f'"InputName": "{override}"' in arg for arg in _executor(compiled["spec"], "train")["args"])
@@ -210,7 +221,9 @@ def test_each_containers_command_is_the_argv_its_local_twin_runs(compiled: dict[
                                                                  overrides: dict[str, Any]) -> None:
     base = {"project_dir": "/mnt/hemo/project", "runs_dir": "/mnt/hemo/runs", "run_key": "0b7c-run",
             "mlflow_uri": "http://mlflow:5000", "parent_run_id": "abc123", "shard": 1, "shard_count": 3,
-            "model": "models:/hemorrhage-classifier/4", "champion_version": "4"}
+            "model": "models:/hemorrhage-classifier/4", "champion_version": "4",
+            "mapping": "/mnt/private/test_mapping.csv", "out": "/mnt/private/results",
+            "dicomweb": "https://pacs.example/dicom-web"}  # report: dicom and push not given
     final_status = {"state": "FAILED", "pipelineTaskName": "exit-handler-1", "error": {"message": "Task train failed."}}
     cases = {}
     for step in STEPS:
@@ -234,13 +247,17 @@ def test_each_containers_command_is_the_argv_its_local_twin_runs(compiled: dict[
                           {**inputs, "final_status": status_json} if step == "end-run" else inputs, outputs)
         assert remote == local[step], step
         assert remote[4] == "/mnt/hemo/runs/0b7c-run"  # every step works in the run's own folder
-        if overrides.get("epochs") and step not in ("end-run", "plan-scoring", "merge-scores"):
+        if overrides.get("epochs") and step not in ("end-run", "plan-scoring", "merge-scores", "report"):
             assert "train.epochs=3" in remote and not any("image_size" in a for a in remote)
     shard = local["score"]
     assert shard[shard.index("--shard"):] == ["--shard", "1/3", "--model", "models:/hemorrhage-classifier/4"]
     assert any(a.endswith("/.hemo-results/score.shard-1-of-3.json") for a in shard)  # shards never share one
     assert local["merge-scores"][-2:] == ["--shards", "3"]
     assert local["plan-scoring"][-4:] == ["--shards", "3", "--model", "4"]
+    report = local["report"]
+    assert report[report.index("--mapping"):] == ["--mapping", "/mnt/private/test_mapping.csv", "--out",
+                                                  "/mnt/private/results/0b7c-run", "--dicomweb",
+                                                  "https://pacs.example/dicom-web"]
 
 
 # --- kfp.local: the same pipeline, run here -----------------------------------------------------
@@ -338,6 +355,31 @@ def test_kfp_local_stops_at_validate_on_bad_data_and_ends_the_parent_failed(pipe
     parent = mlflow.MlflowClient(registry_server).get_run(parent_id)
     assert parent.info.status == "FAILED"
     assert "failed" in parent.data.tags["hemo.end_reason"]
+
+
+@pytest.mark.slow
+def test_kfp_local_reports_the_scored_series_where_the_run_gives_the_mapping(tmp_path: Path) -> None:
+    """The report step runs after merge-scores when report_mapping is given: one SR and one FHIR
+    report per scored series in <report_out>/<run folder>, filed under the source studies."""
+    import pydicom
+
+    from tests.e2e.test_airflow_report import imported_dicom_project
+
+    project, mapping, dicom = imported_dicom_project(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    with running_mlflow_server(tmp_path / "mlflow") as url:  # a registry with no champion: the gate promotes
+        result, _, run_dir = _run_local(tmp_path, project, url, "--report-mapping", str(mapping), "--report-out",
+                                        str(mapping.parent / "results"), "--report-dicom", str(dicom / "test"))
+    assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-3000:])
+    results = mapping.parent / "results" / run_dir.name
+    with (run_dir / "outputs" / "exams.csv").open() as handle:
+        scored = {row["dirname"] for row in csv.DictReader(handle)}
+    assert {p.parent.name for p in results.glob("ID_*/sr.dcm")} == scored and len(scored) == 2
+    assert len(list(results.glob("ID_*/diagnostic_report.json"))) == 2
+    with mapping.open() as handle:
+        studies = {row["StudyInstanceUID"] for row in csv.DictReader(handle)}
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in results.glob("*/sr.dcm")} <= studies
+    assert json.loads((run_dir / ".hemo-results" / "report.json").read_text())["sr"] == 2
 
 
 def test_the_local_twin_compiles_to_the_same_graph(compiled: dict[str, Any], tmp_path: Path) -> None:

@@ -212,9 +212,17 @@ def test_the_kubeflow_pipeline_takes_the_login_from_a_secret_and_holds_no_value(
     spec, platform = yaml.safe_load_all(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, config in executors.items():
-        (secret,) = config["secretAsEnv"]
+        secret, *pacs = config["secretAsEnv"]
         assert secret["secretName"] == "hemo-step", name
         assert {m["envVar"] for m in secret["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        if name == "exec-report":  # and the PACS login, from the same Secret, each key optional
+            (login,) = pacs
+            assert login["secretName"] == "hemo-step" and login["optional"] is True
+            from hemo_pipeline.services.dicomweb import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
+
+            assert {m["envVar"] for m in login["keyToEnv"]} == {TOKEN_ENV, USERNAME_ENV, PASSWORD_ENV}
+        else:
+            assert pacs == [], name
     assert len(executors) == len(spec["deploymentSpec"]["executors"])
     assert not re.search(r"(PASSWORD|SECRET_ACCESS_KEY)=", text)
 
