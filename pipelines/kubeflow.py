@@ -85,6 +85,8 @@ Secret (secretKeyRef): the compiled pipeline and the pod spec name the Secret, n
 SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 REPORT_OPTIONAL = ("report_dicom", "report_dicomweb", "report_push")
 """The report step's optional pipeline inputs (IfPresent on a cluster)."""
+REPORT_INPUTS = ("report_mapping", "report_out", *REPORT_OPTIONAL)
+"""Every pipeline input of the report step; the first two default to "" (no report)."""
 REPORT_SECRET_KEYS = ("HEMO_DICOMWEB_TOKEN", "HEMO_DICOMWEB_USERNAME", "HEMO_DICOMWEB_PASSWORD")
 """The PACS credentials `hemo report` reads (hemo_pipeline.services.dicomweb), each optional: a PACS
 on a trusted network may take none."""
@@ -341,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in OVERRIDE_KEYS:
         local.add_argument(f"--{key.replace('_', '-')}", type=float if key == "min_improvement" else int)
     local.add_argument("--score-shards", type=int, default=1, help="score in this many parallel shards")
-    for key in ("report_mapping", "report_out", *REPORT_OPTIONAL):
-        local.add_argument(f"--{key.replace('_', '-')}", default="" if key in ("report_mapping", "report_out") else None,
+    for key in REPORT_INPUTS:
+        local.add_argument(f"--{key.replace('_', '-')}", default=None if key in REPORT_OPTIONAL else "",
                            help="the report step's " + key.removeprefix("report_") + " (report runs where --report-mapping "
                                 "is given)")
     args = parser.parse_args(argv)
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = {"project_dir": str(args.project_dir.resolve()), "runs_dir": str(args.runs_dir.resolve()),
                  "mlflow_uri": args.mlflow_uri, "score_shards": args.score_shards,
                  **{key: getattr(args, key) for key in OVERRIDE_KEYS},
-                 **{key: getattr(args, key) for key in ("report_mapping", "report_out", *REPORT_OPTIONAL)}}
+                 **{key: getattr(args, key) for key in REPORT_INPUTS}}
     try:
         seconds = run_local(arguments, args.pipeline_root.resolve())
     except LocalRunFailed as exc:

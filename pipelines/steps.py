@@ -119,9 +119,10 @@ def merge_scores(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str,
 
 def report(project_dir: str, runs_dir: str, run_key: str, mlflow_uri: str, parent_run_id: str, mapping: str,
            out: str, dicom: Optional[str] = None, dicomweb: Optional[str] = None, push: Optional[str] = None):
-    """`hemo report` for the merged scores: DICOM SR, Secondary Captures and FHIR reports of every
-    scored series into ``<out>/<run folder>``, sources from ``dicom`` (a folder) or ``dicomweb`` (a
-    PACS), stored on ``push`` (STOW-RS) if given. The pipeline runs it only where report_mapping is set."""
+    """`hemo report` for the merged scores: the DICOM SR and FHIR report of every scored series (no
+    Secondary Captures: the pipeline's score draws no overlays) into ``<out>/<run folder>``, sources
+    from ``dicom`` (a folder) or ``dicomweb`` (a PACS), stored on ``push`` (STOW-RS) if given. The
+    pipeline runs it only where report_mapping is set."""
     values = dict(locals())
     from pipelines.steps import run_here
     run_here("report", values)
