@@ -4,6 +4,7 @@
 <root>/train.csv                      dirname,ID,ich,ivh,sah,sdh,edh
 <root>/train/ID_<hash>/<hash>_<k>.jpg one 8-bit grayscale slice, k = 0..n-1 in scan order
 <root>/test/ID_<hash>/<hash>_<k>.jpg  same, no labels
+<root>/masks/ID_<hash>/<hash>_<k>.png optional lesion outlines of labelled slices (lesion_masks.py)
 ```
 A slice may also be ``<hash>_<k>.png``: a lossless RGB PNG whose channels are three CT windows
 (brain, subdural, bone), as ``hemo import-dicom --windows brain,subdural,bone`` writes them.

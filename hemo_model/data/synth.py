@@ -34,6 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from hemo_model import CLASSES, LABEL_COLUMNS
+from hemo_model.data.lesion_masks import MASKS_DIR, mask_name, write_lesion_mask
 from hemo_model.data.subgroups import PHANTOM_SCANNERS, SUBGROUPS_FILE, write_subgroups
 
 # Hounsfield units of the tissues we draw.
@@ -420,7 +421,9 @@ def write_split(
     progress: bool = False,
     scanner_drift: bool = True,
 ) -> list[dict[str, object]]:
-    """Write ``out/<split>/ID_<hash>/<hash>_<k>.jpg`` for ``n_patients``; return label rows."""
+    """Write ``out/<split>/ID_<hash>/<hash>_<k>.jpg`` for ``n_patients``; return label rows. For the
+    labelled split, each positive slice's lesion masks too (``out/masks/``, only the classes the
+    slice is labelled with: :mod:`hemo_model.data.lesion_masks`)."""
     rows: list[dict[str, object]] = []
     iterator: range | object = range(n_patients)
     if progress:
@@ -435,6 +438,9 @@ def write_split(
         for k, render in iter_patient_slices(patient, image_size):
             name = f"{patient.hash}_{k}.jpg"
             _write_jpeg(folder / name, render.pixels)
+            shown = {c: render.masks[c] for c in CLASSES if render.labels[c]}
+            if split == "train" and shown:
+                write_lesion_mask(out / MASKS_DIR / patient.dirname / mask_name(name), shown)
             rows.append({"dirname": patient.dirname, "ID": name, **render.labels})
     return rows
 

@@ -132,8 +132,10 @@ def triage_line(report: CalibrationReport) -> str:
             "(95 % Clopper-Pearson)")
 
 
-def triage_markdown(report: CalibrationReport, stored: bool, subgroups: Sequence[dict[str, Any]] = ()) -> str:
-    """reports/triage_report.md: what a reader of the worklist needs to trust it, from the gate patients."""
+def triage_markdown(report: CalibrationReport, stored: bool, subgroups: Sequence[dict[str, Any]] = (),
+                    sections: Sequence[str] = ()) -> str:
+    """reports/triage_report.md: what a reader of the worklist needs to trust it, from the gate patients
+    (``sections``: further markdown lines, such as the pointing game's, before the table of exams)."""
     c, t, m = report.calibration, report.triage, report.metrics
     lines = [
         "# Triage report (gate patients)",
@@ -166,6 +168,7 @@ def triage_markdown(report: CalibrationReport, stored: bool, subgroups: Sequence
         "![reliability](plots/reliability.png)",
         "",
         *subgroup_markdown(subgroups),
+        *sections,
         "## Gate exams",
         "",
         "| exam | bleed | P(any) | bin |",

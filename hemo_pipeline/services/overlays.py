@@ -25,6 +25,17 @@ from hemo_pipeline.services.files import write_figure_atomic
 from hemo_pipeline.services.plots import plt, saliency_overlay_figure
 from hemo_pipeline.services.score_files import saliency_file, save_saliency
 
+SALIENCY_METHOD = "occlusion sensitivity of the single-slice network"
+
+
+def slice_saliency(model: Any, module: torch.nn.Module, path: Path, class_index: int,
+                   device: torch.device) -> np.ndarray:
+    """The map an overlay shows for one slice file and class: the one place its method and
+    geometry are chosen, so that `hemo evaluate`'s pointing game checks exactly what readers see."""
+    size = model.image_size
+    image = torch.from_numpy(np.array(read_pixels(path, size, model.channels)))  # writable copy
+    return occlusion_map(module, image, class_index, device, patch=max(size // 8, 4), stride=max(size // 16, 2))
+
 
 def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.ndarray,
                    evidence: list[list[int]], device: torch.device) -> list[Path]:
@@ -32,15 +43,14 @@ def write_overlays(folder: Path, models: Sequence[Any], patient: Any, flags: np.
     drawn on that type's most suspicious slice (``evidence``); returns the files written."""
     model = models[0]
     size = model.image_size
+    module = model.module.to(device)
     written = []
     for index, name in enumerate(CLASSES):
         if not flags[:, index].any():
             continue
         k = evidence[index][0]
-        image = torch.from_numpy(np.array(read_pixels(patient.paths[k], size, model.channels)))  # writable copy
-        module = model.module.to(device)
-        saliency = occlusion_map(module, image, index, device, patch=max(size // 8, 4), stride=max(size // 16, 2))
-        figure = saliency_overlay_figure(image[0].numpy(), saliency,
+        saliency = slice_saliency(model, module, patient.paths[k], index, device)
+        figure = saliency_overlay_figure(read_pixels(patient.paths[k], size, model.channels)[0], saliency,
                                          f"{patient.dirname} slice {patient.paths[k].name}: {name}")
         target = folder / f"{patient.dirname}_{name}.png"
         write_figure_atomic(target, figure, dpi=90)

@@ -243,10 +243,15 @@ class EvaluateSettings:
     control on the val exams: at least 1 / target - 1 positive val exams are needed to open the bin)."""
     high_risk_fpr: float = 0.10
     """Triage target: the expected fraction of exams without a bleed called "high risk"."""
+    pointing_slices: int = 1
+    """Pointing game on the gate patients with outlined lesions (``data/masks``): per exam and flagged
+    type, the saliency maps of this many top evidence slices are checked against the lesion (1: the
+    one `hemo score --overlays` shows; each map costs 225 forward passes of one slice). 0: off."""
 
     def check(self) -> None:
         _require(0.0 < self.low_risk_fnr < 1.0 and 0.0 < self.high_risk_fpr < 1.0,
                  "evaluate.low_risk_fnr and evaluate.high_risk_fpr must be in (0, 1)")
+        _require(self.pointing_slices >= 0, "evaluate.pointing_slices must be >= 0 (0 turns the pointing game off)")
         _require(self.min_tune_positives >= 0 and self.min_tune_patients >= 0,
                  "evaluate.min_tune_positives and evaluate.min_tune_patients must be >= 0")
 

@@ -20,6 +20,7 @@ from hemo_model.data.layout import (
     LABELS_FILE,
     PATIENT_DIR,
     SPLITS,
+    DataError,
     UnsafePath,
     inside,
     is_safe_component,
@@ -28,6 +29,7 @@ from hemo_model.data.layout import (
     patient_hash,
     slice_path,
 )
+from hemo_model.data.lesion_masks import MASKS_DIR, MAX_CODE
 from hemo_model.data.series_index import FINGERPRINT, PATIENT_KEY, SERIES_COLUMNS, SERIES_FILE
 from hemo_model.data.subgroups import SUBGROUPS_FILE, header_problem, row_problem
 from hemo_pipeline.services.errors import UserError
@@ -44,6 +46,8 @@ class Frames:
     """One row per line of series.csv (patient keys, pixel fingerprints), None without the file."""
     subgroups: pd.DataFrame | None = None
     """One row per line of subgroups.csv (scanner, thickness, matrix bands), None without the file."""
+    masks: pd.DataFrame | None = None
+    """One row per file under masks/ (lesion outlines), None without the folder."""
 
 
 def shown(name: str) -> str:
@@ -139,6 +143,51 @@ def subgroups_frame(data: Path) -> pd.DataFrame | None:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); restore it (dvc checkout)") from exc
     return pd.DataFrame(rows, columns=["item", "dirname", "well_formed", "has_folder"])
+
+
+def masks_frame(data: Path, labels: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per entry of ``masks/<folder>/``: whether it is a well-formed lesion mask
+    (:mod:`hemo_model.data.lesion_masks`: ``ID_<hash>/<hash>_<k>.png``, a regular file inside the
+    data folder, an 8-bit grayscale square PNG with values 0-31), whether train.csv labels its slice,
+    and whether it outlines only classes the slice is labelled with. None without the folder."""
+    folder = data / MASKS_DIR
+    if not folder.is_dir():
+        return None
+    positives: dict[tuple[str, str], set[int]] = {}
+    if set(CLASSES) <= set(labels.columns):
+        for row in labels[["dirname", "ID", *CLASSES]].itertuples(index=False):
+            dirname, ident, *flags = row
+            if isinstance(dirname, str) and isinstance(ident, str):
+                positives[dirname, Path(ident).stem] = {i for i, f in enumerate(flags) if f == "1"}
+    rows = []
+    for patient in sorted(folder.iterdir()):
+        entries = sorted(patient.iterdir()) if patient.is_dir() and not patient.is_symlink() else [patient]
+        for entry in entries:
+            rows.append(_mask_row(data, patient.name, entry, positives))
+    return pd.DataFrame(rows, columns=["item", "well_formed", "labelled", "agrees_with_labels"])
+
+
+def _mask_row(data: Path, dirname: str, entry: Path, positives: dict[tuple[str, str], set[int]]) -> dict:
+    item = f"{MASKS_DIR}/{shown(dirname)}" + (f"/{shown(entry.name)}" if entry.name != dirname else "")
+    parsed = parse_slice_name(entry.name)
+    well_formed = (entry.suffix == ".png" and parsed is not None and patient_hash(dirname) == parsed.hash
+                   and entry.is_file() and not entry.is_symlink() and is_safe_component(dirname))
+    code = None
+    if well_formed:
+        try:
+            code = images.read(inside(data, MASKS_DIR, dirname, entry.name), None, modes=("L",))
+        except DataError:  # ImageError and UnsafePath are DataErrors
+            well_formed = False
+    if code is not None and (code.ndim != 2 or code.shape[0] != code.shape[1] or int(code.max(initial=0)) > MAX_CODE):
+        well_formed, code = False, None
+    key = (dirname, entry.stem)
+    labelled = well_formed and key in positives
+    agrees = None
+    if labelled and code is not None:
+        drawn = {i for i in range(len(CLASSES)) if (code & (1 << i)).any()}
+        agrees = drawn <= positives[key]
+    return {"item": item, "well_formed": well_formed, "labelled": labelled if well_formed else None,
+            "agrees_with_labels": agrees}
 
 
 def sequence_frame(split: str, slices: dict[str, list[int]], min_slices: int, max_slices: int) -> pd.DataFrame:
@@ -251,4 +300,4 @@ def build_frames(
     else:
         images = pd.DataFrame(columns=["item", "exists", "inside", "decodes", "mode", "width", "height", "size"])
     return Frames(labels=labels, label_header=header, patients=patients, images=images, files=files,
-                  series=series_frame(data), subgroups=subgroups_frame(data))
+                  series=series_frame(data), subgroups=subgroups_frame(data), masks=masks_frame(data, labels))

@@ -61,6 +61,13 @@ from hemo_pipeline.services.devices import resolve_device
 from hemo_pipeline.services.errors import UserError
 from hemo_pipeline.services.files import write_figure_atomic, write_json_atomic, write_text_atomic
 from hemo_pipeline.services.patient_roles import load_roles
+from hemo_pipeline.services.pointing_report import (
+    pointing_figure,
+    pointing_lines,
+    pointing_markdown,
+    pointing_metrics,
+    pointing_report,
+)
 from hemo_pipeline.services.results import publish
 from hemo_pipeline.services.serving import score_both
 from hemo_pipeline.services.step_args import add_common_arguments, data_root, settings_from
@@ -203,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
     metrics.update({f"triage_{k}": float(v) for k, v in triage.items() if isinstance(v, (int, float))})
     metrics.update({f"exam_{k}": float(v) for k, v in calibration.exam_decisions.items()
                     if k in ("sensitivity", "specificity")})
+    try:  # the overlays' maps, checked where the gate patients' lesions are outlined (data/masks)
+        pointing, pointing_examples = pointing_report(
+            loaded, scores, choice.use_context, thresholds if choice.use_context else thresholds_single,
+            thresholds_single, calibration.calibration, root, cfg.pointing_slices, device)
+    except DataError as exc:
+        raise UserError(f"{exc} (or remove the mask folder: the pointing game then says it was not played)") from exc
+    metrics.update(pointing_metrics(pointing))
 
     with tracking.step_run("evaluate", settings) as run:
         tracking.log_params_flat({"evaluate": settings.to_dict()["evaluate"], "model": str(args.model)})
@@ -213,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_dict({"calibration": _calibration_dict(calibration),
                          **calibration.metrics, "triage_on_gate": triage}, "evaluation/calibration.json")
         mlflow.log_dict({"subgroups_on_gate": _finite_or_null(subgroups)}, "evaluation/subgroups.json")
+        mlflow.log_dict({"pointing_on_gate": _finite_or_null(pointing)}, "evaluation/pointing.json")
         mlflow.set_tag("hemo.context_choice", choice.reason)
         mlflow.log_dict({"thresholds": dict(zip(CLASSES, thresholds)),
                          "thresholds_single": dict(zip(CLASSES, thresholds_single)), "confusion_context": counts},
@@ -225,10 +240,14 @@ def run(args: argparse.Namespace) -> int:
             "examples.png": plots.examples_figure(*_example_slices(scores, cfg.examples),
                                                   "most confident positives and negatives (gate patients)"),
         }
+        pointing_plot = pointing_figure(loaded, scores, pointing_examples)
+        if pointing_plot is not None:
+            figures["pointing.png"] = pointing_plot
         for name, figure in figures.items():
             write_figure_atomic(args.reports / "plots" / name, figure, dpi=90)
             tracking.log_figure(figure, name)
-        report_md = triage_markdown(calibration, stored=cfg.calibrate, subgroups=subgroups)
+        report_md = triage_markdown(calibration, stored=cfg.calibrate, subgroups=subgroups,
+                                    sections=pointing_markdown(pointing))
         write_text_atomic(args.reports / "triage_report.md", report_md)
         mlflow.log_text(report_md, "evaluation/triage_report.md")
         version = None
@@ -258,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
     summary["triage_on_gate"] = _finite_or_null(triage)
     summary["exam_decisions_on_gate"] = _finite_or_null(calibration.exam_decisions)
     summary["subgroups_on_gate"] = _finite_or_null(subgroups)
+    summary["pointing_on_gate"] = _finite_or_null(pointing)
     write_json_atomic(args.reports / "evaluate.json", summary)
     if version is not None:
         write_json_atomic(args.out, {"version": version, "run_id": run_id, "model_name": registry.MODEL_NAME})
@@ -277,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluate: {triage_line(calibration)}")
     for line in subgroup_lines(subgroups):
         print(f"evaluate: by subgroup, {line}")
+    for line in pointing_lines(pointing):
+        print(f"evaluate: {line}")
     print(f"evaluate: served {'with its context' if choice.use_context else 'on single slices'} (gate micro-F2 "
           f"{metrics['micro_f2_served_tuned']:.4f} at its tuned thresholds): {choice.reason}")
     return 0

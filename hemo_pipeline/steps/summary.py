@@ -47,6 +47,13 @@ def _exam_lines(evaluation: dict) -> list[str]:
                      f"{_rate(r['true_positives'], r['positives'], r['sensitivity_interval'])}, specificity "
                      f"{_rate(r['true_negatives'], r['negatives'], r['specificity_interval'])}"
                      + (f", exam ECE {ece:.4f}" if ece is not None else ""))
+    pointing = evaluation.get("pointing_on_gate") or {}
+    if pointing.get("status") == "played":
+        rows = [f"{name} {_rate(r['hits'], r['maps'], r['hit_rate_interval'])}"
+                for name, r in pointing["classes"].items() if r["maps"]]
+        lines.append("overlays point at the lesion (pointing game, gate): " + ("; ".join(rows) or "no map checked"))
+    elif pointing:
+        lines.append(f"pointing game: {pointing['status']}")
     return lines
 
 

@@ -4,7 +4,7 @@ Checks train.csv (exact columns, 0/1 labels without gaps, unique well-formed IDs
 their patient folder, safe paths), every patient sequence of train/ and test/ (22-40 slices,
 indices 0..n-1 without gap or duplicate) and every image (inside the data folder, decodes,
 8-bit grayscale, or RGB for model.input windows3, expected size; no file in train/ without a label
-row), and series.csv and subgroups.csv where present. Each check is reported on its own line
+row), and series.csv, subgroups.csv and the lesion masks (masks/) where present. Each check is reported on its own line
 naming the first offending patients/files. A JSON summary and GX Data Docs (HTML) are written to
 --reports, each replaced whole (a temp file or folder, then a rename or exchange), so a failed or
 interrupted run leaves the previous report. Exit 0 when all checks pass, 1 when any fails; the
@@ -99,6 +99,24 @@ def _subgroup_specs() -> list[CheckSpec]:
     ]
 
 
+def _mask_specs() -> list[CheckSpec]:
+    """Checks of masks/ (lesion outlines, from `hemo synth` or a team's segmentations): a bad file
+    would stop `hemo evaluate`'s pointing game, an outline of a class the slice is not labelled with
+    would score the saliency maps against the wrong answer."""
+    e = gx.expectations
+    return [
+        CheckSpec("masks.well_formed", "masks", e.ExpectColumnValuesToBeInSet(column="well_formed", value_set=[True]),
+                  "each mask must be masks/ID_<hash>/<hash>_<k>.png, a regular file (no link), an 8-bit grayscale "
+                  "square PNG with values 0-31 (bit 1 ich, 2 ivh, 4 sah, 8 sdh, 16 edh); re-export or remove it"),
+        CheckSpec("masks.labelled", "masks", e.ExpectColumnValuesToBeInSet(column="labelled", value_set=[True]),
+                  "the mask's slice has no train.csv row (masks are for labelled slices only); remove the mask or "
+                  "add the slice's row"),
+        CheckSpec("masks.agree_with_labels", "masks",
+                  e.ExpectColumnValuesToBeInSet(column="agrees_with_labels", value_set=[True]),
+                  "the mask outlines a class its slice is not labelled with; fix the label or the mask"),
+    ]
+
+
 def _specs(header: list[str], min_slices: int, max_slices: int, sizes: list[str],
            model_input: str = "gray") -> list[CheckSpec]:
     """``sizes``: the accepted "WxH" slice sizes (one: every slice must have it)."""
@@ -185,6 +203,7 @@ def _gx_frames(frames: Any) -> dict[str, Any]:
         "files": frames.files,
         **({"series": frames.series} if frames.series is not None else {}),
         **({"subgroups": frames.subgroups} if frames.subgroups is not None else {}),
+        **({"masks": frames.masks} if frames.masks is not None else {}),
     }
 
 
@@ -309,6 +328,8 @@ def validate(data: Path, reports: Path | None, min_slices: int, max_slices: int,
         specs += _series_specs()
     if frames.subgroups is not None:
         specs += _subgroup_specs()
+    if frames.masks is not None:
+        specs += _mask_specs()
     if not check_images:
         specs = [s for s in specs if s.frame != "images"]
     if reports is None:

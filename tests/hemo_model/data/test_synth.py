@@ -167,3 +167,30 @@ def test_subgroups_file_names_every_folder_with_its_scanner(tiny_data: Path) -> 
     scanners = [sample_patient(seed=0, split="train", index=i).scanner for i in range(40)]
     assert {"Phantom-A", "Phantom-B"} <= set(scanners)  # both scanners in any data set of some size
     assert 10 <= scanners.count("Phantom-B") <= 30
+
+
+def test_masks_outline_each_labelled_lesion_of_the_labelled_split_only(tiny_data: Path) -> None:
+    from hemo_model.data.lesion_masks import MASKS_DIR, outlined_patients, read_lesion_mask
+
+    with (tiny_data / "train.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    positive = [r for r in rows if any(int(r[c]) for c in CLASSES)]
+    assert positive, "the tiny set has lesions"
+    files = {(p.parent.name, p.name) for p in (tiny_data / MASKS_DIR).rglob("*.png")}
+    assert files == {(r["dirname"], r["ID"].replace(".jpg", ".png")) for r in positive}  # one per positive slice
+    test_folders = {d.name for d in (tiny_data / "test").iterdir()}
+    assert not outlined_patients(tiny_data) & test_folders  # test labels stay with the answer key
+    for row in rows:
+        planes = read_lesion_mask(tiny_data, row["dirname"], row["ID"], 64)
+        for index, name in enumerate(CLASSES):
+            assert planes[index].any() == bool(int(row[name])), (row["ID"], name)
+    # the outline is where the generator drew the lesion
+    row = positive[0]
+    k = parse_slice_name(row["ID"]).k
+    patients = [sample_patient(7, "train", i) for i in range(4)]  # conftest TINY: seed 7
+    patient = next(p for p in patients if p.dirname == row["dirname"])
+    drawn = render_slice(patient, k, 64)
+    planes = read_lesion_mask(tiny_data, row["dirname"], row["ID"], 64)
+    for c, name in enumerate(CLASSES):
+        if int(row[name]):
+            assert (planes[c] == drawn.masks[name]).all()

@@ -52,6 +52,25 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     assert all({"sensitivity_interval", "ece_exam_calibrated", "triage"} <= set(g) for g in groups)
     assert sum(line.startswith("| scanner = ") for line in markdown.splitlines()) == len(groups)
     assert out.count("evaluate: by subgroup, scanner ") == len(groups)
+    # the phantom outlines its lesions (data/masks): the overlays' maps are checked on the gate
+    # exams, one per exam and flagged type, and the figures reach the JSON, the report and MLflow
+    # (which maps a 2-step model's flags give is chance: tests/hemo_pipeline/services/test_pointing_report.py
+    # checks the game itself)
+    pointing = report["pointing_on_gate"]
+    assert pointing["status"] == "played", pointing
+    assert pointing["outlined_gate_patients"] >= 1 and pointing["tolerance_px"] == pytest.approx(64 * 15 / 224)
+    rows = pointing["classes"]
+    assert all(r["hits"] <= r["maps"] and r["exact_hits"] <= r["hits"] for r in rows.values())
+    assert all(r["maps"] + r["off_lesion"] <= pointing["outlined_gate_patients"] for r in rows.values())
+    assert "## Do the overlays point at the bleed?" in markdown and "evaluate: pointing game on " in out
+    assert (workdir / "reports/plots/pointing.png").is_file() == any(r["maps"] for r in rows.values())
+    from mlflow import MlflowClient
+
+    run_id = json.loads((workdir / "outputs/challenger.json").read_text())["run_id"]
+    logged = MlflowClient().get_run(run_id).data.metrics
+    assert {f"pointing_hit_rate_{c}" for c, r in rows.items() if r["maps"]} <= set(logged)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
+    assert "evaluation/pointing.json" in artifacts
 
     # let the same val role decide: the stored mode follows the val comparison at tuned thresholds
     assert main(["evaluate", "--model", "outputs/train/best.pt", "--set", "selection.min_val_patients=1",

@@ -32,7 +32,10 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
                                "specificity_interval": [0.0, 0.84], "ece_exam_calibrated": 0.12},
                               {"column": "scanner", "value": "other", "exams": 1, "positives": 0, "negatives": 1,
                                "true_positives": 0, "true_negatives": 1, "sensitivity_interval": [None, None],
-                               "specificity_interval": [0.025, 1.0], "ece_exam_calibrated": None}]}))
+                               "specificity_interval": [0.025, 1.0], "ece_exam_calibrated": None}],
+        "pointing_on_gate": {"status": "played", "classes": {
+            "ich": {"hits": 4, "maps": 5, "hit_rate_interval": [0.284, 0.995]},
+            "edh": {"hits": 0, "maps": 0, "hit_rate_interval": [None, None]}}}}))
     (outputs / "predictions.csv").write_text("dirname,ID,ich,ivh,sah,sdh,edh\nID_a,a_0.jpg,0,0,0,0,0\n")
     (outputs / "exams.csv").write_text("dirname,triage\nID_a,high_risk\nID_b,defer\nID_c,defer\n")
     assert main(["summary"]) == 0
@@ -42,4 +45,5 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
     assert "triage (gate): bleeds called low risk 1/8 = 0.125 [0.003, 0.530], deferred 5/12 = 0.417" in out
     assert "  scanner GE (5 exams): sensitivity 3/3 = 1.000 [0.290, 1.000], specificity 0/2 = 0.000" in out
     assert "  scanner other (1 exams): sensitivity n/a, specificity 1/1 = 1.000 [0.025, 1.000]\n" in out
+    assert "overlays point at the lesion (pointing game, gate): ich 4/5 = 0.800 [0.284, 0.995]\n" in out
     assert "exams: outputs/exams.csv (3 exams: 1 high_risk, 2 defer, 0 low_risk)" in out

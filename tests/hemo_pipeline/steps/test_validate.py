@@ -284,3 +284,32 @@ def test_a_subgroups_file_with_a_bad_header_and_no_rows_fails(data_copy: Path, t
     (data_copy / "subgroups.csv").write_text("dirname,Scanner Name\n")
     assert _validate(data_copy, tmp_path / "r") == 1
     assert "subgroups.csv header" in _fail_lines(capsys)["subgroups.well_formed"]
+
+
+def test_the_phantoms_lesion_masks_pass(tiny_data: Path, tmp_path: Path) -> None:
+    assert _validate(tiny_data, tmp_path / "r") == 0
+    checks = {c["name"]: c for c in json.loads((tmp_path / "r" / "summary.json").read_text())["checks"]}
+    masks = len(list((tiny_data / "masks").rglob("*.png")))
+    assert masks and all(checks[f"masks.{n}"]["success"] and checks[f"masks.{n}"]["total"] == masks
+                         for n in ("well_formed", "labelled", "agree_with_labels"))
+
+
+def test_lesion_mask_problems_fail_their_checks(data_copy: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A mask that is no bit-coded PNG, one for a slice without a label row and one outlining a
+    class its slice is not labelled with each fail one check, naming the file."""
+    rows = _rows(data_copy)
+    header = rows[0]
+    negative = next(r for r in rows[1:] if not any(r[header.index(c)] == "1" for c in ("ich", "ivh", "sah", "sdh", "edh")))
+    dirname, stem = negative[0], negative[1].removesuffix(".jpg")
+    folder = data_copy / "masks" / dirname
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (64, 64), 1).save(folder / f"{stem}.png")  # ich outlined on a slice labelled with nothing
+    Image.new("L", (64, 64), 40).save(folder / f"{stem.split('_')[0]}_999.png")  # bits beyond edh, no row
+    Image.new("L", (64, 64), 2).save(folder / f"{stem.split('_')[0]}_998.png")  # no row for slice 998
+    assert _validate(data_copy, tmp_path / "r") == 1
+    fails = _fail_lines(capsys)
+    assert {k for k in fails if k.startswith("masks.")} == {"masks.well_formed", "masks.labelled",
+                                                            "masks.agree_with_labels"}, fails
+    assert "_999.png" in fails["masks.well_formed"] and "_998.png" in fails["masks.labelled"]
+    assert f"masks/{dirname}/{stem}.png" in fails["masks.agree_with_labels"]
