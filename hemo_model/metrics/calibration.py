@@ -71,3 +71,17 @@ def classwise_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int
     if y.ndim != 2 or y.shape != p.shape:
         raise ValueError(f"expected two (n, classes) arrays of one shape, got {y.shape} and {p.shape}")
     return np.array([reliability(y[:, c], p[:, c], bins).ece for c in range(y.shape[1])])
+
+
+def ece_of_a_calibrated_model(probs: np.ndarray, bins: int = DEFAULT_BINS, draws: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+    """(mean, 95th percentile) of the ECE that a perfectly calibrated model with these
+    probabilities would show: labels drawn as Bernoulli(p) ``draws`` times. ECE is biased upward
+    on few predictions (each bin's observed frequency is noisy, and the gap is an absolute value),
+    so a figure from a dozen exams is read against this floor, not against 0."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if p.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array([expected_calibration_error(rng.random(p.size) < p, p, bins) for _ in range(draws)])
+    return float(values.mean()), float(np.quantile(values, 0.95))

@@ -22,7 +22,7 @@ import numpy as np
 from hemo_model.data.subgroups import by_group
 from hemo_model.inference.calibrated import exam_labels, exam_table, fit_calibration, score_exam, slice_probabilities
 from hemo_model.inference.triage import clopper_pearson, triage_report
-from hemo_model.metrics.calibration import expected_calibration_error, reliability
+from hemo_model.metrics.calibration import ece_of_a_calibrated_model, expected_calibration_error, reliability
 from hemo_model.model.spec import EXAM_COLUMNS, Calibration
 
 
@@ -79,6 +79,10 @@ def calibration_report(val_scores: Sequence[Any], gate_scores: Sequence[Any], us
     exam_bins = np.array([e.bin for e in exams])
     metrics = {f"ece_slice_{k}": expected_calibration_error(slice_labels, v, bins) for k, v in slice_probs.items()}
     metrics.update({f"ece_exam_{k}": expected_calibration_error(truth, v, bins) for k, v in exam_probs.items()})
+    for level, probs in (("slice", slice_probs["calibrated"]), ("exam", exam_probs["calibrated"])):
+        # what a perfectly calibrated model would read on these predictions: the floor to judge by
+        mean, high = ece_of_a_calibrated_model(probs, bins)
+        metrics.update({f"ece_{level}_calibrated_floor": mean, f"ece_{level}_calibrated_floor_p95": high})
     metrics.update({"n_calibration_slices": float(calibration.n_slices), "n_calibration_exams": float(calibration.n_exams),
                     "n_gate_slices": float(len(slice_labels)), "n_gate_exams": float(len(truth))})
     flagged = np.array([(p >= np.asarray(thresholds)).any() for p in raw])
@@ -160,10 +164,16 @@ def triage_markdown(report: CalibrationReport, stored: bool, subgroups: Sequence
         "",
         "## Calibration (expected calibration error, 10 bins)",
         "",
-        "| level | n | before | after |",
-        "|---|---|---|---|",
-        f"| slices | {m['n_gate_slices']:.0f} | {m['ece_slice_raw']:.4f} | {m['ece_slice_calibrated']:.4f} |",
-        f"| exams (any + 5 types) | {m['n_gate_exams']:.0f} x 6 | {m['ece_exam_raw']:.4f} | {m['ece_exam_calibrated']:.4f} |",
+        "| level | n | before | after | a perfectly calibrated model would read (mean, 95 % of draws below) |",
+        "|---|---|---|---|---|",
+        f"| slices | {m['n_gate_slices']:.0f} | {m['ece_slice_raw']:.4f} | {m['ece_slice_calibrated']:.4f} "
+        f"| {m['ece_slice_calibrated_floor']:.4f}, {m['ece_slice_calibrated_floor_p95']:.4f} |",
+        f"| exams (any + 5 types) | {m['n_gate_exams']:.0f} x 6 | {m['ece_exam_raw']:.4f} | {m['ece_exam_calibrated']:.4f} "
+        f"| {m['ece_exam_calibrated_floor']:.4f}, {m['ece_exam_calibrated_floor_p95']:.4f} |",
+        "",
+        "ECE reads above 0 even for a perfectly calibrated model on few predictions: the last column is what one "
+        "would show with the calibrated probabilities above (labels drawn from them); an ECE below its 95 % "
+        "figure is as good as this many exams can show.",
         "",
         "![reliability](plots/reliability.png)",
         "",

@@ -290,7 +290,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluate: calibration on the gate patients as served, before -> after Platt scaling fitted on val "
           f"(T, shift: {', '.join(f'{c} {t:.2f} {b:+.2f}' for c, t, b in fitted)}): ECE slices "
           f"{m['ece_slice_raw']:.4f} -> {m['ece_slice_calibrated']:.4f} ({m['n_gate_slices']:.0f}), exams "
-          f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes)"
+          f"{m['ece_exam_raw']:.4f} -> {m['ece_exam_calibrated']:.4f} ({m['n_gate_exams']:.0f} x any + 5 classes; a "
+          f"perfectly calibrated model would read {m['ece_exam_calibrated_floor']:.4f} on these exams, 95 % of draws "
+          f"below {m['ece_exam_calibrated_floor_p95']:.4f})"
           + ("; fitted on val patients the model trained on (train.refit_on_val): optimistic for new patients, "
              "not stored with the version (hemo score defers every exam)" if refit else ""))
     print(f"evaluate: {exam_decision_line(calibration.exam_decisions)} (95 % Clopper-Pearson)")

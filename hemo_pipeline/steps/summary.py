@@ -36,6 +36,8 @@ def _exam_lines(evaluation: dict) -> list[str]:
     if c and "ece_exam_calibrated" in c:
         lines.append(f"calibration (ECE, gate): slices {c['ece_slice_raw']:.4f} -> {c['ece_slice_calibrated']:.4f}, "
                      f"exams {c['ece_exam_raw']:.4f} -> {c['ece_exam_calibrated']:.4f}"
+                     + (f" (a perfectly calibrated model: {c['ece_exam_calibrated_floor']:.4f}, 95 % below "
+                        f"{c['ece_exam_calibrated_floor_p95']:.4f})" if "ece_exam_calibrated_floor" in c else "")
                      + ("" if c.get("stored_with_model", True) else " (not stored: evaluate.calibrate false)"))
     if t:
         missed = _rate(t["positives_low_risk"], t["positives"], t["low_risk_false_negative_rate_interval"])

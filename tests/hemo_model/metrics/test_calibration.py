@@ -52,3 +52,17 @@ def test_classwise_takes_each_column_and_the_whole_matrix_counts_every_cell() ->
 def test_probabilities_outside_zero_one_are_refused(probs: np.ndarray) -> None:
     with pytest.raises(ValueError, match="finite and in"):
         reliability(np.array([0, 1]), probs)
+
+
+def test_a_calibrated_models_ece_shrinks_with_the_number_of_predictions() -> None:
+    from hemo_model.metrics.calibration import ece_of_a_calibrated_model
+
+    rng = np.random.default_rng(3)
+    few, many = rng.random(72), rng.random(7200)
+    mean_few, high_few = ece_of_a_calibrated_model(few, bins=10, draws=400)
+    mean_many, _ = ece_of_a_calibrated_model(many, bins=10, draws=50)
+    assert 0.03 < mean_few < high_few < 0.2  # 72 predictions: far from 0 although calibrated by construction
+    assert mean_many < mean_few / 5  # ~1/sqrt(n)
+    # certain predictions are calibrated exactly: nothing to draw
+    assert ece_of_a_calibrated_model(np.array([0.0, 1.0, 1.0]), bins=10, draws=20) == (0.0, 0.0)
+    assert all(np.isnan(ece_of_a_calibrated_model(np.array([]))))

@@ -34,6 +34,9 @@ def test_single_slices_are_served_only_where_val_can_tell_they_score_higher(
     assert all(0 <= calibration[k] <= 1 for k in ("ece_slice_raw", "ece_slice_calibrated", "ece_exam_raw",
                                                   "ece_exam_calibrated"))
     assert calibration["n_gate_exams"] == report["patients"]["gate"]
+    # the floor a perfectly calibrated model would read on as few exams, to judge the ECE by
+    assert 0 < calibration["ece_exam_calibrated_floor"] < calibration["ece_exam_calibrated_floor_p95"] < 1
+    assert "a perfectly calibrated model would read" in out
     assert (workdir / "reports/plots/reliability.png").is_file()
     assert "evaluate: calibration on the gate patients as served" in out
     # the calibration fitted on val travels in the registered spec, for the served mode

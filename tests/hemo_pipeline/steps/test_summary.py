@@ -23,7 +23,8 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
                                    "true_negatives": 3, "sensitivity_interval": [0.47, 0.99],
                                    "specificity_interval": [0.19, 0.99]},
         "calibration": {"ece_slice_raw": 0.31, "ece_slice_calibrated": 0.04, "ece_exam_raw": 0.32,
-                        "ece_exam_calibrated": 0.09, "stored_with_model": True},
+                        "ece_exam_calibrated": 0.09, "stored_with_model": True,
+                        "ece_exam_calibrated_floor": 0.071, "ece_exam_calibrated_floor_p95": 0.112},
         "triage_on_gate": {"exams": 12, "positives": 8, "positives_low_risk": 1, "deferred": 5,
                            "low_risk_false_negative_rate_interval": [0.003, 0.53],
                            "deferral_fraction_interval": [0.15, 0.72]},
@@ -41,7 +42,8 @@ def test_summary_shows_exam_sensitivity_calibration_and_triage(tmp_path: Path, m
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
     assert "exams (gate, 12): sensitivity 7/8 = 0.875 [0.470, 0.990], specificity 3/4 = 0.750" in out
-    assert "calibration (ECE, gate): slices 0.3100 -> 0.0400, exams 0.3200 -> 0.0900" in out
+    assert ("calibration (ECE, gate): slices 0.3100 -> 0.0400, exams 0.3200 -> 0.0900 (a perfectly calibrated "
+            "model: 0.0710, 95 % below 0.1120)") in out
     assert "triage (gate): bleeds called low risk 1/8 = 0.125 [0.003, 0.530], deferred 5/12 = 0.417" in out
     assert "  scanner GE (5 exams): sensitivity 3/3 = 1.000 [0.290, 1.000], specificity 0/2 = 0.000" in out
     assert "  scanner other (1 exams): sensitivity n/a, specificity 1/1 = 1.000 [0.025, 1.000]\n" in out
