@@ -8,7 +8,11 @@ a map is drawn by each --methods: Grad-CAM at HemoNet's last ResNet stage (--lay
 before, twice as fine) and occlusion sensitivity (squares of 1/8 of the image filled with tissue).
 The map's maximum either falls inside the class's lesion mask (a hit) or not. The hit rate per class
 comes with its count and a 95 % Clopper-Pearson interval, exactly (tolerance 0 px) and within the
-pointing game's tolerance (15 px at 224 px, Zhang et al. 2016, scaled to the image size). --overlays
+pointing game's tolerance (15 px at 224 px, Zhang et al. 2016, scaled to the image size). Each
+flagged slice is also scored with its lesion deleted (hemo_model.inference.pointing.delete_lesion):
+a flag that then falls below its threshold rests on the lesion, and the hit rate among those flags
+says how well the map finds a lesion the model does use. --top N keeps each patient's N most
+confident flagged slices per class (the evidence slices `hemo score --overlays` draws on). --overlays
 DIR writes PNG overlays (slice, map, lesion outline) of the most confident flagged slice per class.
 
 Run: `.venv/bin/python benchmarks/saliency_pointing.py --model outputs/refine/best.pt --overlays reports/saliency`
@@ -37,6 +41,7 @@ from hemo_model.data.images import read_slice  # noqa: E402
 from hemo_model.data.synth import _write_jpeg as write_jpeg  # noqa: E402
 from hemo_model.data.synth import render_slice, sample_patient  # noqa: E402
 from hemo_model.data.transforms import to_model_input  # noqa: E402
+from hemo_model.inference.pointing import lesion_reliance, pointing_tolerance  # noqa: E402
 from hemo_model.inference.saliency import grad_cam, occlusion_map, pointing_hit  # noqa: E402
 from hemo_model.inference.triage import clopper_pearson  # noqa: E402
 from hemo_model.model.storage import load_checkpoint  # noqa: E402
@@ -54,6 +59,8 @@ def main() -> None:
     parser.add_argument("--layer", choices=["layer3", "layer4"], default="layer4",
                         help="ResNet stage Grad-CAM explains (layer4: size/32 cells, layer3: size/16)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--top", type=int, default=0,
+                        help="per patient and class, only the N most confident flagged slices (0: all)")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     model, spec, _ = load_checkpoint(args.model)
@@ -62,13 +69,13 @@ def main() -> None:
     model.eval()
     device = torch.device("cpu")
     size, thresholds = spec.image_size, spec.thresholds_for(1)
-    tolerance = size * 15 / 224  # the pointing game's 15 px at 224 px (Zhang et al., 2016), scaled
+    tolerance = pointing_tolerance(size)  # the pointing game's 15 px at 224 px (Zhang et al., 2016), scaled
     print(machine_line())
     print(f"settings: {args.model} ({spec.head} head, {size}px), {args.patients} phantom patients (seed {args.seed}), "
           f"single-slice thresholds {[round(t, 3) for t in thresholds]}, Grad-CAM at {args.layer} "
           f"({size // (32 if args.layer == 'layer4' else 16)}^2 cells), tolerance 0 and {tolerance:.1f} px")
     patch, stride = max(size // 8, 4), max(size // 16, 2)
-    hits: dict[tuple[str, str], list[tuple[bool, bool]]] = {(m, c): [] for m in args.methods for c in CLASSES}
+    hits: dict[tuple[str, str], list[tuple[bool, bool, bool]]] = {(m, c): [] for m in args.methods for c in CLASSES}
     positives = {c: 0 for c in CLASSES}
     best: dict[tuple[str, str], tuple[float, np.ndarray, np.ndarray, np.ndarray]] = {}
     started = time.perf_counter()
@@ -83,9 +90,14 @@ def main() -> None:
         for c_index, c in enumerate(CLASSES):
             shown = [k for k, m in enumerate(masks) if m[c].any()]
             positives[c] += len(shown)
-            flagged = [k for k in shown if probs[k, c_index] >= thresholds[c_index]]
+            flagged = sorted((k for k in shown if probs[k, c_index] >= thresholds[c_index]),
+                             key=lambda k: -probs[k, c_index])[:args.top or None]
             if not flagged:
                 continue
+            resting = {}  # the flag falls below the threshold once the lesion is deleted
+            for k in flagged:
+                _, after = lesion_reliance(model, images[k], masks[k][c], c_index, device)
+                resting[k] = after < thresholds[c_index]
             for method in args.methods:
                 if method == "gradcam":
                     maps = list(grad_cam(model, getattr(model.backbone, args.layer),
@@ -95,22 +107,28 @@ def main() -> None:
                 for k, saliency in zip(flagged, maps):
                     mask = masks[k][c]
                     hits[method, c].append((bool(pointing_hit(saliency, mask)),
-                                            bool(pointing_hit(saliency, mask, tolerance))))
+                                            bool(pointing_hit(saliency, mask, tolerance)), resting[k]))
                     if args.overlays is not None and probs[k, c_index] > best.get((method, c), (-1.0,))[0]:
                         best[method, c] = (float(probs[k, c_index]), images[k, 0].numpy(), saliency, mask)
     print(f"{args.patients} patients in {time.perf_counter() - started:.0f} s\n")
     print(f"occlusion: {patch} px squares every {stride} px, filled with the slice's median tissue value\n")
-    print(f"{'method':9} {'class':6} {'positive slices':>15} {'flagged':>8} {'hit (0 px)':>28} {'hit (15 px at 224)':>28}")
+    print(f"{'method':9} {'class':6} {'positive slices':>15} {'flagged':>8} {'hit (0 px)':>28} "
+          f"{'hit (15 px at 224)':>28} {'rest on the lesion':>28} {'hit among them':>28}")
     for method, c in hits:
-        n = len(hits[method, c])
-        exact, near = (sum(h[i] for h in hits[method, c]) for i in (0, 1))
-        rows = []
-        for k in (exact, near):
-            low, high = clopper_pearson(k, n)
-            rows.append(f"{k}/{n} = {k / n:.3f} [{low:.3f}, {high:.3f}]" if n else "n/a")
-        print(f"{method:9} {c:6} {positives[c]:>15} {n:>8} {rows[0]:>28} {rows[1]:>28}")
+        cases = hits[method, c]
+        resting = [h for h in cases if h[2]]
+        rows = [_rate(sum(h[0] for h in cases), len(cases)), _rate(sum(h[1] for h in cases), len(cases)),
+                _rate(len(resting), len(cases)), _rate(sum(h[1] for h in resting), len(resting))]
+        print(f"{method:9} {c:6} {positives[c]:>15} {len(cases):>8} " + " ".join(f"{r:>28}" for r in rows))
     if args.overlays is not None:
         _write_overlays(args.overlays, best)
+
+
+def _rate(k: int, n: int) -> str:
+    if not n:
+        return "n/a"
+    low, high = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _as_read(pixels: np.ndarray, size: int, scratch: Path) -> np.ndarray:
