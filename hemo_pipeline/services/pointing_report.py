@@ -40,7 +40,7 @@ from hemo_pipeline.services.overlays import SALIENCY_METHOD, slice_saliency
 def pointing_report(model: Any, gate_scores: Sequence[Any], use_context: bool, thresholds: Sequence[float],
                     single_thresholds: Sequence[float], calibration: Calibration | None, root: Path,
                     per_class: int, device: torch.device, progress: bool = True
-                    ) -> tuple[dict[str, Any], list[tuple[EvidenceSlice, np.ndarray, bool]]]:
+                    ) -> tuple[dict[str, Any], list[tuple[EvidenceSlice, np.ndarray, PointingCase]]]:
     """(the report, a few checked maps to draw: one per class, the first of each). Slices are picked
     by the served flags (``thresholds``, the served mode); the deletion check uses the single-slice
     network's ``single_thresholds``, the network the map explains. The report says why it is empty
@@ -103,7 +103,7 @@ def pointing_report(model: Any, gate_scores: Sequence[Any], use_context: bool, t
                                 "mean_probability_deleted": _mean([c.after for c in cases if CLASSES[c.class_index] == name])}
     examples = _first_per_class(items, cases, maps)
     report = {**base, "status": "played", "outlined_gate_patients": len(scored), "classes": per_class_rows}
-    return report, [(item, maps[id(item)], case.hit) for item, case in examples]
+    return report, [(item, maps[id(item)], case) for item, case in examples]
 
 
 def _mean(values: Sequence[float | None]) -> float:
@@ -194,7 +194,7 @@ def pointing_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def pointing_figure(model: Any, gate_scores: Sequence[Any],
-                    examples: Sequence[tuple[EvidenceSlice, np.ndarray, bool]]) -> Any | None:
+                    examples: Sequence[tuple[EvidenceSlice, np.ndarray, PointingCase]]) -> Any | None:
     """One panel per class: the first checked map over its slice, the lesion outlined, the peak marked."""
     if not examples:
         return None
@@ -202,16 +202,17 @@ def pointing_figure(model: Any, gate_scores: Sequence[Any],
     from hemo_pipeline.services.plots import plt
 
     paths = {s.patient.dirname: s.patient.paths for s in gate_scores}
-    fig, axes = plt.subplots(1, len(examples), figsize=(3.6 * len(examples), 3.9), squeeze=False)
-    for ax, (item, heat, hit) in zip(axes[0], examples):
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.3 * len(examples), 3.6), squeeze=False)
+    for ax, (item, heat, case) in zip(axes[0], examples):
         pixels = read_pixels(paths[item.exam][item.slice_index], model.image_size, model.channels)[0]
         ax.imshow(pixels, cmap="gray")
         ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
         ax.contour(item.lesion, levels=[0.5], colors="white", linewidths=1)
         y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         ax.plot(x, y, "w+", markersize=12)
-        ax.set_title(f"{CLASSES[item.class_index]}: {'hit' if hit else 'miss'}\n{item.exam} slice {item.slice_index}",
-                     fontsize=8)
+        rests = {True: "the flag rests on the lesion", False: "the flag stands without the lesion", None: ""}
+        ax.set_title(f"{CLASSES[item.class_index]}: {'hit' if case.hit else 'miss'}; {rests[case.rests_on_lesion]}\n"
+                     f"{item.exam} slice {item.slice_index}", fontsize=8)
         ax.axis("off")
     fig.text(0.5, 0.01, "gate patients; lesion outlined in white, the map's maximum marked +; not for diagnosis",
              ha="center", fontsize=7)

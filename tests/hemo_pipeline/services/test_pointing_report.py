@@ -14,6 +14,7 @@ from torch import nn
 from hemo_model import CLASSES
 from hemo_model.data.lesion_masks import MASKS_DIR, mask_name, write_lesion_mask
 from hemo_pipeline.services.pointing_report import (
+    pointing_figure,
     pointing_lines,
     pointing_markdown,
     pointing_metrics,
@@ -75,7 +76,10 @@ def test_a_network_that_reads_the_lesion_points_at_it(tmp_path: Path) -> None:
     assert row["mean_probability_before"] > 0.5 > row["mean_probability_deleted"]
     assert pointing_metrics(report) == {"pointing_hit_rate_ich": 1.0, "pointing_maps_ich": 1.0,
                                         "pointing_rest_on_lesion_rate_ich": 1.0, "pointing_hit_rate_resting_ich": 1.0}
-    assert len(examples) == 1 and examples[0][2] is True and examples[0][0].slice_index == 1
+    assert len(examples) == 1 and examples[0][2].hit and examples[0][2].rests_on_lesion and examples[0][0].slice_index == 1
+    gate = [SimpleNamespace(patient=SimpleNamespace(dirname="ID_p1", paths=sorted((tmp_path / "train/ID_p1").iterdir())))]
+    figure = pointing_figure(SimpleNamespace(image_size=SIZE, channels=1), gate, examples)
+    assert len(figure.axes) == 1 and figure.axes[0].get_title().startswith("ich: hit; the flag rests on the lesion")
     assert any(line.startswith("  ich: 1/1 = 1.000 [0.025, 1.000] (1 on the lesion itself); flags resting on the "
                                "lesion 1/1") for line in pointing_lines(report))
     assert any(line.startswith("| ich | 1 | 1/1 = 1.000 [0.025, 1.000] | 1 | 1/1 = 1.000") for line in
