@@ -174,7 +174,8 @@ def pointing_markdown(report: dict[str, Any]) -> list[str]:
                      f"| {_rate(row['hits_resting'], row['rest_on_lesion'], row['hit_rate_resting_interval'])} "
                      f"| {row['mean_probability_before']:.3f} -> {row['mean_probability_deleted']:.3f} "
                      f"| {row['off_lesion']} |")
-    return lines + ["", "![pointing](plots/pointing.png)", ""]
+    drawn = any(row["maps"] for row in report["classes"].values())
+    return lines + (["", "![pointing](plots/pointing.png)", ""] if drawn else ["", "No map was checked.", ""])
 
 
 def pointing_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -243,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         pointing_plot = pointing_figure(loaded, scores, pointing_examples)
         if pointing_plot is not None:
             figures["pointing.png"] = pointing_plot
+        else:  # no map this run: an earlier run's figure must not stand beside this run's report
+            (args.reports / "plots" / "pointing.png").unlink(missing_ok=True)
         for name, figure in figures.items():
             write_figure_atomic(args.reports / "plots" / name, figure, dpi=90)
             tracking.log_figure(figure, name)
