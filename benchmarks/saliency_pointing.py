@@ -12,7 +12,9 @@ pointing game's tolerance (15 px at 224 px, Zhang et al. 2016, scaled to the ima
 flagged slice is also scored with its lesion deleted (hemo_model.inference.pointing.delete_lesion):
 a flag that then falls below its threshold rests on the lesion, and the hit rate among those flags
 says how well the map finds a lesion the model does use. --top N keeps each patient's N most
-confident flagged slices per class (the evidence slices `hemo score --overlays` draws on). --overlays
+confident flagged slices per class among those that show the lesion (`hemo evaluate`'s game takes
+the top evidence slices whether or not they show it, and counts those apart). Lesions are the
+labelled ones, as `hemo synth` writes them to data/masks. --overlays
 DIR writes PNG overlays (slice, map, lesion outline) of the most confident flagged slice per class.
 
 Run: `.venv/bin/python benchmarks/saliency_pointing.py --model outputs/refine/best.pt --overlays reports/saliency`
@@ -29,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +39,7 @@ from _machine import machine_line  # noqa: E402
 
 from hemo_model import CLASSES  # noqa: E402
 from hemo_model.data.images import read_slice  # noqa: E402
+from hemo_model.data.lesion_masks import resize_planes  # noqa: E402
 from hemo_model.data.synth import _write_jpeg as write_jpeg  # noqa: E402
 from hemo_model.data.synth import render_slice, sample_patient  # noqa: E402
 from hemo_model.data.transforms import to_model_input  # noqa: E402
@@ -84,7 +86,7 @@ def main() -> None:
         patient = sample_patient(args.seed, "test", index)
         renders = [render_slice(patient, k, args.render_size) for k in range(patient.n_slices)]
         images = torch.from_numpy(np.stack([_as_read(r.pixels, size, scratch) for r in renders]))[:, None]
-        masks = [{c: _mask_at(r.masks[c], size) for c in CLASSES} for r in renders]
+        masks = [{c: _mask_at(r.masks[c] & bool(r.labels[c]), size) for c in CLASSES} for r in renders]
         with torch.no_grad():
             probs = torch.sigmoid(model(to_model_input(images, device)).float()).numpy()
         for c_index, c in enumerate(CLASSES):
@@ -94,10 +96,10 @@ def main() -> None:
                              key=lambda k: -probs[k, c_index])[:args.top or None]
             if not flagged:
                 continue
-            resting = {}  # the flag falls below the threshold once the lesion is deleted
+            rests_on_lesion = {}  # the flag falls below the threshold once the lesion is deleted
             for k in flagged:
                 _, after = lesion_reliance(model, images[k], masks[k][c], c_index, device)
-                resting[k] = after < thresholds[c_index]
+                rests_on_lesion[k] = after < thresholds[c_index]
             for method in args.methods:
                 if method == "gradcam":
                     maps = list(grad_cam(model, getattr(model.backbone, args.layer),
@@ -107,7 +109,7 @@ def main() -> None:
                 for k, saliency in zip(flagged, maps):
                     mask = masks[k][c]
                     hits[method, c].append((bool(pointing_hit(saliency, mask)),
-                                            bool(pointing_hit(saliency, mask, tolerance)), resting[k]))
+                                            bool(pointing_hit(saliency, mask, tolerance)), rests_on_lesion[k]))
                     if args.overlays is not None and probs[k, c_index] > best.get((method, c), (-1.0,))[0]:
                         best[method, c] = (float(probs[k, c_index]), images[k, 0].numpy(), saliency, mask)
     print(f"{args.patients} patients in {time.perf_counter() - started:.0f} s\n")
@@ -139,8 +141,8 @@ def _as_read(pixels: np.ndarray, size: int, scratch: Path) -> np.ndarray:
 
 
 def _mask_at(mask: np.ndarray, size: int) -> np.ndarray:
-    """A lesion mask at the model's image size (nearest neighbour, as the slice is resized)."""
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
+    """A lesion mask at the model's image size, resized as `hemo evaluate` reads data/masks."""
+    return resize_planes(mask[None], size)[0]
 
 
 def _write_overlays(folder: Path, best: dict[tuple[str, str], tuple[float, np.ndarray, np.ndarray, np.ndarray]]) -> None:

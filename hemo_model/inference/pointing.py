@@ -12,10 +12,9 @@ class comes with its count and an exact interval.
 
 A map can only point at the lesion if the flag rests on it, so each checked slice is also scored
 with its lesion deleted (:func:`delete_lesion`: the outline, grown by a pixel, filled with the
-median of the tissue around it). A flag of the single-slice network that falls below its threshold
-then rests on the lesion; one that stands rests on something else, and a faithful map must point
-elsewhere. On the phantom at the CPU demo budget most SAH and SDH flags stood with their lesion
-deleted (README "Reasons shown"): the pointing game then measures the model, not the map.
+median of the soft tissue around it). A flag of the single-slice network that falls below its
+threshold then rests on the lesion; one that stands rests on something else, and a faithful map
+must point elsewhere: where flags stand, the pointing game measures the model, not the map.
 """
 
 from __future__ import annotations
@@ -99,20 +98,24 @@ def evidence_to_check(exam: str, flags: np.ndarray, evidence: Sequence[Sequence[
 
 def delete_lesion(image: torch.Tensor, lesion: np.ndarray, ring_px: int = 3) -> torch.Tensor:
     """A copy of the uint8 slice (C, H, W) with the lesion, grown by one pixel, filled per channel
-    with the median of the tissue (non-air pixels) in a ring of ``ring_px`` around it; the slice's
-    median tissue where the ring holds none. A bleed replaced by what surrounds it, as a reader
-    would imagine the slice without it."""
+    with the median of the soft tissue in a ring of ``ring_px`` around it: a bleed replaced by what
+    surrounds it, as a reader would imagine the slice without it. Soft tissue is what the first
+    channel (the brain window) shows between air (0) and saturation (255): an SDH or EDH lies
+    against the skull, which saturates the brain window, and filling it with bone would leave a
+    bright crescent where the bleed was. Where the ring holds no soft tissue, the slice's soft
+    tissue median."""
     core = binary_dilation(np.asarray(lesion, dtype=bool), iterations=1)
-    ring = binary_dilation(core, iterations=ring_px) & ~core
+    area = torch.from_numpy(core)
+    brain = image[0]
+    soft = (brain > 0) & (brain < 255)
+    around = torch.from_numpy(binary_dilation(core, iterations=ring_px) & ~core) & soft
+    if not bool(around.any()):
+        around = soft & ~area
     out = image.clone()
-    area, around = torch.from_numpy(core), torch.from_numpy(ring)
     for channel in range(out.shape[0]):
         plane = out[channel]
-        tissue = plane[around & (plane > 0)]
-        if tissue.numel() == 0:
-            tissue = plane[plane > 0]
-        value = int(tissue.float().median().item()) if tissue.numel() else 0
-        plane[area] = value
+        tissue = plane[around]
+        plane[area] = int(tissue.float().median().item()) if tissue.numel() else 0
     return out
 
 

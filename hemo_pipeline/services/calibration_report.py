@@ -30,7 +30,8 @@ from hemo_model.model.spec import EXAM_COLUMNS, Calibration
 class CalibrationReport:
     calibration: Calibration
     metrics: dict[str, float]
-    """ece_{slice,exam}_{raw,calibrated}, n_* counts"""
+    """ece_{slice,exam}_{raw,calibrated}; ece_{slice,exam}_calibrated_floor(_p95): the mean and 95th
+    percentile ECE a perfectly calibrated model would read on as many predictions; n_* counts"""
     triage: dict[str, Any]
     """:func:`hemo_model.inference.triage.triage_report` on the gate exams"""
     exam_decisions: dict[str, Any]

@@ -33,6 +33,7 @@ from hemo_model.inference.pointing import (
     pointing_tolerance,
 )
 from hemo_model.inference.triage import clopper_pearson
+from hemo_model.metrics.classification import binarize
 from hemo_model.model.spec import Calibration
 from hemo_pipeline.services.overlays import SALIENCY_METHOD, slice_saliency
 
@@ -60,7 +61,7 @@ def pointing_report(model: Any, gate_scores: Sequence[Any], use_context: bool, t
     off_lesion = {name: 0 for name in CLASSES}
     for s in scored:
         logits = s.logits if use_context else s.slice_logits
-        flags = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64))) >= np.asarray(thresholds)
+        flags = binarize(1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64))), thresholds).astype(bool)
         exam = score_exam(logits, calibration, per_class)
         paths = s.patient.paths
 

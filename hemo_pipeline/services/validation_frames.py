@@ -29,7 +29,7 @@ from hemo_model.data.layout import (
     patient_hash,
     slice_path,
 )
-from hemo_model.data.lesion_masks import MASKS_DIR, MAX_CODE
+from hemo_model.data.lesion_masks import MASKS_DIR, read_mask_code
 from hemo_model.data.series_index import FINGERPRINT, PATIENT_KEY, SERIES_COLUMNS, SERIES_FILE
 from hemo_model.data.subgroups import SUBGROUPS_FILE, header_problem, row_problem
 from hemo_pipeline.services.errors import UserError
@@ -161,6 +161,8 @@ def masks_frame(data: Path, labels: pd.DataFrame) -> pd.DataFrame | None:
                 positives[dirname, Path(ident).stem] = {i for i, f in enumerate(flags) if f == "1"}
     rows = []
     for patient in sorted(folder.iterdir()):
+        if patient.name.startswith(".") and not patient.is_dir():
+            continue  # a desktop's .DS_Store: train/ and test/ skip non-folders too
         entries = sorted(patient.iterdir()) if patient.is_dir() and not patient.is_symlink() else [patient]
         for entry in entries:
             rows.append(_mask_row(data, patient.name, entry, positives))
@@ -171,15 +173,13 @@ def _mask_row(data: Path, dirname: str, entry: Path, positives: dict[tuple[str, 
     item = f"{MASKS_DIR}/{shown(dirname)}" + (f"/{shown(entry.name)}" if entry.name != dirname else "")
     parsed = parse_slice_name(entry.name)
     well_formed = (entry.suffix == ".png" and parsed is not None and patient_hash(dirname) == parsed.hash
-                   and entry.is_file() and not entry.is_symlink() and is_safe_component(dirname))
+                   and entry.parent.name == dirname and is_safe_component(dirname))
     code = None
     if well_formed:
         try:
-            code = images.read(inside(data, MASKS_DIR, dirname, entry.name), None, modes=("L",))
+            code = read_mask_code(data, dirname, entry.name)  # the readers' own check
         except DataError:  # ImageError and UnsafePath are DataErrors
             well_formed = False
-    if code is not None and (code.ndim != 2 or code.shape[0] != code.shape[1] or int(code.max(initial=0)) > MAX_CODE):
-        well_formed, code = False, None
     key = (dirname, entry.stem)
     labelled = well_formed and key in positives
     agrees = None

@@ -33,6 +33,7 @@ import numpy as np
 from hemo_model import CLASSES
 from hemo_model.data.images import read_slice
 from hemo_model.data.layout import DataError
+from hemo_model.data.lesion_masks import check_outlined, outlined_patients
 from hemo_model.data.subgroups import read_subgroups
 from hemo_model.inference.scoring import stack_scores
 from hemo_model.metrics.classification import (
@@ -143,6 +144,12 @@ def run(args: argparse.Namespace) -> int:
         groups = read_subgroups(root)  # refused before any scoring, not after minutes of it
     except DataError as exc:
         raise UserError(f"{exc} (or run `hemo validate`)") from exc
+    skip_pointing = "run `hemo validate`, or skip the pointing game: --set evaluate.pointing_slices=0"
+    if cfg.pointing_slices:
+        try:  # the gate patients' lesion masks, likewise checked before any scoring
+            check_outlined(root, outlined_patients(root) & {p.dirname for p in roles["gate"]})
+        except DataError as exc:
+            raise UserError(f"{exc} ({skip_pointing})") from exc
 
     def both_modes(patients: list) -> tuple:
         """(single-slice probs, context probs, labels, context scores): one forward pass per slice."""
@@ -213,9 +220,10 @@ def run(args: argparse.Namespace) -> int:
     try:  # the overlays' maps, checked where the gate patients' lesions are outlined (data/masks)
         pointing, pointing_examples = pointing_report(
             loaded, scores, choice.use_context, thresholds if choice.use_context else thresholds_single,
-            thresholds_single, calibration.calibration, root, cfg.pointing_slices, device)
-    except DataError as exc:
-        raise UserError(f"{exc} (or remove the mask folder: the pointing game then says it was not played)") from exc
+            thresholds_single, calibration.calibration if cfg.calibrate and not refit else None,  # as score orders
+            root, cfg.pointing_slices, device)
+    except DataError as exc:  # a mask changed since the check above
+        raise UserError(f"{exc} ({skip_pointing})") from exc
     metrics.update(pointing_metrics(pointing))
 
     with tracking.step_run("evaluate", settings) as run:

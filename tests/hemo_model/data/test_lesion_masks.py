@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ from hemo_model import CLASSES
 from hemo_model.data.layout import DataError, UnsafePath
 from hemo_model.data.lesion_masks import (
     MASKS_DIR,
+    check_outlined,
     decode,
     encode,
     mask_name,
     outlined_patients,
     read_lesion_mask,
+    resize_planes,
     write_lesion_mask,
 )
 
@@ -44,7 +47,7 @@ def test_encode_refuses_unknown_classes_and_mismatched_shapes() -> None:
         encode({"ich": np.ones((4, 4), bool), "ivh": np.ones((5, 5), bool)})
 
 
-def test_a_mask_reads_back_at_the_model_size_by_nearest_neighbour(tmp_path: Path) -> None:
+def test_a_mask_reads_back_at_the_model_size(tmp_path: Path) -> None:
     lesion = _square(64, 16, 32, 40, 56)  # 2x the model's 32 px
     write_lesion_mask(tmp_path / MASKS_DIR / "ID_aa" / mask_name("aa_3.jpg"), {"edh": lesion})
     planes = read_lesion_mask(tmp_path, "ID_aa", "aa_3.jpg", 32)
@@ -52,6 +55,18 @@ def test_a_mask_reads_back_at_the_model_size_by_nearest_neighbour(tmp_path: Path
     expected = _square(32, 8, 16, 20, 28)
     assert (planes[CLASSES.index("edh")] == expected).all()
     assert planes.sum() == expected.sum()  # no other class, nothing blurred in
+    # enlarged by nearest neighbour: the outline is not blurred outwards
+    assert (read_lesion_mask(tmp_path, "ID_aa", "aa_3.jpg", 128)[CLASSES.index("edh")]
+            == np.kron(lesion, np.ones((2, 2), bool))).all()
+
+
+def test_a_thin_outline_survives_the_shrink_to_the_model_size() -> None:
+    """A 1-px SAH line on odd rows would vanish under nearest neighbour, as the bleed does not
+    vanish from its bilinear-shrunk slice."""
+    planes = np.zeros((len(CLASSES), 64, 64), dtype=bool)
+    planes[CLASSES.index("sah"), 13, 10:50] = True
+    small = resize_planes(planes, 16)
+    assert small[CLASSES.index("sah"), 3, 3:12].all() and small.sum() == small[CLASSES.index("sah"), 3].sum()
 
 
 def test_an_outlined_patient_without_a_file_for_a_slice_shows_no_lesion_there(tmp_path: Path) -> None:
@@ -81,6 +96,21 @@ def test_a_mask_in_rgb_is_refused(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(path)
     with pytest.raises(DataError, match="lesion mask: an 8-bit grayscale PNG"):
         read_lesion_mask(tmp_path, "ID_aa", "aa_0.jpg", 8)
+
+
+def test_links_and_pipes_are_refused_not_read(tmp_path: Path) -> None:
+    """A link inside the data folder, a dangling one and a pipe (which would block the reader)."""
+    folder = tmp_path / MASKS_DIR / "ID_aa"
+    write_lesion_mask(folder / "aa_0.png", {"ich": _square(8, 0, 2, 0, 2)})
+    (folder / "aa_1.png").symlink_to(folder / "aa_0.png")
+    (folder / "aa_2.png").symlink_to(folder / "gone.png")
+    os.mkfifo(folder / "aa_3.png")
+    for k in (1, 2, 3):
+        with pytest.raises(DataError, match="not a regular file"):
+            read_lesion_mask(tmp_path, "ID_aa", f"aa_{k}.jpg", 8)
+    with pytest.raises(DataError, match="aa_1.png"):
+        check_outlined(tmp_path, ["ID_aa"])
+    assert read_lesion_mask(tmp_path, "ID_aa", "aa_0.jpg", 8)[0].sum() == 4
 
 
 def test_a_mask_linked_from_outside_the_data_folder_is_not_read(tmp_path: Path) -> None:

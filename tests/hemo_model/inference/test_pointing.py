@@ -112,6 +112,25 @@ def test_deleting_a_lesion_fills_it_with_the_tissue_around_it_and_leaves_air_and
     assert (image[0, 8:10, 8:10] == 250).all()  # the input is not changed
 
 
+def test_a_bleed_against_the_skull_is_filled_with_brain_not_bone() -> None:
+    """An SDH/EDH touches the skull, which saturates the brain window: the ring around it is half
+    bone, and a fill from all of it would paint a bright crescent where the bleed was."""
+    image = torch.zeros((1, 24, 24), dtype=torch.uint8)
+    image[0, 2:22, 2:22] = 255  # skull
+    image[0, 5:19, 5:19] = 90  # brain
+    image[0, 5:19, 5:8] = 200  # a crescent against the inner table
+    lesion = np.zeros((24, 24), dtype=bool)
+    lesion[5:19, 5:8] = True
+    deleted = delete_lesion(image, lesion)
+    assert (deleted[0, 5:19, 5:8] == 90).all()
+    # where no soft tissue surrounds it, the slice's soft tissue median; bone and air are never the fill
+    all_bone = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    all_bone[0, 0, 0] = 70
+    centre = np.zeros((8, 8), dtype=bool)
+    centre[4, 4] = True
+    assert int(delete_lesion(all_bone, centre, ring_px=1)[0, 4, 4]) == 70
+
+
 def test_lesion_reliance_scores_the_slice_with_and_without_its_lesion() -> None:
     class ReadsCentre(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

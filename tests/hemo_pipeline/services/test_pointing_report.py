@@ -112,3 +112,23 @@ def test_the_game_says_why_it_was_not_played(tmp_path: Path) -> None:
     assert "no gate patient has outlined lesions" in report["status"]
     assert pointing_lines(report) == [f"pointing game: {report['status']}"]
     assert "Not played: no gate patient" in "\n".join(pointing_markdown(report))
+
+
+def test_slices_are_picked_in_the_served_mode_and_judged_at_the_single_slice_thresholds(tmp_path: Path) -> None:
+    """Context logits flag the lesion's slice, single-slice logits another one: the served mode
+    decides which slice is checked; the deletion check uses the single-slice thresholds."""
+    patient = _patient(tmp_path)
+    single = np.full((3, len(CLASSES)), -5.0)
+    single[2, ICH] = 2.0  # alone, the network flags slice 2, which shows no ICH
+    patient.slice_logits = single
+    loaded = SimpleNamespace(module=ReadsRegion(LESION), image_size=SIZE, channels=1)
+    served = [0.5] * len(CLASSES)
+    strict = [0.99] * len(CLASSES)  # no single-slice flag stands at 0.99
+    report, _ = pointing_report(loaded, [patient], True, served, strict, None, tmp_path, 1, torch.device("cpu"),
+                                progress=False)
+    row = report["classes"]["ich"]
+    assert (row["maps"], row["off_lesion"], row["flagged_alone"], row["rest_on_lesion"]) == (1, 0, 0, 0)
+    report, _ = pointing_report(loaded, [patient], False, served, served, None, tmp_path, 1, torch.device("cpu"),
+                                progress=False)
+    row = report["classes"]["ich"]
+    assert (row["maps"], row["off_lesion"]) == (0, 1)

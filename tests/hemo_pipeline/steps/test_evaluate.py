@@ -126,3 +126,30 @@ def test_a_version_served_on_single_slices_scores_single_slices_at_their_thresho
     # its calibration was fitted on single-slice scores, and applies in both scoring modes
     assert spec.calibration is not None and spec.calibration.mode == "single"
     assert five.calibration == one.calibration == spec.calibration
+
+
+def test_a_bad_lesion_mask_is_refused_before_any_scoring(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed mask of a gate patient ends evaluate in one line naming the file and both ways
+    out, before minutes of scoring; with the pointing game off the same data evaluates."""
+    import shutil
+
+    from PIL import Image
+
+    assert main(["train", "--max-steps", "2"]) == 0
+    data = workdir / "data-with-bad-mask"
+    shutil.copytree(workdir / "data", data, symlinks=True)
+    for patient in (data / "train").iterdir():  # every patient, so the gate's are among them
+        folder = data / "masks" / patient.name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (64, 64), 99).save(folder / f"{patient.name[3:]}_0.png")  # 99: not a set of class bits
+    capsys.readouterr()
+    code = main(["evaluate", "--data", str(data), "--model", "outputs/train/best.pt", "--no-register"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (workdir / "reports/evaluate.json").exists()
+    assert len(err.strip().splitlines()) == 1, err  # one line, and no scoring progress before it
+    assert "_0.png: value 99 is not a set of the 5 class bits" in err
+    assert "hemo validate" in err and "evaluate.pointing_slices=0" in err
+    assert main(["evaluate", "--data", str(data), "--model", "outputs/train/best.pt", "--no-register",
+                 "--set", "evaluate.pointing_slices=0"]) == 0
+    report = json.loads((workdir / "reports/evaluate.json").read_text())
+    assert report["pointing_on_gate"]["status"].startswith("off")

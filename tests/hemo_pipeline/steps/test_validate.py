@@ -307,9 +307,13 @@ def test_lesion_mask_problems_fail_their_checks(data_copy: Path, tmp_path: Path,
     Image.new("L", (64, 64), 1).save(folder / f"{stem}.png")  # ich outlined on a slice labelled with nothing
     Image.new("L", (64, 64), 40).save(folder / f"{stem.split('_')[0]}_999.png")  # bits beyond edh, no row
     Image.new("L", (64, 64), 2).save(folder / f"{stem.split('_')[0]}_998.png")  # no row for slice 998
+    (folder / f"{stem.split('_')[0]}_997.png").symlink_to(folder / f"{stem}.png")  # a link, not a mask
+    (data_copy / "masks" / ".DS_Store").write_bytes(b"\0")  # a desktop's litter: skipped, as in train/
     assert _validate(data_copy, tmp_path / "r") == 1
     fails = _fail_lines(capsys)
     assert {k for k in fails if k.startswith("masks.")} == {"masks.well_formed", "masks.labelled",
                                                             "masks.agree_with_labels"}, fails
     assert "_999.png" in fails["masks.well_formed"] and "_998.png" in fails["masks.labelled"]
+    assert "_997.png" in fails["masks.well_formed"] and ".DS_Store" not in fails["masks.well_formed"]
+    assert "masks.well_formed: 2 of " in fails["masks.well_formed"]
     assert f"masks/{dirname}/{stem}.png" in fails["masks.agree_with_labels"]
