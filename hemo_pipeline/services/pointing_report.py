@@ -132,7 +132,10 @@ def pointing_lines(report: dict[str, Any]) -> list[str]:
             f"maximum within {report['tolerance_px']:.1f} px of the lesion; the lesion then deleted)")
     lines = [head]
     for name, row in report["classes"].items():
-        if row["maps"] or row["off_lesion"]:
+        if not row["maps"] and row["off_lesion"]:
+            lines.append(f"  {name}: no map: none of its {row['off_lesion']} flagged evidence slice(s) shows a {name} "
+                         "lesion")
+        elif row["maps"]:
             lines.append(f"  {name}: {_rate(row['hits'], row['maps'], row['hit_rate_interval'])} "
                          f"({row['exact_hits']} on the lesion itself); flags resting on the lesion "
                          f"{_rate(row['rest_on_lesion'], row['flagged_alone'], row['rest_on_lesion_interval'])} "
@@ -173,8 +176,9 @@ def pointing_markdown(report: dict[str, Any]) -> list[str]:
                      f"| {row['exact_hits']} "
                      f"| {_rate(row['rest_on_lesion'], row['flagged_alone'], row['rest_on_lesion_interval'])} "
                      f"| {_rate(row['hits_resting'], row['rest_on_lesion'], row['hit_rate_resting_interval'])} "
-                     f"| {row['mean_probability_before']:.3f} -> {row['mean_probability_deleted']:.3f} "
-                     f"| {row['off_lesion']} |")
+                     + (f"| {row['mean_probability_before']:.3f} -> {row['mean_probability_deleted']:.3f} "
+                        if row["maps"] else "| n/a ")
+                     + f"| {row['off_lesion']} |")
     drawn = any(row["maps"] for row in report["classes"].values())
     return lines + (["", "![pointing](plots/pointing.png)", ""] if drawn else ["", "No map was checked.", ""])
 

@@ -132,3 +132,5 @@ def test_slices_are_picked_in_the_served_mode_and_judged_at_the_single_slice_thr
                                 progress=False)
     row = report["classes"]["ich"]
     assert (row["maps"], row["off_lesion"]) == (0, 1)
+    assert "  ich: no map: none of its 1 flagged evidence slice(s) shows a ich lesion" in pointing_lines(report)
+    assert any(line.startswith("| ich | 0 | n/a | 0 | n/a | n/a | n/a | 1 |") for line in pointing_markdown(report))
