@@ -134,6 +134,9 @@ def test_too_few_slices(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureF
     for image in (data_copy / "train" / patient).iterdir():
         if int(image.stem.split("_")[1]) >= 10:
             image.unlink()
+    for mask in (data_copy / "masks" / patient).glob("*.png"):  # the cut slices' outlines go with them
+        if int(mask.stem.split("_")[1]) >= 10:
+            mask.unlink()
     assert _validate(data_copy, tmp_path / "r") == 1
     fails = _fail_lines(capsys)
     assert set(fails) == {"sequences.length"} and f"train/{patient} (10 slices)" in fails["sequences.length"]
