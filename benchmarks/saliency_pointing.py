@@ -113,7 +113,8 @@ def main() -> None:
                     if args.overlays is not None and probs[k, c_index] > best.get((method, c), (-1.0,))[0]:
                         best[method, c] = (float(probs[k, c_index]), images[k, 0].numpy(), saliency, mask)
     print(f"{args.patients} patients in {time.perf_counter() - started:.0f} s\n")
-    print(f"occlusion: {patch} px squares every {stride} px, filled with the slice's median tissue value\n")
+    print(f"occlusion: {patch} px squares every {stride} px, soft tissue filled with the slice's median soft "
+          "tissue (air and bone kept)\n")
     print(f"{'method':9} {'class':6} {'positive slices':>15} {'flagged':>8} {'hit (0 px)':>28} "
           f"{'hit (15 px at 224)':>28} {'rest on the lesion':>28} {'hit among them':>28}")
     for method, c in hits:

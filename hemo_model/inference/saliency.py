@@ -12,9 +12,9 @@ data the generator's lesion masks give the answer.
 Occlusion sensitivity (Zeiler and Fergus, 2014) is what `hemo score --overlays` draws: on the
 phantom (make run's 128 px model, benchmarks/saliency_pointing.py, 4 patients) Grad-CAM's maximum
 fell within tolerance of the lesion on 0/9 ICH, 3/24 SAH and 7/13 SDH flagged slices (layer3; fewer
-at layer4), occlusion's on 8/9, 17/24 and 6/13; filling the ICH lesion lowered the probability
-(0.55 -> 0.31) where filling Grad-CAM's peak did not. Grad-CAM's 4x4 (layer4) or 8x8 (layer3) grid at
-128 px is too coarse for small lesions; occlusion costs one forward pass per square instead.
+at layer4), occlusion's on 8/9, 17/24 and 6/13 (its squares then filled the skull too); filling the ICH
+lesion lowered the probability (0.55 -> 0.31) where filling Grad-CAM's peak did not. Grad-CAM's 4x4
+(layer4) or 8x8 (layer3) grid at 128 px is too coarse for small lesions; occlusion costs one forward pass per square instead.
 """
 
 from __future__ import annotations
@@ -77,18 +77,26 @@ def slice_grad_cam(model: nn.Module, images: torch.Tensor, classes: Sequence[int
 def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, device: torch.device,
                   patch: int, stride: int, batch_size: int = 64) -> np.ndarray:
     """Occlusion sensitivity (Zeiler and Fergus, 2014) of one uint8 slice (C, H, W) for one class:
-    the non-air pixels of each ``patch`` x ``patch`` square (every ``stride`` px) are set to the
-    slice's median tissue value (the median of its non-air pixels: a bleed replaced by brain, not by
-    a black hole; air is left as it is, since tissue painted outside the head is itself a finding)
-    and the drop in the class's probability is spread over the square; the map (H, W) is the mean
-    drop per pixel, negative drops clipped to 0, scaled to [0, 1] by its maximum. It asks the model
-    directly which pixels its answer rests on, at the cost of one forward pass per square; on the
-    phantom, Grad-CAM's coarse maps missed lesions whose filling did lower the probability."""
+    the soft-tissue pixels of each ``patch`` x ``patch`` square (every ``stride`` px) are set to the
+    slice's median soft tissue and the drop in the class's probability is spread over the square;
+    the map (H, W) is the mean drop per pixel, negative drops clipped to 0, scaled to [0, 1] by its
+    maximum. Soft tissue is what the first channel (the brain window) shows between air (0) and
+    saturation (255), as :func:`hemo_model.inference.pointing.delete_lesion` reads it: a bleed is
+    replaced by brain, not by a black hole, while air and bone stay as they are, since tissue
+    painted outside the head or a gap cut in the skull is itself a finding. Filling the skull too
+    drew SDH maps onto the bone: on 16 fresh phantom patients (make run's model, 3 most confident
+    SDH slices each) their maximum fell within tolerance of the lesion on 7/18 flagged slices, 15/18
+    with the skull kept (SAH 14/21 and 18/21, ICH 17/19 either way). It asks the model directly which
+    pixels its answer rests on, at the cost of one forward pass per square; on the phantom,
+    Grad-CAM's coarse maps missed lesions whose filling did lower the probability."""
     was_training = model.training
     model.eval()
     try:
         c, h, w = image.shape
-        fill = [int(ch[ch > 0].float().median().item()) if (ch > 0).any() else 0 for ch in image]  # per window
+        soft = (image[0] > 0) & (image[0] < 255)
+        if not bool(soft.any()):  # a slice all air and bone: its non-air pixels, the best stand-in there is
+            soft = image[0] > 0
+        fill = [int(ch[soft].float().median().item()) if bool(soft.any()) else 0 for ch in image]  # per window
         corners = [(y, x) for y in range(0, max(h - patch, 0) + 1, stride) for x in range(0, max(w - patch, 0) + 1, stride)]
         base = torch.sigmoid(model(to_model_input(image[None], device)).float())[0, class_index].item()
         drop, cover = np.zeros((h, w)), np.zeros((h, w))
@@ -96,9 +104,9 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
             chunk = corners[start:start + batch_size]
             occluded = image[None].repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
+                tissue = soft[y:y + patch, x:x + patch]  # air and bone stay: either painted over is a new finding
                 for channel, value in enumerate(fill):
-                    square = occluded[i, channel, y:y + patch, x:x + patch]
-                    square[square > 0] = value  # air stays air: tissue painted outside the head is a new finding
+                    occluded[i, channel, y:y + patch, x:x + patch][tissue] = value
             probs = torch.sigmoid(model(to_model_input(occluded, device)).float())[:, class_index].cpu().numpy()
             for (y, x), p in zip(chunk, probs):
                 drop[y:y + patch, x:x + patch] += base - p

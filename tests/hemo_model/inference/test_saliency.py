@@ -81,3 +81,55 @@ def test_occlusion_points_at_the_region_the_answer_rests_on_and_restores_the_mod
     assert not saliency[12:, :4].any()  # occluding what the model ignores changes nothing
     assert model.training
     assert not occlusion_map(model, image, 1, torch.device("cpu"), patch=4, stride=2).any()  # a flat class: no map
+
+
+class _SkullAndBleed(nn.Module):
+    """Class 0's logit rises with a bright crescent against the skull (rows 2-3, columns 2-9) and,
+    ten times as steeply, with how intact the skull is far from it (rows 14-15): like a network that
+    has learned what a normal inner table looks like."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bleed = x[:, 0, 2:4, 2:10].mean(dim=(1, 2)) - _normalised(200)
+        skull = x[:, 0, 14:16, :].mean(dim=(1, 2)) - _normalised(255)
+        return torch.stack([bleed + 10.0 * skull, torch.zeros_like(bleed)], dim=1)  # 0 (p 0.5) on the slice below
+
+
+def _normalised(value: int) -> float:
+    """A uint8 value of the first channel as the network sees it (ImageNet-normalised)."""
+    return (value / 255.0 - 0.485) / 0.229
+
+
+def _skull_slice() -> torch.Tensor:
+    image = torch.full((1, 16, 16), 100, dtype=torch.uint8)  # brain
+    image[0, :2, :] = image[0, 14:, :] = 255  # skull, saturating the brain window
+    image[0, 2:4, 2:10] = 200  # a subdural crescent under the inner table
+    image[0, :, :1] = 0  # air beside the head
+    return image
+
+
+def test_occlusion_leaves_air_and_bone_as_they_are() -> None:
+    """Only soft tissue is occluded: cutting a gap in the skull (or painting tissue into the air) is a
+    finding of its own, and a map drawn from it would point at the bone, not at the bleed."""
+    image = _skull_slice()
+    seen: list[torch.Tensor] = []
+
+    class _Recorder(_SkullAndBleed):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    occlusion_map(_Recorder(), image, 0, torch.device("cpu"), patch=4, stride=2)
+    reference = seen[0][0]  # the unoccluded slice, as the model sees it
+    kept = ((image[0] == 0) | (image[0] == 255)).expand_as(reference)
+    batches = torch.cat(seen[1:])
+    assert torch.equal(batches[:, kept], reference[kept].expand(len(batches), -1))
+    assert (batches[:, ~kept] != reference[~kept]).any()  # the tissue itself was occluded
+
+
+def test_occlusion_of_a_bleed_against_the_skull_points_at_the_bleed() -> None:
+    image = _skull_slice()
+    saliency = occlusion_map(_SkullAndBleed(), image, 0, torch.device("cpu"), patch=4, stride=2)
+    bleed = np.zeros((16, 16), dtype=bool)
+    bleed[2:4, 2:10] = True
+    assert pointing_hit(saliency, bleed, tolerance_px=2) is True  # squares spread the peak onto the bone above it
+    assert not saliency[12:, :].any()  # the skull far from it is left alone, so it draws nothing
