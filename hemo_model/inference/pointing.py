@@ -34,7 +34,7 @@ from torch import nn
 
 from hemo_model import CLASSES
 from hemo_model.data.transforms import to_model_input
-from hemo_model.inference.saliency import pointing_hit
+from hemo_model.inference.saliency import pointing_hit, soft_tissue
 
 POINTING_TOLERANCE_AT_224 = 15.0
 
@@ -111,8 +111,7 @@ def delete_lesion(image: torch.Tensor, lesion: np.ndarray, ring_px: int = 3) -> 
     tissue median."""
     core = binary_dilation(np.asarray(lesion, dtype=bool), iterations=1)
     area = torch.from_numpy(core)
-    brain = image[0]
-    soft = (brain > 0) & (brain < 255)
+    soft = soft_tissue(image)
     around = torch.from_numpy(binary_dilation(core, iterations=ring_px) & ~core) & soft
     if not bool(around.any()):
         around = soft & ~area

@@ -73,6 +73,14 @@ def slice_grad_cam(model: nn.Module, images: torch.Tensor, classes: Sequence[int
     return grad_cam(model, backbone.layer4, to_model_input(images, device), classes)
 
 
+def soft_tissue(image: torch.Tensor) -> torch.Tensor:
+    """(H, W) booleans: the pixels of a uint8 slice (C, H, W) that show soft tissue, which the first
+    channel (the brain window) shows between air (0) and saturation (255, bone and the densest blood).
+    What occlusion squares and lesion deletion may paint over: air or bone painted over is a new
+    finding, not an absent one."""
+    return (image[0] > 0) & (image[0] < 255)
+
+
 @torch.no_grad()
 def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, device: torch.device,
                   patch: int, stride: int, batch_size: int = 64) -> np.ndarray:
@@ -93,7 +101,7 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
     model.eval()
     try:
         c, h, w = image.shape
-        soft = (image[0] > 0) & (image[0] < 255)
+        soft = soft_tissue(image)
         if not bool(soft.any()):  # a slice all air and bone: its non-air pixels, the best stand-in there is
             soft = image[0] > 0
         fill = [int(ch[soft].float().median().item()) if bool(soft.any()) else 0 for ch in image]  # per window
