@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from hemo_model.data.transforms import to_model_input
 from hemo_model.inference.saliency import grad_cam, occlusion_map, pointing_hit, slice_grad_cam
 from hemo_model.model.networks import HemoNet
 
@@ -95,8 +96,8 @@ class _SkullAndBleed(nn.Module):
 
 
 def _normalised(value: int) -> float:
-    """A uint8 value of the first channel as the network sees it (ImageNet-normalised)."""
-    return (value / 255.0 - 0.485) / 0.229
+    """A uint8 value of the first channel as the network sees it, through the one input path."""
+    return float(to_model_input(torch.full((1, 1, 1, 1), value, dtype=torch.uint8), torch.device("cpu"))[0, 0, 0, 0])
 
 
 def _skull_slice() -> torch.Tensor:
