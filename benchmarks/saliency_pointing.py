@@ -5,7 +5,9 @@ For every slice of --patients fresh phantom patients (phantom seed --seed, never
 model scores the slice on its own (single-slice logits: the network a saliency map explains); for each
 class the slice truly shows and the model flags (probability >= the version's single-slice threshold)
 a map is drawn by each --methods: Grad-CAM at HemoNet's last ResNet stage (--layer layer3: the one
-before, twice as fine) and occlusion sensitivity (squares of 1/8 of the image filled with tissue).
+before, twice as fine) and occlusion sensitivity (squares of 1/8 of the image whose hyperdense soft
+tissue is lowered to the median soft tissue, as the overlays draw it; occlusion-soft fills every soft
+tissue pixel of a square, as maps were drawn before, for a side-by-side comparison).
 The map's maximum either falls inside the class's lesion mask (a hit) or not. The hit rate per class
 comes with its count and a 95 % Clopper-Pearson interval, exactly (tolerance 0 px) and within the
 pointing game's tolerance (15 px at 224 px, Zhang et al. 2016, scaled to the image size). Each
@@ -48,7 +50,10 @@ from hemo_model.inference.saliency import grad_cam, occlusion_map, pointing_hit 
 from hemo_model.inference.triage import clopper_pearson  # noqa: E402
 from hemo_model.model.storage import load_checkpoint  # noqa: E402
 
-METHODS = {"gradcam": "Grad-CAM at --layer", "occlusion": "occlusion sensitivity (hemo_model.inference.saliency)"}
+METHODS = {"gradcam": "Grad-CAM at --layer",
+           "occlusion": "occlusion sensitivity (hemo_model.inference.saliency), as the overlays draw it: hyperdense soft "
+                        "tissue lowered to the median",
+           "occlusion-soft": "occlusion sensitivity with every soft tissue pixel of a square filled (the maps before)"}
 
 
 def main() -> None:
@@ -105,7 +110,8 @@ def main() -> None:
                     maps = list(grad_cam(model, getattr(model.backbone, args.layer),
                                          to_model_input(images[flagged], device), [c_index])[0])
                 else:
-                    maps = [occlusion_map(model, images[k], c_index, device, patch, stride) for k in flagged]
+                    lower = "soft_tissue" if method == "occlusion-soft" else "hyperdense"
+                    maps = [occlusion_map(model, images[k], c_index, device, patch, stride, lower=lower) for k in flagged]
                 for k, saliency in zip(flagged, maps):
                     mask = masks[k][c]
                     hits[method, c].append((bool(pointing_hit(saliency, mask)),
@@ -113,16 +119,16 @@ def main() -> None:
                     if args.overlays is not None and probs[k, c_index] > best.get((method, c), (-1.0,))[0]:
                         best[method, c] = (float(probs[k, c_index]), images[k, 0].numpy(), saliency, mask)
     print(f"{args.patients} patients in {time.perf_counter() - started:.0f} s\n")
-    print(f"occlusion: {patch} px squares every {stride} px, soft tissue filled with the slice's median soft "
-          "tissue (air and bone kept)\n")
-    print(f"{'method':9} {'class':6} {'positive slices':>15} {'flagged':>8} {'hit (0 px)':>28} "
+    print(f"occlusion: {patch} px squares every {stride} px, lowered to the slice's median soft tissue: hyperdense "
+          "soft tissue (occlusion) or all soft tissue (occlusion-soft); air and bone kept\n")
+    print(f"{'method':14} {'class':6} {'positive slices':>15} {'flagged':>8} {'hit (0 px)':>28} "
           f"{'hit (15 px at 224)':>28} {'rest on the lesion':>28} {'hit among them':>28}")
     for method, c in hits:
         cases = hits[method, c]
         resting = [h for h in cases if h[2]]
         rows = [_rate(sum(h[0] for h in cases), len(cases)), _rate(sum(h[1] for h in cases), len(cases)),
                 _rate(len(resting), len(cases)), _rate(sum(h[1] for h in resting), len(resting))]
-        print(f"{method:9} {c:6} {positives[c]:>15} {len(cases):>8} " + " ".join(f"{r:>28}" for r in rows))
+        print(f"{method:14} {c:6} {positives[c]:>15} {len(cases):>8} " + " ".join(f"{r:>28}" for r in rows))
     if args.overlays is not None:
         _write_overlays(args.overlays, best)
 

@@ -81,22 +81,34 @@ def soft_tissue(image: torch.Tensor) -> torch.Tensor:
     return (image[0] > 0) & (image[0] < 255)
 
 
+OCCLUDED = ("hyperdense", "soft_tissue")
+"""What an occlusion square lowers to the median soft tissue: its hyperdense soft tissue (the maps
+`hemo score --overlays` draws), or all of its soft tissue."""
+
+
 @torch.no_grad()
 def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, device: torch.device,
-                  patch: int, stride: int, batch_size: int = 64) -> np.ndarray:
+                  patch: int, stride: int, batch_size: int = 64, lower: str = "hyperdense") -> np.ndarray:
     """Occlusion sensitivity (Zeiler and Fergus, 2014) of one uint8 slice (C, H, W) for one class:
-    the soft-tissue pixels of each ``patch`` x ``patch`` square (every ``stride`` px) are set to the
-    slice's median soft tissue and the drop in the class's probability is spread over the square;
-    the map (H, W) is the mean drop per pixel, negative drops clipped to 0, scaled to [0, 1] by its
-    maximum. Soft tissue is what the first channel (the brain window) shows between air (0) and
-    saturation (255), as :func:`hemo_model.inference.pointing.delete_lesion` reads it: a bleed is
-    replaced by brain, not by a black hole, while air and bone stay as they are, since tissue
-    painted outside the head or a gap cut in the skull is itself a finding. Filling the skull too
-    drew SDH maps onto the bone: on 16 fresh phantom patients (make run's model, 3 most confident
-    SDH slices each) their maximum fell within tolerance of the lesion on 7/18 flagged slices, 15/18
-    with the skull kept (SAH 14/21 and 18/21, ICH 17/19 either way). It asks the model directly which
-    pixels its answer rests on, at the cost of one forward pass per square; on the phantom,
-    Grad-CAM's coarse maps missed lesions whose filling did lower the probability."""
+    in each ``patch`` x ``patch`` square (every ``stride`` px) the hyperdense soft tissue is lowered
+    to the slice's median soft tissue (:func:`hyperdense`), and the drop in the class's probability
+    is spread over the square; the map (H, W) is the mean drop per pixel, negative drops clipped to
+    0, scaled to [0, 1] by its maximum. It asks the model directly which pixels its answer rests on,
+    at the cost of one forward pass per square; on the phantom, Grad-CAM's coarse maps missed
+    lesions whose filling did lower the probability.
+
+    What a square takes away is chosen so that the slice stays one a scanner could show: acute blood
+    is hyperdense, so lowering what is brighter than brain to brain removes a bleed, while air,
+    bone, CSF and the ventricles stay as they are. Painting over any of those is a finding of its
+    own that the network answers and the map then points at. Filling the skull drew SDH maps onto
+    the bone (16 fresh phantom patients, make run's model, 3 most confident SDH slices each: the
+    maximum within tolerance of the lesion on 7/18 flagged slices, 15/18 with the skull kept);
+    filling the ventricles and sulci with brain drew them onto the ventricles (the 240-patient
+    phantom's 53 gate patients, the top evidence slice per exam and type: SDH 16/21 with every soft
+    tissue pixel filled, 18/21 with only the hyperdense ones; README). ``lower="soft_tissue"`` fills
+    every soft tissue pixel instead, as maps were drawn before, for benchmarks that compare the two."""
+    if lower not in OCCLUDED:
+        raise ValueError(f"lower must be one of {', '.join(OCCLUDED)}, got {lower!r}")
     was_training = model.training
     model.eval()
     try:
@@ -105,6 +117,7 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
         if not bool(soft.any()):  # a slice all air and bone: its non-air pixels, the best stand-in there is
             soft = image[0] > 0
         fill = [int(ch[soft].float().median().item()) if bool(soft.any()) else 0 for ch in image]  # per window
+        lowered = hyperdense(image, soft, fill[0]) if lower == "hyperdense" else soft
         corners = [(y, x) for y in range(0, max(h - patch, 0) + 1, stride) for x in range(0, max(w - patch, 0) + 1, stride)]
         base = torch.sigmoid(model(to_model_input(image[None], device)).float())[0, class_index].item()
         drop, cover = np.zeros((h, w)), np.zeros((h, w))
@@ -112,9 +125,9 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
             chunk = corners[start:start + batch_size]
             occluded = image[None].repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
-                tissue = soft[y:y + patch, x:x + patch]  # air and bone stay: either painted over is a new finding
+                square = lowered[y:y + patch, x:x + patch]
                 for channel, value in enumerate(fill):
-                    occluded[i, channel, y:y + patch, x:x + patch][tissue] = value
+                    occluded[i, channel, y:y + patch, x:x + patch][square] = value
             probs = torch.sigmoid(model(to_model_input(occluded, device)).float())[:, class_index].cpu().numpy()
             for (y, x), p in zip(chunk, probs):
                 drop[y:y + patch, x:x + patch] += base - p
@@ -124,6 +137,14 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
         return sensitivity / peak if peak > 0 else sensitivity
     finally:
         model.train(was_training)
+
+
+def hyperdense(image: torch.Tensor, soft: torch.Tensor, level: int) -> torch.Tensor:
+    """(H, W) booleans: the ``soft`` tissue pixels of a uint8 slice (C, H, W) that the first channel
+    (the brain window) shows brighter than ``level`` (the median soft tissue): what an occlusion
+    square lowers to brain. Grey matter a little above the median goes with the blood, which costs
+    little: lowering it by a few grey levels is not a finding."""
+    return soft & (image[0] > level)
 
 
 def pointing_hit(saliency: np.ndarray, mask: np.ndarray, tolerance_px: float = 0.0) -> bool | None:

@@ -25,7 +25,7 @@ from hemo_pipeline.services.files import write_figure_atomic
 from hemo_pipeline.services.plots import plt, saliency_overlay_figure
 from hemo_pipeline.services.score_files import saliency_file, save_saliency
 
-SALIENCY_METHOD = "occlusion sensitivity of the single-slice network"
+SALIENCY_METHOD = "occlusion sensitivity of the single-slice network, hyperdense tissue lowered to brain"
 
 
 def slice_saliency(model: Any, module: torch.nn.Module, path: Path, class_index: int,

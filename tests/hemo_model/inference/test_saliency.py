@@ -134,3 +134,69 @@ def test_occlusion_of_a_bleed_against_the_skull_points_at_the_bleed() -> None:
     bleed[2:4, 2:10] = True
     assert pointing_hit(saliency, bleed, tolerance_px=2) is True  # squares spread the peak onto the bone above it
     assert not saliency[12:, :].any()  # the skull far from it is left alone, so it draws nothing
+
+
+class _VentriclesAndBleed(nn.Module):
+    """Class 0's logit rises with a bright bleed (rows 2-5, columns 2-5) and, ten times as steeply,
+    with how dark the ventricles are (rows 9-12, columns 9-12): like a network that has learned what
+    normal CSF spaces look like, and answers brain painted where CSF should be."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bleed = x[:, 0, 2:6, 2:6].mean(dim=(1, 2)) - _normalised(200)
+        csf = _normalised(30) - x[:, 0, 9:13, 9:13].mean(dim=(1, 2))
+        return torch.stack([bleed + 10.0 * csf, torch.zeros_like(bleed)], dim=1)
+
+
+def _ventricle_slice() -> torch.Tensor:
+    image = torch.full((1, 16, 16), 100, dtype=torch.uint8)  # brain
+    image[0, 2:6, 2:6] = 200  # a hyperdense bleed
+    image[0, 9:13, 9:13] = 30  # a ventricle: CSF, darker than brain
+    image[0, 6:8, 13:15] = 110  # grey matter a little brighter than the median
+    return image
+
+
+def test_occlusion_lowers_only_what_is_brighter_than_brain() -> None:
+    """Each occluded square lowers its hyperdense soft tissue to the median soft tissue and leaves
+    CSF, air and bone, and anything at or below the median, as they were."""
+    image = _ventricle_slice()
+    image[0, :, :1] = 0  # air
+    image[0, 15:, :] = 255  # bone
+    seen: list[torch.Tensor] = []
+
+    class _Recorder(_VentriclesAndBleed):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    occlusion_map(_Recorder(), image, 0, torch.device("cpu"), patch=4, stride=2)
+    reference, batches = seen[0][0], torch.cat(seen[1:])
+    brighter = ((image[0] > 100) & (image[0] < 255)).expand_as(reference)
+    assert torch.equal(batches[:, ~brighter], reference[~brighter].expand(len(batches), -1))
+    first = brighter[0]  # the brain window, as the network sees it
+    changed = batches[:, 0, first] != reference[0, first]
+    assert changed.any(dim=0).all()  # every hyperdense pixel is lowered by some square...
+    lowered_to = batches[:, 0, first][changed]
+    assert torch.allclose(lowered_to, torch.full_like(lowered_to, _normalised(100)))  # ...to the median, nothing else
+
+
+def test_occlusion_of_a_bleed_beside_the_ventricles_points_at_the_bleed() -> None:
+    """Filling the ventricles with brain (every soft tissue pixel occluded, as maps were drawn
+    before) moves the peak onto them; lowering only what is brighter than brain keeps it on the
+    bleed."""
+    image = _ventricle_slice()
+    bleed = np.zeros((16, 16), dtype=bool)
+    bleed[2:6, 2:6] = True
+    ventricle = np.zeros((16, 16), dtype=bool)
+    ventricle[9:13, 9:13] = True
+    filled = occlusion_map(_VentriclesAndBleed(), image, 0, torch.device("cpu"), patch=4, stride=2,
+                           lower="soft_tissue")
+    assert pointing_hit(filled, ventricle) is True and pointing_hit(filled, bleed, tolerance_px=2) is False
+    saliency = occlusion_map(_VentriclesAndBleed(), image, 0, torch.device("cpu"), patch=4, stride=2)
+    assert pointing_hit(saliency, bleed) is True
+    assert not saliency[9:13, 9:13].any()  # the ventricle is not occluded, so it draws nothing
+
+
+def test_occlusion_refuses_an_unknown_fill() -> None:
+    with pytest.raises(ValueError, match="hyperdense"):
+        occlusion_map(_Region(), torch.zeros((1, 8, 8), dtype=torch.uint8), 0, torch.device("cpu"), patch=4,
+                      stride=2, lower="mirror")
