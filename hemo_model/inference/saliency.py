@@ -105,7 +105,9 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, class_index: int, devic
     maximum within tolerance of the lesion on 7/18 flagged slices, 15/18 with the skull kept);
     filling the ventricles and sulci with brain drew them onto the ventricles (the 240-patient
     phantom's 53 gate patients, the top evidence slice per exam and type: SDH 16/21 with every soft
-    tissue pixel filled, 18/21 with only the hyperdense ones; README). ``lower="soft_tissue"`` fills
+    tissue pixel filled, 18/21 with only the hyperdense ones; on three other sets the counts moved
+    by -1, -1 and 0, so the hit rate within tolerance did not measurably change, while maxima on the
+    lesion itself rose from 9 to 16 of 62 SDH maps; README). ``lower="soft_tissue"`` fills
     every soft tissue pixel instead, as maps were drawn before, for benchmarks that compare the two."""
     if lower not in OCCLUDED:
         raise ValueError(f"lower must be one of {', '.join(OCCLUDED)}, got {lower!r}")
