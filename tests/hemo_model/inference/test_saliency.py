@@ -108,21 +108,24 @@ def _skull_slice() -> torch.Tensor:
     return image
 
 
+def _occlusion_inputs(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``model`` is shown while :func:`occlusion_map` draws class 0's map of ``image`` (4 px
+    squares every 2 px): the unoccluded slice (C, H, W) and every occluded one (N, C, H, W)."""
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
+    try:
+        occlusion_map(model, image, 0, torch.device("cpu"), patch=4, stride=2)
+    finally:
+        handle.remove()
+    return seen[0][0], torch.cat(seen[1:])
+
+
 def test_occlusion_leaves_air_and_bone_as_they_are() -> None:
     """Only soft tissue is occluded: cutting a gap in the skull (or painting tissue into the air) is a
     finding of its own, and a map drawn from it would point at the bone, not at the bleed."""
     image = _skull_slice()
-    seen: list[torch.Tensor] = []
-
-    class _Recorder(_SkullAndBleed):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append(x.detach().clone())
-            return super().forward(x)
-
-    occlusion_map(_Recorder(), image, 0, torch.device("cpu"), patch=4, stride=2)
-    reference = seen[0][0]  # the unoccluded slice, as the model sees it
+    reference, batches = _occlusion_inputs(_SkullAndBleed(), image)
     kept = ((image[0] == 0) | (image[0] == 255)).expand_as(reference)
-    batches = torch.cat(seen[1:])
     assert torch.equal(batches[:, kept], reference[kept].expand(len(batches), -1))
     assert (batches[:, ~kept] != reference[~kept]).any()  # the tissue itself was occluded
 
@@ -161,15 +164,7 @@ def test_occlusion_lowers_only_what_is_brighter_than_brain() -> None:
     image = _ventricle_slice()
     image[0, :, :1] = 0  # air
     image[0, 15:, :] = 255  # bone
-    seen: list[torch.Tensor] = []
-
-    class _Recorder(_VentriclesAndBleed):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append(x.detach().clone())
-            return super().forward(x)
-
-    occlusion_map(_Recorder(), image, 0, torch.device("cpu"), patch=4, stride=2)
-    reference, batches = seen[0][0], torch.cat(seen[1:])
+    reference, batches = _occlusion_inputs(_VentriclesAndBleed(), image)
     brighter = ((image[0] > 100) & (image[0] < 255)).expand_as(reference)
     assert torch.equal(batches[:, ~brighter], reference[~brighter].expand(len(batches), -1))
     first = brighter[0]  # the brain window, as the network sees it
